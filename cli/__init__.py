@@ -1,0 +1,1 @@
+"""The `pxo` command line."""

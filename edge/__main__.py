@@ -1,0 +1,5 @@
+import sys
+
+from pxo.edge.main import main
+
+sys.exit(main())

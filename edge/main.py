@@ -1,0 +1,134 @@
+"""pxo-edge: one per node. Loads the sources, keeps the store, answers fragments.
+
+    python -m pxo.edge --data-dir /var/lib/pxo/edge --collector 127.0.0.1:50700
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
+
+from pxo.common.addr import split_hostport, write_addr_file
+from pxo.common.version import pxo_version
+from pxo.edge.errors import EdgeError
+from pxo.edge.registration import Registration
+from pxo.edge.service import EdgeService
+from pxo.edge.sources import SOURCES, all_tables
+from pxo.edge.sources.base import Source
+from pxo.edge.store import Store
+from pxo.v1 import pxo_pb2_grpc
+
+log = logging.getLogger("pxo.edge")
+
+
+class EdgeSettings(BaseSettings):
+    """Settings of the edge; each can be given as --flag or PXO_EDGE_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="PXO_EDGE_", cli_prog_name="pxo-edge",
+                                      cli_kebab_case=True, cli_implicit_flags=True)
+
+    node: str = Field(default_factory=socket.gethostname, description="this node's name")
+    data_dir: Path = Field(Path("/var/lib/pxo/edge"), description="directory of the DuckDB store")
+    listen: str = Field("127.0.0.1:50701", description="host:port to serve on (port 0: any free port)")
+    advertise: str = Field("", description="host:port the collector should dial (default: the bound address)")
+    collector: str = Field("", description="collector host:port to register with (empty: stand alone)")
+    sources: list[str] = Field(["oom_bpf"], description=f"sources to run, from: {', '.join(SOURCES)}")
+    flush_interval: float = Field(0.5, gt=0, le=1.0, description="seconds between store commits")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+
+    @field_validator("listen", "collector", "advertise")
+    @classmethod
+    def _hostport(cls, v: str) -> str:
+        if v:
+            split_hostport(v)
+        return v
+
+    @field_validator("sources")
+    @classmethod
+    def _known_sources(cls, v: list[str]) -> list[str]:
+        v = [s for s in v if s]
+        unknown = [s for s in v if s not in SOURCES]
+        if unknown:
+            raise ValueError(f"unknown source(s) {', '.join(unknown)}; known: {', '.join(SOURCES)}")
+        return v
+
+
+class Edge:
+    """The running edge: store, sources, gRPC server, registration."""
+
+    def __init__(self, settings: EdgeSettings) -> None:
+        self.settings = settings
+        self.store = Store(settings.data_dir / "edge.duckdb", all_tables(),
+                           flush_interval=settings.flush_interval)
+        self.sources: list[Source] = [SOURCES[name](sink=self.store) for name in settings.sources]
+        self.address = ""
+        self.service = EdgeService(node=settings.node, store=self.store, sources=self.sources,
+                                   address=lambda: self.address)
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="edge-rpc"))
+        pxo_pb2_grpc.add_EdgeServicer_to_server(self.service, self.server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.registration: Registration | None = None
+
+    def start(self) -> None:
+        for s in self.sources:
+            s.start()  # raises with a clear message when a source cannot run
+        self.store.start()
+        host, _ = split_hostport(self.settings.listen)
+        port = self.server.add_insecure_port(self.settings.listen)
+        if port == 0:
+            raise EdgeError(f"cannot listen on {self.settings.listen} (address in use?)")
+        self.address = self.settings.advertise or f"{host}:{port}"
+        self.server.start()
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self.health.set("pxo.v1.Edge", health_pb2.HealthCheckResponse.SERVING)
+        write_addr_file(self.settings.data_dir / "edge.addr", self.address)
+        if self.settings.collector:
+            self.registration = Registration(collector=self.settings.collector,
+                                             node_info=self.service.node_info)
+            self.registration.start()
+        running = ", ".join(f"{s.name} ({s.status.state})" for s in self.sources) or "none"
+        log.info("pxo edge %s on node %s: serving on %s, store %s, sources: %s",
+                 pxo_version(), self.settings.node, self.address, self.store.path, running)
+
+    def stop(self) -> None:
+        self.health.enter_graceful_shutdown()
+        if self.registration is not None:
+            self.registration.stop()
+        for s in self.sources:
+            s.stop()
+        self.server.stop(grace=2).wait()
+        self.store.close()
+        log.info("pxo edge stopped; store closed")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = CliApp.run(EdgeSettings, cli_args=sys.argv[1:] if argv is None else argv)
+    except Exception as exc:  # pydantic's ValidationError: say it in one line
+        print(f"pxo-edge: error: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        edge = Edge(settings)
+        edge.start()
+    except EdgeError as exc:
+        print(f"pxo-edge: error: {exc}", file=sys.stderr)
+        return 1
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    edge.stop()
+    return 0

@@ -1,0 +1,79 @@
+"""What an eBPF source needs from the node, checked before anything is loaded,
+so that a missing piece is reported as one sentence that says how to fix it."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+from collections.abc import Callable
+from pathlib import Path
+
+from pxo.edge.errors import PrerequisiteError
+
+TRACEFS_ROOTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+
+
+def kernel_headers_dir(release: str, modules_root: Path = Path("/lib/modules")) -> Path | None:
+    """The header tree BCC will compile against, or None when there is none."""
+    env = os.environ.get("BCC_KERNEL_SOURCE")
+    candidates = [Path(env)] if env else [modules_root / release / "build"]
+    for c in candidates:
+        if (c / "include" / "linux" / "kconfig.h").is_file() or (c / "Makefile").is_file():
+            return c
+    return None
+
+
+def missing_for_bpf(
+    *,
+    euid: int | None = None,
+    import_module: Callable[[str], object] = importlib.import_module,
+    release: str | None = None,
+    modules_root: Path = Path("/lib/modules"),
+    btf_path: Path = Path("/sys/kernel/btf/vmlinux"),
+) -> list[str]:
+    """Everything the node lacks for BCC-based sources; empty when all is there."""
+    euid = os.geteuid() if euid is None else euid
+    release = release or platform.release()
+    missing = []
+    if euid != 0:
+        missing.append(
+            "root: eBPF programs are loaded by root only here; run the edge as root "
+            "(in Kubernetes: a privileged container)"
+        )
+    try:
+        import_module("bcc")
+    except ImportError:
+        missing.append(
+            "BCC: the Python module 'bcc' cannot be imported; install Debian's "
+            "bpfcc-tools and python3-bpfcc and run pxo from the environment "
+            "scripts/setup.sh creates (it puts bcc on the path)"
+        )
+    if kernel_headers_dir(release, modules_root) is None:
+        where = os.environ.get("BCC_KERNEL_SOURCE") or str(modules_root / release / "build")
+        missing.append(
+            f"kernel headers: {where} has none; install linux-headers-{release}, "
+            "or run scripts/setup.sh, which links Debian's linux-headers-amd64 there as a fallback"
+        )
+    if not btf_path.is_file():
+        missing.append(
+            f"BTF: {btf_path} is missing; the kernel needs CONFIG_DEBUG_INFO_BTF=y "
+            "so that pxo can take struct offsets from it"
+        )
+    return missing
+
+
+def require_bpf(**kwargs: object) -> None:
+    missing = missing_for_bpf(**kwargs)  # type: ignore[arg-type]
+    if missing:
+        raise PrerequisiteError("cannot load eBPF programs; missing " + "; ".join(missing))
+
+
+def tracepoint_format(category: str, event: str) -> str | None:
+    for root in TRACEFS_ROOTS:
+        fmt = root / "events" / category / event / "format"
+        try:
+            return fmt.read_text()
+        except OSError:
+            continue
+    return None

@@ -1,0 +1,67 @@
+"""The edge's gRPC face: Describe (who am I, which tables, source status) and
+Execute (run one fragment on the store, stream Arrow)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import platform
+from collections.abc import Callable, Iterator, Sequence
+
+import grpc
+
+from pxo.common import arrowipc
+from pxo.common.version import pxo_version
+from pxo.edge.errors import FragmentError
+from pxo.edge.sources.base import Source
+from pxo.edge.store import Store
+from pxo.v1 import pxo_pb2, pxo_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+EPOCH = dt.datetime(1970, 1, 1)
+
+
+def from_unix_us(us: int) -> dt.datetime:
+    return EPOCH + dt.timedelta(microseconds=us)
+
+
+class EdgeService(pxo_pb2_grpc.EdgeServicer):
+    def __init__(self, *, node: str, store: Store, sources: Sequence[Source],
+                 address: Callable[[], str], fragment_timeout: float = 30.0) -> None:
+        self.node = node
+        self.store = store
+        self.sources = sources
+        self._address = address
+        self.fragment_timeout = fragment_timeout
+
+    def node_info(self) -> pxo_pb2.NodeInfo:
+        return pxo_pb2.NodeInfo(
+            node=self.node,
+            address=self._address(),
+            edge_version=pxo_version(),
+            kernel_release=platform.release(),
+            tables=[t.to_proto() for t in self.store.tables.values()],
+            sources=self.source_status(),
+        )
+
+    def source_status(self) -> list[pxo_pb2.SourceStatus]:
+        return [s.status.to_proto() for s in self.sources]
+
+    def Describe(self, request: pxo_pb2.DescribeRequest, context: grpc.ServicerContext) -> pxo_pb2.NodeInfo:
+        return self.node_info()
+
+    def Execute(self, request: pxo_pb2.Fragment, context: grpc.ServicerContext) -> Iterator[pxo_pb2.ArrowBatch]:
+        remaining = context.time_remaining()
+        timeout = min(self.fragment_timeout, remaining) if remaining is not None else self.fragment_timeout
+        try:
+            for batch in self.store.execute(
+                request.sql,
+                start=from_unix_us(request.start_unix_us) if request.start_unix_us else None,
+                end=from_unix_us(request.end_unix_us) if request.end_unix_us else None,
+                row_limit=request.row_limit,
+                timeout=max(timeout, 0.1),
+            ):
+                yield pxo_pb2.ArrowBatch(ipc_stream=arrowipc.encode(batch))
+        except FragmentError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))

@@ -1,0 +1,113 @@
+"""One lifecycle for every source (Pixie's SourceConnector): open, poll, close.
+
+A source is opened in the caller's thread, so that a failure to start (no
+root, no BTF...) surfaces at once, then polled by its own thread until it is
+stopped. Rows go to a Sink (the store's batching writer); status is explicit
+and reported to the collector and the ``probe_status`` view.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pxo.common.schema import Table
+from pxo.v1 import pxo_pb2
+
+log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    def append(self, table: str, row: Mapping[str, Any]) -> None: ...
+
+
+@dataclass
+class SourceStatus:
+    name: str
+    state: str = "stopped"  # stopped | running | failed
+    detail: str = ""
+    events: int = 0
+    lost: int = 0
+    since: float = 0.0  # unix seconds
+
+    def to_proto(self) -> pxo_pb2.SourceStatus:
+        return pxo_pb2.SourceStatus(
+            name=self.name,
+            state=self.state,
+            detail=self.detail,
+            events=self.events,
+            lost=self.lost,
+            since_unix_us=int(self.since * 1_000_000),
+        )
+
+
+class Source(ABC):
+    """Base of every edge source. Subclasses set ``name`` and ``tables``."""
+
+    name: str = ""
+    tables: tuple[Table, ...] = ()
+
+    def __init__(self, *, sink: Sink, clock: Callable[[], float] = time.time) -> None:
+        self._sink = sink
+        self._clock = clock
+        self.status = SourceStatus(self.name, since=clock())
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- what a source implements ----------------------------------------------
+
+    @abstractmethod
+    def open(self) -> None:
+        """Acquire kernel resources; raise an EdgeError with a clear message on failure."""
+
+    @abstractmethod
+    def poll(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for data and emit what arrived."""
+
+    def close(self) -> None:
+        """Release what open() acquired."""
+
+    # -- the lifecycle ---------------------------------------------------------
+
+    def emit(self, table: str, row: Mapping[str, Any]) -> None:
+        self._sink.append(table, row)
+        self.status.events += 1
+
+    def _set_state(self, state: str, detail: str = "") -> None:
+        self.status.state = state
+        self.status.detail = detail
+        self.status.since = self._clock()
+
+    def start(self) -> None:
+        try:
+            self.open()
+        except Exception as exc:
+            self._set_state("failed", str(exc))
+            raise
+        self._set_state("running")
+        self._thread = threading.Thread(target=self._run, name=f"source-{self.name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll(0.2)
+            except Exception as exc:  # a source must not die silently
+                log.exception("source %s failed", self.name)
+                self._set_state("failed", f"{type(exc).__name__}: {exc}")
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        try:
+            self.close()
+        finally:
+            if self.status.state == "running":
+                self._set_state("stopped")
