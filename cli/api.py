@@ -1,0 +1,56 @@
+"""A small HTTP client for the pxo cloud (stdlib only, so `pxo` starts fast)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+from typing import Any
+
+from pxo.cli.config import Config
+from pxo.cli.errors import CliError, Unreachable
+
+
+class Api:
+    def __init__(self, url: str, key: str = "", *, timeout: float = 120.0) -> None:
+        self.url = url.rstrip("/")
+        self.key = key
+        self.timeout = timeout
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Api:
+        if not cfg.api_url:
+            raise CliError("pxo is not configured: run 'pxo deploy --local', or set PXO_API_URL and PXO_API_KEY")
+        if not cfg.api_key:
+            raise CliError("no API key: set PXO_API_KEY, or run 'pxo deploy --local' to create one")
+        return cls(cfg.api_url, cfg.api_key)
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req.add_header("Accept", "application/json")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if self.key:
+            req.add_header("Authorization", f"Bearer {self.key}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raise self._http_error(exc) from None
+        except (urllib.error.URLError, socket.timeout, ConnectionError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise Unreachable(f"cannot reach the pxo cloud at {self.url}: {reason}",
+                              detail="is pxo deployed? try 'pxo deploy --local'") from None
+
+    def _http_error(self, exc: urllib.error.HTTPError) -> CliError:
+        try:
+            err = json.loads(exc.read()).get("error", {})
+        except ValueError:
+            err = {}
+        message = err.get("message") or f"the pxo cloud answered HTTP {exc.code}"
+        if exc.code == 502:
+            return Unreachable(message)
+        return CliError(message, line=int(err.get("line", 0)), column=int(err.get("column", 0)),
+                        hint=str(err.get("hint", "")))

@@ -1,0 +1,206 @@
+"""`pxo deploy --local`: collector, edge and cloud as background processes on
+loopback, sharing one data directory; `pxo delete --local` stops them.
+
+    <data_dir>/collector/   collector.addr
+    <data_dir>/edge/        edge.duckdb, edge.addr
+    <data_dir>/cloud/       cloud.sqlite, cloud.addr
+    <data_dir>/logs/        one log per component
+    <data_dir>/<name>.pid   one pid file per component
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pxo.cli.api import Api
+from pxo.cli.config import Config
+from pxo.cli.errors import CliError
+from pxo.common.addr import read_addr_file
+
+COMPONENTS = ("collector", "edge", "cloud")  # start order; stopped in reverse
+
+
+@dataclass
+class LocalPorts:
+    collector: int = 50700
+    edge: int = 50701
+    cloud: int = 8700
+
+
+def _pid_alive(pid: int) -> bool:
+    """True when ``pid`` runs and is one of ours (guards against pid reuse)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"pxo." in cmdline
+
+
+class LocalDeployment:
+    def __init__(self, data_dir: Path, *, python: str = sys.executable,
+                 say: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> None:
+        self.dir = data_dir
+        self.python = python
+        self.say = say
+
+    def pid_file(self, name: str) -> Path:
+        return self.dir / f"{name}.pid"
+
+    def log_file(self, name: str) -> Path:
+        return self.dir / "logs" / f"{name}.log"
+
+    def running(self) -> dict[str, int]:
+        found = {}
+        for name in COMPONENTS:
+            try:
+                pid = int(self.pid_file(name).read_text())
+            except (OSError, ValueError):
+                continue
+            if _pid_alive(pid):
+                found[name] = pid
+        return found
+
+    # -- start -----------------------------------------------------------------
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        (self.dir / name).mkdir(parents=True, exist_ok=True)
+        self.log_file(name).parent.mkdir(parents=True, exist_ok=True)
+        addr = self.dir / name / f"{name}.addr"
+        addr.unlink(missing_ok=True)
+        log = open(self.log_file(name), "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen([self.python, "-m", f"pxo.{name}", *args], stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        self.pid_file(name).write_text(f"{proc.pid}\n")
+        return proc
+
+    def _wait_addr(self, name: str, proc: subprocess.Popen[bytes], timeout: float) -> str:
+        addr_file = self.dir / name / f"{name}.addr"
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if proc.poll() is not None:
+                raise CliError(f"the {name} exited at start: {self._last_error(name)}",
+                               detail=f"log: {self.log_file(name)}")
+            addr = read_addr_file(addr_file)
+            if addr:
+                return addr
+            time.sleep(0.05)
+        raise CliError(f"the {name} did not start listening within {timeout:g} s",
+                       detail=f"log: {self.log_file(name)}")
+
+    def _last_error(self, name: str) -> str:
+        try:
+            lines = [ln for ln in self.log_file(name).read_text(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            return "(no log)"
+        errors = [ln for ln in lines if "error" in ln.lower()]
+        return (errors or lines or ["(empty log)"])[-1].strip()
+
+    def deploy(self, cfg: Config, *, ports: LocalPorts, node: str = "", timeout: float = 60.0) -> Config:
+        if self.running():
+            self.say("pxo is already running locally; restarting it")
+            self.delete()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        node = node or socket.gethostname()
+        started: list[str] = []
+        try:
+            self.say("starting collector ...")
+            collector = self._wait_addr("collector", self._spawn("collector", [
+                "--listen", f"127.0.0.1:{ports.collector}", "--data-dir", str(self.dir / "collector"),
+            ]), timeout)
+            started.append("collector")
+            self.say(f"  collector listening on {collector}")
+
+            self.say("starting edge (compiling and loading eBPF programs) ...")
+            edge = self._wait_addr("edge", self._spawn("edge", [
+                "--listen", f"127.0.0.1:{ports.edge}", "--data-dir", str(self.dir / "edge"),
+                "--collector", collector, "--node", node,
+            ]), timeout)
+            started.append("edge")
+            self.say(f"  edge for node {node} listening on {edge}")
+
+            self.say("starting cloud API ...")
+            cloud_dir = self.dir / "cloud"
+            cloud_dir.mkdir(parents=True, exist_ok=True)
+            url = self._wait_addr("cloud", self._spawn("cloud", [
+                "serve", "--data-dir", str(cloud_dir), "--host", "127.0.0.1",
+                "--port", str(ports.cloud), "--collector", collector,
+            ]), timeout)
+            started.append("cloud")
+            self.say(f"  cloud API on {url}")
+
+            key = cfg.api_key if cfg.api_url == url and cfg.api_key else ""
+            if not key or not self._key_works(url, key):
+                key = self._bootstrap_key(cloud_dir)
+            self._wait_node_live(Api(url, key), node, timeout)
+        except BaseException:
+            self.delete(quiet=True)
+            raise
+        cfg = Config(api_url=url, api_key=key, local_data_dir=str(self.dir))
+        return cfg
+
+    def _bootstrap_key(self, cloud_dir: Path) -> str:
+        out = subprocess.run([self.python, "-m", "pxo.cloud", "bootstrap", "--data-dir", str(cloud_dir)],
+                             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        if out.returncode != 0 or not out.stdout.strip():
+            raise CliError(f"cannot create the admin API key: {out.stderr.strip() or 'no output'}")
+        return out.stdout.strip()
+
+    @staticmethod
+    def _key_works(url: str, key: str) -> bool:
+        req = urllib.request.Request(url + "/api/v1/whoami", headers={"Authorization": f"Bearer {key}"})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return bool(json.loads(resp.read()).get("role"))
+        except OSError:
+            return False
+
+    def _wait_node_live(self, api: Api, node: str, timeout: float) -> None:
+        self.say(f"waiting for the edge on {node} to register ...")
+        end = time.monotonic() + timeout
+        last = "no answer yet"
+        while time.monotonic() < end:
+            try:
+                nodes = api.call("GET", "/api/v1/nodes")["nodes"]
+                last = f"nodes known: {', '.join(n['node'] + ' ' + n['state'] for n in nodes) or 'none'}"
+            except CliError as exc:
+                nodes, last = [], exc.message
+            if any(n["node"] == node and n["state"] == "live" for n in nodes):
+                self.say(f"  node {node} is live")
+                return
+            time.sleep(0.2)
+        raise CliError(f"the edge on {node} did not register with the collector within {timeout:g} s "
+                       f"({last})", detail=f"logs: {self.dir / 'logs'}")
+
+    # -- stop ------------------------------------------------------------------
+
+    def delete(self, *, quiet: bool = False, timeout: float = 10.0) -> list[str]:
+        stopped = []
+        running = self.running()
+        for name in reversed(COMPONENTS):
+            pid = running.get(name)
+            if pid is not None:
+                if not quiet:
+                    self.say(f"stopping {name} (pid {pid}) ...")
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                end = time.monotonic() + timeout
+                while _pid_alive(pid) and time.monotonic() < end:
+                    time.sleep(0.05)
+                if _pid_alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+                stopped.append(name)
+            self.pid_file(name).unlink(missing_ok=True)
+        return stopped

@@ -1,0 +1,5 @@
+import sys
+
+from pxo.cloud.main import main
+
+sys.exit(main())

@@ -1,0 +1,81 @@
+"""pxo-cloud: the REST API (FastAPI on uvicorn) and its admin commands.
+
+    python -m pxo.cloud serve --data-dir D --port 8700 --collector 127.0.0.1:50700
+    python -m pxo.cloud bootstrap --data-dir D     # prints a new admin API key
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+
+from pxo.cloud.settings import CloudSettings
+from pxo.common.addr import write_addr_file
+from pxo.common.version import pxo_version
+
+log = logging.getLogger("pxo.cloud")
+
+USAGE = "usage: python -m pxo.cloud {serve|bootstrap} [--data-dir D] [options]  (--help for options)"
+
+
+def _settings(args: list[str]) -> CloudSettings:
+    from pydantic_settings import CliApp
+
+    return CliApp.run(CloudSettings, cli_args=args)
+
+
+def serve(settings: CloudSettings) -> int:
+    import uvicorn
+
+    from pxo.cloud.app import create_app
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = create_app(settings)
+    # Bind first, so port 0 works and the bound address can be published.
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        print(f"pxo-cloud: error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
+              file=sys.stderr)
+        return 1
+    host, port = sock.getsockname()[:2]
+    url = f"http://{host}:{port}"
+    config = uvicorn.Config(app, log_level=settings.log_level.lower(), timeout_keep_alive=5,
+                            limit_concurrency=200)
+    server = uvicorn.Server(config)
+    write_addr_file(settings.data_dir / "cloud.addr", url)
+    log.info("pxo cloud %s serving on %s (collector %s)", pxo_version(), url, settings.collector)
+    server.run(sockets=[sock])
+    return 0
+
+
+def bootstrap(settings: CloudSettings) -> int:
+    from pxo.cloud.db import Database
+    from pxo.cloud.keys import bootstrap_admin
+
+    db = Database(settings.db_path)
+    try:
+        print(bootstrap_admin(db))
+    finally:
+        db.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in ("serve", "bootstrap"):
+        print(USAGE, file=sys.stderr)
+        return 2
+    try:
+        settings = _settings(argv[1:])
+    except SystemExit:
+        raise
+    except Exception as exc:
+        print(f"pxo-cloud: error: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return serve(settings) if argv[0] == "serve" else bootstrap(settings)

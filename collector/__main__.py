@@ -1,0 +1,5 @@
+import sys
+
+from pxo.collector.main import main
+
+sys.exit(main())

@@ -1,0 +1,222 @@
+"""Runs a planned query: fans the fragment out to every live edge concurrently,
+each with its own deadline, merges the partial answers in an in-memory DuckDB
+(adding the ``node`` column) and runs the final step there.
+
+Every known edge gets a status in the answer: ok, failed, timed out, down (it
+stopped heartbeating, so it was not asked) or skipped. Nothing is dropped
+silently.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import duckdb
+import grpc
+import pyarrow as pa
+
+from pxo.collector import planner
+from pxo.collector.errors import QueryError
+from pxo.collector.registry import EdgeEntry, Registry
+from pxo.common import arrowipc
+from pxo.common.schema import Table
+from pxo.v1 import pxo_pb2, pxo_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+State = pxo_pb2.NodeStatus.State
+EPOCH = dt.datetime(1970, 1, 1)
+
+
+def unix_us(t: dt.datetime | None) -> int:
+    return 0 if t is None else (t - EPOCH) // dt.timedelta(microseconds=1)
+
+
+@dataclass
+class NodeResult:
+    node: str
+    state: int = State.OK
+    detail: str = ""
+    tables: dict[str, pa.Table] = field(default_factory=dict)
+    rows: int = 0
+
+    def status(self) -> pxo_pb2.NodeStatus:
+        return pxo_pb2.NodeStatus(node=self.node, state=self.state, detail=self.detail, rows=self.rows)
+
+
+class Executor:
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        channel_factory: Callable[[str], grpc.Channel] = grpc.insecure_channel,
+        edge_timeout: float = 10.0,
+        row_cap: int = 100_000,
+        max_workers: int = 64,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC).replace(tzinfo=None),
+    ) -> None:
+        self.registry = registry
+        self._channel_factory = channel_factory
+        self._channels: dict[str, grpc.Channel] = {}
+        self._channels_lock = threading.Lock()
+        self.edge_timeout = edge_timeout
+        self.row_cap = row_cap
+        self._pool = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fanout")
+        self._clock = clock
+
+    def _stub(self, address: str) -> pxo_pb2_grpc.EdgeStub:
+        with self._channels_lock:
+            ch = self._channels.get(address)
+            if ch is None:
+                ch = self._channels[address] = self._channel_factory(address)
+            return pxo_pb2_grpc.EdgeStub(ch)
+
+    # -- one query ---------------------------------------------------------------
+
+    def plan(self, request: pxo_pb2.QueryRequest, catalog: Mapping[str, Table]) -> planner.Plan:
+        if request.syntax == pxo_pb2.SYNTAX_SQL:
+            return planner.plan_sql(request.text, catalog)
+        return planner.plan_pipe(request.text, catalog, now=self._clock())
+
+    def run(self, request: pxo_pb2.QueryRequest) -> Iterator[pxo_pb2.QueryReply]:
+        catalog = self.registry.catalog()
+        try:
+            plan = self.plan(request, catalog)
+        except QueryError as exc:
+            yield pxo_pb2.QueryReply(error=exc.to_proto())
+            return
+        cap = min(request.row_limit or self.row_cap, self.row_cap)
+        timeout = request.timeout_ms / 1000 if request.timeout_ms else self.edge_timeout
+        results = self._fan_out(plan, cap, timeout)
+        if request.syntax == pxo_pb2.SYNTAX_SQL:
+            for r in results:
+                if r.state == State.OK and any(t.num_rows > cap for t in r.tables.values()):
+                    yield pxo_pb2.QueryReply(error=pxo_pb2.QueryError(
+                        message=f"node {r.node} holds more than {cap} matching rows, more than "
+                                "a SQL query may ship to the collector; narrow it with WHERE "
+                                "or use the pipe form"))
+                    return
+        yield from self._merge(plan, catalog, results, cap)
+
+    def _fan_out(self, plan: planner.Plan, cap: int, timeout: float) -> list[NodeResult]:
+        results: list[NodeResult] = []
+        pending: dict[futures.Future[NodeResult], NodeResult] = {}
+        for entry in self.registry.snapshot():
+            r = NodeResult(entry.node)
+            results.append(r)
+            if entry.state == "down":
+                silent = time.time() - entry.last_seen_wall
+                r.state, r.detail = State.DOWN, f"edge down: no heartbeat for {silent:.0f} s"
+                continue
+            tables = {t.name for t in entry.info.tables}
+            missing = [t for t in plan.fragments if t not in tables]
+            if missing:
+                r.state, r.detail = State.SKIPPED, f"no table {', '.join(missing)} on this node"
+                continue
+            pending[self._pool.submit(self._ask, entry, plan, cap, timeout, r)] = r
+        futures.wait(pending)
+        return results
+
+    def _ask(self, entry: EdgeEntry, plan: planner.Plan, cap: int, timeout: float,
+             r: NodeResult) -> NodeResult:
+        deadline = time.monotonic() + timeout
+        stub = self._stub(entry.address)
+        row_limit = plan.edge_row_limit or cap + 1  # one more than the cap reveals truncation
+        try:
+            for table, sql in plan.fragments.items():
+                frag = pxo_pb2.Fragment(sql=sql, start_unix_us=unix_us(plan.start),
+                                        end_unix_us=unix_us(plan.end), row_limit=row_limit)
+                schema, batches = None, []
+                for msg in stub.Execute(frag, timeout=max(deadline - time.monotonic(), 0.001)):
+                    schema, bs = arrowipc.decode(msg.ipc_stream)
+                    batches.extend(bs)
+                tbl = pa.Table.from_batches(batches, schema=schema)
+                r.tables[table] = tbl
+                r.rows += tbl.num_rows
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                r.state, r.detail = State.TIMED_OUT, f"no answer within {timeout:g} s"
+            elif code == grpc.StatusCode.UNAVAILABLE:
+                r.state, r.detail = State.FAILED, f"edge unreachable at {entry.address}"
+            else:
+                r.state, r.detail = State.FAILED, exc.details() or code.name
+            r.tables.clear()
+            r.rows = 0
+        except Exception as exc:  # a malformed answer must not take the query down
+            log.exception("bad answer from %s", entry.node)
+            r.state, r.detail = State.FAILED, f"bad answer from the edge: {exc}"
+            r.tables.clear()
+            r.rows = 0
+        return r
+
+    def _merge(self, plan: planner.Plan, catalog: Mapping[str, Table], results: list[NodeResult],
+               cap: int) -> Iterator[pxo_pb2.QueryReply]:
+        con = duckdb.connect(":memory:", config={
+            "enable_external_access": False,
+            "autoload_known_extensions": False,
+            "autoinstall_known_extensions": False,
+            "threads": 2,
+            "memory_limit": "1GB",
+        })
+        try:
+            for name in plan.fragments:
+                t = catalog[name]
+                cols = ", ".join(f'"{c.name}" {c.type}' for c in t.columns)
+                con.execute(f'CREATE TABLE "{name}" ("node" VARCHAR, {cols})')
+                known = set(t.column_names)
+                for r in results:
+                    part = r.tables.get(name)
+                    if part is None or part.num_rows == 0:
+                        continue
+                    part = part.select([c for c in part.column_names if c in known])
+                    part = part.add_column(0, "node", pa.array([r.node] * part.num_rows, pa.string()))
+                    con.register("pxo_part", part)
+                    con.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM pxo_part')
+                    con.unregister("pxo_part")
+            con.execute("SET lock_configuration = true")
+            try:
+                reader = con.sql(f"SELECT * FROM ({plan.final_sql}) LIMIT {cap + 1}").to_arrow_reader(8192)
+            except duckdb.Error as exc:
+                yield pxo_pb2.QueryReply(error=pxo_pb2.QueryError(message=str(exc).splitlines()[0]))
+                return
+            rows, truncated, sent_schema = 0, False, False
+            for batch in reader:
+                if rows + batch.num_rows > cap:
+                    batch = batch.slice(0, cap - rows)
+                    truncated = True
+                rows += batch.num_rows
+                if batch.num_rows or not sent_schema:
+                    yield pxo_pb2.QueryReply(batch=pxo_pb2.ArrowBatch(ipc_stream=arrowipc.encode(batch)))
+                    sent_schema = True
+                if truncated:
+                    break
+            if not sent_schema:
+                yield pxo_pb2.QueryReply(batch=pxo_pb2.ArrowBatch(
+                    ipc_stream=arrowipc.encode_schema(reader.schema)))
+            if any(r.state == State.OK and r.rows > cap for r in results):
+                truncated = True
+        finally:
+            con.close()
+        statuses = [r.status() for r in results]
+        yield pxo_pb2.QueryReply(summary=pxo_pb2.QuerySummary(
+            nodes=statuses,
+            partial=any(s.state not in (State.OK, State.SKIPPED) for s in statuses),
+            start_unix_us=unix_us(plan.start),
+            end_unix_us=unix_us(plan.end),
+            rows=rows,
+            truncated=truncated,
+        ))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._channels_lock:
+            for ch in self._channels.values():
+                ch.close()
+            self._channels.clear()

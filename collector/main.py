@@ -1,0 +1,94 @@
+"""pxo-collector: one per cluster. Knows the edges, plans queries, merges answers.
+
+    python -m pxo.collector --listen 127.0.0.1:50700 --data-dir /var/lib/pxo/collector
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
+
+from pxo.collector.executor import Executor
+from pxo.collector.registry import Registry
+from pxo.collector.service import CollectorService
+from pxo.common.addr import split_hostport, write_addr_file
+from pxo.common.version import pxo_version
+from pxo.v1 import pxo_pb2_grpc
+
+log = logging.getLogger("pxo.collector")
+
+
+class CollectorSettings(BaseSettings):
+    """Settings of the collector; each can be given as --flag or PXO_COLLECTOR_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="PXO_COLLECTOR_", cli_prog_name="pxo-collector",
+                                      cli_kebab_case=True, cli_implicit_flags=True)
+
+    listen: str = Field("127.0.0.1:50700", description="host:port to serve on (port 0: any free port)")
+    data_dir: Path = Field(Path("/var/lib/pxo/collector"), description="where collector.addr is written")
+    heartbeat_interval: float = Field(2.0, gt=0, description="seconds between edge heartbeats")
+    expire_after: float = Field(6.0, gt=0, description="seconds of silence before an edge is marked down")
+    forget_after: float = Field(24 * 3600, gt=0, description="seconds of silence before a down edge is forgotten")
+    edge_timeout: float = Field(10.0, gt=0, description="default deadline of each edge's part of a query, seconds")
+    row_cap: int = Field(100_000, gt=0, description="most rows an answer may hold")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+
+    @field_validator("listen")
+    @classmethod
+    def _hostport(cls, v: str) -> str:
+        split_hostport(v)
+        return v
+
+
+def serve(settings: CollectorSettings) -> tuple[grpc.Server, str, Executor, health.HealthServicer]:
+    registry = Registry(expire_after=settings.expire_after, forget_after=settings.forget_after)
+    executor = Executor(registry, edge_timeout=settings.edge_timeout, row_cap=settings.row_cap)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="collector-rpc"))
+    pxo_pb2_grpc.add_CollectorServicer_to_server(
+        CollectorService(registry, executor, heartbeat_interval=settings.heartbeat_interval), server)
+    healthz = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(healthz, server)
+    host, _ = split_hostport(settings.listen)
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {settings.listen} (address in use?)")
+    server.start()
+    healthz.set("", health_pb2.HealthCheckResponse.SERVING)
+    healthz.set("pxo.v1.Collector", health_pb2.HealthCheckResponse.SERVING)
+    return server, f"{host}:{port}", executor, healthz
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = CliApp.run(CollectorSettings, cli_args=sys.argv[1:] if argv is None else argv)
+    except Exception as exc:
+        print(f"pxo-collector: error: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        server, address, executor, healthz = serve(settings)
+        write_addr_file(settings.data_dir / "collector.addr", address)
+    except OSError as exc:
+        print(f"pxo-collector: error: {exc}", file=sys.stderr)
+        return 1
+    log.info("pxo collector %s serving on %s", pxo_version(), address)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    healthz.enter_graceful_shutdown()
+    server.stop(grace=2).wait()
+    executor.close()
+    log.info("pxo collector stopped")
+    return 0

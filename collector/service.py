@@ -1,0 +1,39 @@
+"""The collector's gRPC face: edges register and heartbeat; clients query."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+
+from pxo.collector.executor import Executor
+from pxo.collector.registry import Registry
+from pxo.v1 import pxo_pb2, pxo_pb2_grpc
+
+
+class CollectorService(pxo_pb2_grpc.CollectorServicer):
+    def __init__(self, registry: Registry, executor: Executor, *, heartbeat_interval: float) -> None:
+        self.registry = registry
+        self.executor = executor
+        self.heartbeat_interval = heartbeat_interval
+
+    def Register(self, request: pxo_pb2.RegisterRequest, context: grpc.ServicerContext) -> pxo_pb2.RegisterReply:
+        info = request.node
+        if not info.node or not info.address:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a registration needs a node name and an address")
+        self.registry.register(info)
+        return pxo_pb2.RegisterReply(heartbeat_interval_ms=int(self.heartbeat_interval * 1000))
+
+    def Heartbeat(self, request: pxo_pb2.HeartbeatRequest, context: grpc.ServicerContext) -> pxo_pb2.HeartbeatReply:
+        known = self.registry.heartbeat(request.node, request.address, list(request.sources))
+        return pxo_pb2.HeartbeatReply(known=known)
+
+    def Query(self, request: pxo_pb2.QueryRequest, context: grpc.ServicerContext) -> Iterator[pxo_pb2.QueryReply]:
+        yield from self.executor.run(request)
+
+    def ListNodes(self, request: pxo_pb2.ListNodesRequest, context: grpc.ServicerContext) -> pxo_pb2.ListNodesReply:
+        return pxo_pb2.ListNodesReply(nodes=[
+            pxo_pb2.NodeEntry(info=e.info, state=e.state,
+                              last_heartbeat_unix_us=int(e.last_seen_wall * 1_000_000))
+            for e in self.registry.snapshot()
+        ])
