@@ -17,6 +17,11 @@
 #include <uapi/linux/ptrace.h>
 #include "oom.h"
 
+/* User space passes the size of its mirror of struct oom_event: if the two
+ * ever disagree, the program fails to compile instead of being misread. */
+_Static_assert(sizeof(struct oom_event) == OOM_EVENT_SIZE,
+	       "bpf/oom.h and the mirror in edge/sources/oom.py disagree");
+
 BPF_RINGBUF_OUTPUT(oom_events, 64); /* pages: 256 KiB, ~60 events of 4 KiB */
 BPF_ARRAY(oom_lost, u64, 1);        /* events dropped because the ring buffer was full */
 

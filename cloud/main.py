@@ -12,17 +12,12 @@ import sys
 
 from pxo.cloud.settings import CloudSettings
 from pxo.common.addr import write_addr_file
+from pxo.common.settings import SettingsError, load_settings
 from pxo.common.version import pxo_version
 
 log = logging.getLogger("pxo.cloud")
 
 USAGE = "usage: python -m pxo.cloud {serve|bootstrap} [--data-dir D] [options]  (--help for options)"
-
-
-def _settings(args: list[str]) -> CloudSettings:
-    from pydantic_settings import CliApp
-
-    return CliApp.run(CloudSettings, cli_args=args)
 
 
 def serve(settings: CloudSettings) -> int:
@@ -70,11 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, file=sys.stderr)
         return 2
     try:
-        settings = _settings(argv[1:])
-    except SystemExit:
-        raise
-    except Exception as exc:
-        print(f"pxo-cloud: error: invalid settings: {exc}", file=sys.stderr)
+        settings = load_settings(CloudSettings, argv[1:])
+    except SettingsError as exc:
+        print(f"pxo-cloud: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

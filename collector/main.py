@@ -15,12 +15,13 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pxo.collector.executor import Executor
 from pxo.collector.registry import Registry
 from pxo.collector.service import CollectorService
 from pxo.common.addr import split_hostport, write_addr_file
+from pxo.common.settings import SettingsError, load_settings
 from pxo.common.version import pxo_version
 from pxo.v1 import pxo_pb2_grpc
 
@@ -69,9 +70,9 @@ def serve(settings: CollectorSettings) -> tuple[grpc.Server, str, Executor, heal
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        settings = CliApp.run(CollectorSettings, cli_args=sys.argv[1:] if argv is None else argv)
-    except Exception as exc:
-        print(f"pxo-collector: error: invalid settings: {exc}", file=sys.stderr)
+        settings = load_settings(CollectorSettings, argv)
+    except SettingsError as exc:
+        print(f"pxo-collector: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -27,6 +27,7 @@ _TOKEN = re.compile(
     (?P<ws>\s+)
   | (?P<duration>\d+(?:s|m|h|d|w)\b)
   | (?P<int>\d+\b)
+  | (?P<numword>\d+[A-Za-z_]\w*)
   | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
   | (?P<pipe>\|)
     """,
@@ -36,7 +37,7 @@ _TOKEN = re.compile(
 
 @dataclass(frozen=True)
 class Token:
-    kind: str  # duration, int, ident, pipe, end
+    kind: str  # duration, int, numword (a number with a bad unit), ident, pipe, end
     text: str
     pos: int
 

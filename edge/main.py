@@ -16,9 +16,10 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pxo.common.addr import split_hostport, write_addr_file
+from pxo.common.settings import SettingsError, load_settings
 from pxo.common.version import pxo_version
 from pxo.edge.errors import EdgeError
 from pxo.edge.registration import Registration
@@ -114,9 +115,9 @@ class Edge:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        settings = CliApp.run(EdgeSettings, cli_args=sys.argv[1:] if argv is None else argv)
-    except Exception as exc:  # pydantic's ValidationError: say it in one line
-        print(f"pxo-edge: error: invalid settings: {exc}", file=sys.stderr)
+        settings = load_settings(EdgeSettings, argv)
+    except SettingsError as exc:
+        print(f"pxo-edge: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

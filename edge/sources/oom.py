@@ -214,6 +214,7 @@ class OomBpfSource(Source):
         from bcc import BPF  # heavy, and only the edge needs it
 
         src = bpf_dir()
+        offsets["OOM_EVENT_SIZE"] = ctypes.sizeof(OomEventC)
         cflags = [f"-D{k}={v}" for k, v in offsets.items()] + [f"-I{src}"]
         try:
             self._bpf = BPF(src_file=str(src / "oom.bpf.c"), cflags=cflags)

@@ -1,0 +1,136 @@
+"""The collector over real gRPC: real edge processes serving real DuckDB files."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+
+import grpc
+import pyarrow as pa
+import pytest
+
+from pxo.common import arrowipc
+from pxo.edge.sources import all_tables
+from pxo.edge.store import Store
+from pxo.v1 import pxo_pb2, pxo_pb2_grpc
+from tests.conftest import Service, start_collector, start_edge
+
+State = pxo_pb2.NodeStatus.State
+
+
+def oom_row(pid: int, when: dt.datetime) -> dict:
+    return {"time": when, "pid": pid, "tid": pid, "comm": f"proc{pid}", "uid": 0, "oom_score_adj": 0,
+            "total_vm_bytes": 1 << 30, "anon_rss_bytes": 1 << 29, "file_rss_bytes": 0, "shmem_rss_bytes": 0,
+            "swap_bytes": 0, "pgtables_bytes": 4096, "trigger_pid": pid, "trigger_tid": pid,
+            "trigger_comm": f"proc{pid}", "cgroup_path": f"/test/{pid}", "cgroup_id": pid,
+            "cgroup_v2_path": "/", "cgroup_v2_id": 1}
+
+
+def seed_store(data_dir: Path, pids: list[int], age: dt.timedelta = dt.timedelta(minutes=5)) -> None:
+    store = Store(data_dir / "edge.duckdb", all_tables(), flush_interval=0.01)
+    store.start()
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    for pid in pids:
+        store.append("oom_events", oom_row(pid, now - age))
+    store.flush()
+    store.close()
+
+
+def query(addr: str, text: str, syntax: int = pxo_pb2.SYNTAX_PIPE, **kw: int) -> dict:
+    with grpc.insecure_channel(addr) as ch:
+        stub = pxo_pb2_grpc.CollectorStub(ch)
+        batches, schema, summary, error = [], None, None, None
+        for reply in stub.Query(pxo_pb2.QueryRequest(text=text, syntax=syntax, **kw), timeout=30):
+            part = reply.WhichOneof("part")
+            if part == "batch":
+                schema, bs = arrowipc.decode(reply.batch.ipc_stream)
+                batches += bs
+            elif part == "summary":
+                summary = reply.summary
+            else:
+                error = reply.error
+    if error is not None:
+        return {"error": error}
+    return {"table": pa.Table.from_batches(batches, schema=schema), "summary": summary}
+
+
+def wait_nodes(addr: str, n: int, state: str = "live", timeout: float = 20) -> None:
+    end = time.monotonic() + timeout
+    with grpc.insecure_channel(addr) as ch:
+        stub = pxo_pb2_grpc.CollectorStub(ch)
+        while time.monotonic() < end:
+            nodes = stub.ListNodes(pxo_pb2.ListNodesRequest(), timeout=5).nodes
+            if sum(1 for e in nodes if e.state == state) >= n:
+                return
+            time.sleep(0.1)
+    raise AssertionError(f"fewer than {n} {state} nodes after {timeout} s")
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, services: list[Service]) -> tuple[str, dict[str, Service]]:
+    _, addr = start_collector(services, tmp_path / "collector", "--heartbeat-interval", "0.5",
+                              "--expire-after", "2")
+    edges = {}
+    for node, pids in (("node-a", [1, 2, 3]), ("node-b", [10, 20])):
+        seed_store(tmp_path / node, pids)
+        edges[node], _ = start_edge(services, tmp_path / node, addr, node, "--sources", "[]")
+    wait_nodes(addr, 2)
+    return addr, edges
+
+
+def test_fan_out_merges_with_a_node_column(cluster: tuple[str, dict[str, Service]]) -> None:
+    addr, _ = cluster
+    ans = query(addr, "oom_events | last 1h")
+    t = ans["table"]
+    assert t.column_names[0] == "node"
+    assert sorted(zip(t["node"].to_pylist(), t["pid"].to_pylist(), strict=True)) == [
+        ("node-a", 1), ("node-a", 2), ("node-a", 3), ("node-b", 10), ("node-b", 20)]
+    s = ans["summary"]
+    assert not s.partial and [(n.node, n.state, n.rows) for n in s.nodes] == [
+        ("node-a", State.OK, 3), ("node-b", State.OK, 2)]
+    assert s.end_unix_us - s.start_unix_us == 3600 * 1_000_000
+
+
+def test_time_range_excludes_older_rows(cluster: tuple[str, dict[str, Service]]) -> None:
+    addr, _ = cluster
+    assert query(addr, "oom_events | last 1m")["table"].num_rows == 0  # rows are 5 minutes old
+    assert query(addr, "oom_events | last 1h | take 2")["table"].num_rows == 2
+
+
+def test_sql_form_runs_over_all_nodes(cluster: tuple[str, dict[str, Service]]) -> None:
+    addr, _ = cluster
+    ans = query(addr, "SELECT node, count(*) AS kills FROM oom_events GROUP BY node ORDER BY node",
+                syntax=pxo_pb2.SYNTAX_SQL)
+    assert ans["table"].to_pylist() == [{"node": "node-a", "kills": 3}, {"node": "node-b", "kills": 2}]
+    err = query(addr, "SELECT * FROM read_csv('/etc/passwd')", syntax=pxo_pb2.SYNTAX_SQL)["error"]
+    assert "read_csv" in err.message
+
+
+def test_empty_answer_keeps_columns(cluster: tuple[str, dict[str, Service]]) -> None:
+    addr, _ = cluster
+    t = query(addr, "oom_events | last 1s")["table"]
+    assert t.num_rows == 0 and t.column_names[:3] == ["node", "time", "pid"]
+
+
+def test_parse_errors_come_back_positioned(cluster: tuple[str, dict[str, Service]]) -> None:
+    addr, _ = cluster
+    err = query(addr, "oom_events | last 1x")["error"]
+    assert (err.line, err.column) == (1, 19) and "duration" in err.message
+    err = query(addr, "oom_evnts | last 1h")["error"]
+    assert err.hint.startswith("did you mean oom_events?")
+
+
+def test_a_dead_edge_is_named_not_dropped(cluster: tuple[str, dict[str, Service]]) -> None:
+    addr, edges = cluster
+    edges["node-b"].stop()  # graceful stop: it does not deregister
+    ans = query(addr, "oom_events | last 1h")
+    assert ans["table"]["node"].to_pylist() == ["node-a"] * 3
+    s = ans["summary"]
+    assert s.partial
+    b = [n for n in s.nodes if n.node == "node-b"][0]
+    assert b.state == State.FAILED and "unreachable" in b.detail
+    # Once its heartbeats have been missing past --expire-after, it is reported down.
+    wait_nodes(addr, 1, state="down")
+    b = [n for n in query(addr, "oom_events | last 1h")["summary"].nodes if n.node == "node-b"][0]
+    assert b.state == State.DOWN and "no heartbeat" in b.detail

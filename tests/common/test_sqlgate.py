@@ -1,0 +1,75 @@
+"""The SQL gate: hostile SQL is refused on DuckDB's own parse tree."""
+
+from __future__ import annotations
+
+import pytest
+
+from pxo.common.sqlgate import SqlRefused, check
+
+TABLES = ["oom_events", "kill_events"]
+
+HOSTILE = [
+    "DROP TABLE oom_events",
+    "DELETE FROM oom_events",
+    "INSERT INTO oom_events VALUES (1)",
+    "UPDATE oom_events SET pid = 1",
+    "CREATE TABLE x AS SELECT 1",
+    "CREATE TEMP TABLE x (a INT)",
+    "ATTACH '/etc/passwd' AS p",
+    "COPY oom_events TO '/tmp/out.csv'",
+    "PRAGMA database_list",
+    "SET enable_external_access = true",
+    "INSTALL httpfs",
+    "LOAD httpfs",
+    "SELECT * FROM read_csv('/etc/shadow')",
+    "SELECT * FROM read_text('/etc/shadow')",
+    "SELECT * FROM '/etc/passwd'",
+    "SELECT * FROM glob('/*')",
+    "SELECT getenv('HOME')",
+    "SELECT * FROM duckdb_settings()",
+    "SELECT * FROM information_schema.tables",
+    "SELECT * FROM sqlite_master",
+    "SELECT * FROM oom_events; DROP TABLE oom_events",
+    "SELECT 1; SELECT 2",
+    "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT * FROM r",
+    "SELECT * FROM other.main.oom_events",
+    "SELECT current_setting('threads')",
+    "SELECT * FROM oom_events WHERE comm IN (SELECT content FROM read_text('/etc/hosts'))",
+    "CALL pragma_version()",
+    "EXPORT DATABASE '/tmp/x'",
+    "SELECT * FROM pg_catalog.pg_tables",
+    "SELECT txid_current()",
+]
+
+
+@pytest.mark.parametrize("sql", HOSTILE)
+def test_hostile_sql_is_refused(sql: str) -> None:
+    with pytest.raises(SqlRefused):
+        check(sql, TABLES)
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT * FROM oom_events",
+    "SELECT comm, count(*) AS n FROM oom_events WHERE time >= $start GROUP BY comm ORDER BY n DESC LIMIT 5",
+    "WITH k AS (SELECT * FROM kill_events) SELECT count(*) FROM k",
+    "SELECT o.pid FROM oom_events o JOIN kill_events k ON o.pid = k.pid",
+    "SELECT date_trunc('hour', time) AS h, max(anon_rss_bytes) FROM oom_events GROUP BY 1",
+    "SELECT * FROM oom_events WHERE comm LIKE 'java%' OR regexp_matches(comm, 'py.*')",
+    "SELECT pid, row_number() OVER (PARTITION BY comm ORDER BY time) FROM oom_events",
+])
+def test_ordinary_queries_pass(sql: str) -> None:
+    check(sql, TABLES)
+
+
+def test_refusals_say_what_and_where() -> None:
+    with pytest.raises(SqlRefused) as e:
+        check("SELECT * FROM oom_event", TABLES)
+    assert e.value.message == "unknown table 'oom_event'" and e.value.position == 14
+    assert "oom_events" in e.value.hint
+    with pytest.raises(SqlRefused) as e:
+        check("SELECT pid FRM oom_events", TABLES)
+    assert "syntax error" in e.value.message and e.value.position is not None
+    with pytest.raises(SqlRefused, match="getenv"):
+        check("SELECT getenv('X') FROM oom_events", TABLES)
+    with pytest.raises(SqlRefused, match="limit"):
+        check("SELECT " + "1+" * 10_000 + "1", TABLES)

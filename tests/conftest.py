@@ -1,0 +1,109 @@
+"""Shared test fixtures: real processes on loopback, real DuckDB files, real eBPF.
+
+Tests marked ``requires_bpf`` load eBPF programs and cause real OOM kills.
+Without root, BCC or kernel headers they are skipped on a developer's machine
+and FAIL in CI (CI=true), so a CI machine that lost BCC cannot pass silently.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pxo.common.addr import read_addr_file
+from pxo.edge.prereqs import missing_for_bpf
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _bpf_missing() -> str:
+    missing = missing_for_bpf()
+    return "eBPF unavailable: " + "; ".join(missing) if missing else ""
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("requires_bpf") is None:
+        return
+    reason = _bpf_missing()
+    if reason and IN_CI:
+        pytest.fail(f"CI=true and this test needs eBPF: {reason}", pytrace=False)
+    if reason:
+        pytest.skip(reason)
+
+
+class Service:
+    """A pxo component running as a real process, with its log kept for failures."""
+
+    def __init__(self, name: str, args: list[str], data_dir: Path, *, env: dict[str, str] | None = None,
+                 addr_name: str | None = None) -> None:
+        self.name = name
+        self.data_dir = data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = data_dir / f"{name}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, "-m", f"pxo.{name}", *args],
+                                     stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
+        self.addr_file = data_dir / f"{addr_name or name}.addr"
+
+    def wait_addr(self, timeout: float = 60.0) -> str:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited ({self.proc.returncode}):\n{self.log()}")
+            addr = read_addr_file(self.addr_file)
+            if addr:
+                return addr
+            time.sleep(0.05)
+        raise AssertionError(f"{self.name} did not listen within {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def services() -> Iterator[list[Service]]:
+    """Collects started services and stops them all at teardown."""
+    started: list[Service] = []
+    yield started
+    for s in reversed(started):
+        s.stop()
+
+
+def start_collector(services: list[Service], data_dir: Path, *extra: str) -> tuple[Service, str]:
+    s = Service("collector", ["--listen", "127.0.0.1:0", "--data-dir", str(data_dir), *extra], data_dir)
+    services.append(s)
+    return s, s.wait_addr()
+
+
+def start_edge(services: list[Service], data_dir: Path, collector: str, node: str,
+               *extra: str, env: dict[str, str] | None = None) -> tuple[Service, str]:
+    s = Service("edge", ["--listen", "127.0.0.1:0", "--data-dir", str(data_dir), "--node", node,
+                         *(["--collector", collector] if collector else []), *extra], data_dir, env=env)
+    services.append(s)
+    return s, s.wait_addr()
+
+
+def start_cloud(services: list[Service], data_dir: Path, collector: str) -> tuple[Service, str]:
+    s = Service("cloud", ["serve", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", "0",
+                          "--collector", collector], data_dir)
+    services.append(s)
+    return s, s.wait_addr()

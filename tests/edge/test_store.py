@@ -1,0 +1,121 @@
+"""The edge store on real DuckDB files."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pxo.common.schema import TIME, Column, Table
+from pxo.edge.errors import FragmentError, StoreError
+from pxo.edge.store import Store
+
+T = Table("samples", "test rows", (TIME, Column("pid", "INTEGER", "p"), Column("name", "VARCHAR", "n")))
+T0 = dt.datetime(2026, 1, 1)
+
+
+def rows(n: int, start: int = 0) -> list[dict]:
+    return [{"time": T0 + dt.timedelta(seconds=i), "pid": i, "name": f"p{i}"} for i in range(start, start + n)]
+
+
+def fill(store: Store, n: int) -> None:
+    for r in rows(n):
+        store.append("samples", r)
+    store.flush()
+
+
+def collect(store: Store, sql: str, **kw: object) -> list[dict]:
+    return [r for b in store.execute(sql, **kw) for r in b.to_pylist()]
+
+
+def test_appends_are_committed_and_time_bounds_are_parameters(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.duckdb", [T], flush_interval=0.05)
+    store.start()
+    fill(store, 10)
+    got = collect(store, 'SELECT pid FROM samples WHERE "time" >= $start AND "time" < $end ORDER BY pid',
+                  start=T0 + dt.timedelta(seconds=3), end=T0 + dt.timedelta(seconds=6))
+    assert [r["pid"] for r in got] == [3, 4, 5]
+    store.close()
+
+
+def test_empty_answers_keep_their_schema(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.duckdb", [T])
+    batches = list(store.execute("SELECT pid, name FROM samples"))
+    assert len(batches) == 1 and batches[0].num_rows == 0
+    assert batches[0].schema.names == ["pid", "name"]
+    store.close()
+
+
+def test_row_cap_and_deadline(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.duckdb", [T], flush_interval=0.05, row_cap=7)
+    store.start()
+    fill(store, 3000)
+    assert len(collect(store, "SELECT * FROM samples")) == 7
+    assert len(collect(store, "SELECT * FROM samples", row_limit=2)) == 2
+    with pytest.raises(FragmentError, match="deadline"):  # 2.7e10 rows: interrupted, not awaited
+        collect(store, "SELECT count(*) FROM samples a, samples b, samples c "
+                       "WHERE (a.pid * 7 + b.pid * 13 + c.pid) % 1000003 = 17",
+                timeout=0.3)
+    store.close()
+
+
+def test_refused_sql_never_reaches_duckdb(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.duckdb", [T])
+    for sql in ("DROP TABLE samples", "SELECT * FROM read_csv('/etc/passwd')", "SELECT getenv('HOME')"):
+        with pytest.raises(FragmentError, match="refused"):
+            collect(store, sql)
+    assert collect(store, "SELECT count(*) AS n FROM samples") == [{"n": 0}]
+    store.close()
+
+
+def test_second_opener_gets_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "s.duckdb"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import duckdb, sys, time
+        con = duckdb.connect({str(path)!r}); print("open", flush=True); time.sleep(30)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        with pytest.raises(StoreError, match="in use by another process"):
+            Store(path, [T])
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_sigkill_loses_nothing_committed(tmp_path: Path) -> None:
+    """An edge killed mid-ingest keeps every batch it committed."""
+    path = tmp_path / "s.duckdb"
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path[:0] = {sys.path!r}
+        from tests.edge.test_store import T, rows
+        from pxo.edge.store import Store
+        s = Store(__import__("pathlib").Path({str(path)!r}), [T], flush_interval=0.05)
+        s.start()
+        for r in rows(500):
+            s.append("samples", r)
+        s.flush()                      # 500 rows committed
+        for r in rows(100, start=500):
+            s.append("samples", r)     # not flushed yet
+        os.kill(os.getpid(), signal.SIGKILL)
+        """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[2])
+    assert proc.returncode == -9
+    store = Store(path, [T])
+    n = collect(store, "SELECT count(*) AS n, count(DISTINCT pid) AS d FROM samples")[0]
+    assert 500 <= n["n"] <= 600 and n["n"] == n["d"]  # all committed rows, no duplicates
+    store.close()
+
+
+def test_new_columns_are_added_to_an_old_store(tmp_path: Path) -> None:
+    path = tmp_path / "s.duckdb"
+    Store(path, [T]).close()
+    wider = Table(T.name, T.description, (*T.columns, Column("extra", "BIGINT", "new in a later edge")))
+    store = Store(path, [wider])
+    assert collect(store, "SELECT extra FROM samples") == []
+    store.close()
