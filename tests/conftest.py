@@ -107,3 +107,46 @@ def start_cloud(services: list[Service], data_dir: Path, collector: str) -> tupl
                           "--collector", collector], data_dir)
     services.append(s)
     return s, s.wait_addr()
+
+
+class Stack:
+    """A real collector, one edge serving a seeded store, and the cloud API."""
+
+    def __init__(self, root: Path, services: list[Service]) -> None:
+        from tests.collector.test_collector import seed_store, wait_nodes
+
+        self.root = root
+        self.collector, self.collector_addr = start_collector(
+            services, root / "collector", "--heartbeat-interval", "0.5", "--expire-after", "2")
+        seed_store(root / "edge", [101, 102])
+        self.edge, _ = start_edge(services, root / "edge", self.collector_addr, "node-1", "--sources", "[]")
+        wait_nodes(self.collector_addr, 1)
+        self.cloud, self.url = start_cloud(services, root / "cloud", self.collector_addr)
+        out = subprocess.run([sys.executable, "-m", "pxo.cloud", "bootstrap", "--data-dir", str(root / "cloud")],
+                             capture_output=True, text=True, check=True)
+        self.key = out.stdout.strip()
+
+
+@pytest.fixture
+def stack(tmp_path: Path, services: list[Service]) -> Stack:
+    return Stack(tmp_path, services)
+
+
+def http(method: str, url: str, body: object = None, *, key: str | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, dict, dict[str, str]]:
+    """One real HTTP request; returns (status, JSON body, headers)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, method=method, data=None if body is None else json.dumps(body).encode())
+    req.add_header("Content-Type", "application/json")
+    if key is not None:
+        req.add_header("Authorization", f"Bearer {key}")
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read()), dict(resp.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read()), dict(exc.headers)

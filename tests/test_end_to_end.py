@@ -1,0 +1,88 @@
+"""A real OOM kill travels edge -> collector -> cloud -> pxo query.
+
+`pxo deploy --local` starts the three components as real processes on
+loopback; a real OOM kill happens in a cgroup beneath this test's own cgroup;
+the HTTP API and the CLI must both return exactly that kill, attributed to the
+victim's own cgroup.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pxo.edge.cgroups import memory_hierarchy
+from pxo.edge.oomdrill import DRILL_COMM, run_drill
+from tests.conftest import http
+
+pytestmark = pytest.mark.requires_bpf
+
+
+def pxo(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pxo.cli.main", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture
+def local(tmp_path: Path):  # type: ignore[no-untyped-def]
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config"), "XDG_DATA_HOME": str(tmp_path / "data")}
+    env.pop("PXO_API_URL", None)
+    env.pop("PXO_API_KEY", None)
+    r = pxo(env, "deploy", "--local", "--collector-port", "0", "--edge-port", "0", "--cloud-port", "0",
+            "--node", "e2e-node")
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((tmp_path / "config" / "pxo" / "config.json").read_text())
+    yield env, cfg, tmp_path / "data" / "pxo" / "local"
+    r = pxo(env, "delete", "--local")
+    assert r.returncode == 0, r.stderr
+
+
+def query_api(cfg: dict, text: str) -> dict:
+    status, body, _ = http("POST", cfg["api_url"] + "/api/v1/query", {"query": text}, key=cfg["api_key"])
+    assert status == 200, body
+    return body
+
+
+def test_real_oom_kill_end_to_end(local) -> None:  # type: ignore[no-untyped-def]
+    env, cfg, data_dir = local
+    before = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    drill = run_drill(limit_mib=64, allocate_mib=256)
+    assert drill.killed and drill.oom_kills == 1
+
+    end = time.monotonic() + 10
+    while True:
+        body = query_api(cfg, "oom_events | last 1h")
+        cols = [c["name"] for c in body["columns"]]
+        rows = [dict(zip(cols, r, strict=True)) for r in body["rows"]]
+        recent = [r for r in rows if dt.datetime.fromisoformat(r["time"].rstrip("Z")) >= before]
+        if recent or time.monotonic() > end:
+            break
+        time.sleep(0.2)
+
+    assert len(recent) == 1, rows  # exactly that kill
+    row = recent[0]
+    assert row["pid"] == drill.pid and row["comm"] == DRILL_COMM
+    assert row["anon_rss_bytes"] > 0
+    assert row["cgroup_path"] == drill.cgroup_path  # the victim's cgroup, not the test's or a parent
+    assert row["node"] == "e2e-node"
+    assert body["nodes"] == [{"node": "e2e-node", "state": "ok", "detail": "", "rows": len(rows)}]
+    assert not (memory_hierarchy().mount / drill.cgroup_path.lstrip("/")).exists()  # cleaned up
+
+    r = pxo(env, "query", "oom_events | last 1h")
+    assert r.returncode == 0, r.stderr
+    assert str(drill.pid) in r.stdout and drill.cgroup_path in r.stdout
+
+    # Stop the edge: the answer names it instead of silently missing its rows.
+    edge_pid = int((data_dir / "edge.pid").read_text())
+    os.kill(edge_pid, signal.SIGKILL)
+    r = pxo(env, "query", "oom_events | last 1h")
+    assert r.returncode == 3
+    assert "e2e-node" in r.stderr and "partial answer" in r.stderr
