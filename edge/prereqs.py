@@ -13,6 +13,21 @@ from pxo.edge.errors import PrerequisiteError
 
 TRACEFS_ROOTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 
+CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+
+
+def effective_capabilities(status: Path = Path("/proc/self/status")) -> int:
+    for line in status.read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def can_load_bpf(caps: int) -> bool:
+    """BCC's tracing programs need CAP_SYS_ADMIN, or CAP_BPF with CAP_PERFMON (Linux 5.8+)."""
+    has = lambda cap: bool(caps >> cap & 1)  # noqa: E731
+    return has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON))
+
 
 def kernel_headers_dir(release: str, modules_root: Path = Path("/lib/modules")) -> Path | None:
     """The header tree BCC will compile against, or None when there is none."""
@@ -26,20 +41,20 @@ def kernel_headers_dir(release: str, modules_root: Path = Path("/lib/modules")) 
 
 def missing_for_bpf(
     *,
-    euid: int | None = None,
+    caps: int | None = None,
     import_module: Callable[[str], object] = importlib.import_module,
     release: str | None = None,
     modules_root: Path = Path("/lib/modules"),
     btf_path: Path = Path("/sys/kernel/btf/vmlinux"),
 ) -> list[str]:
     """Everything the node lacks for BCC-based sources; empty when all is there."""
-    euid = os.geteuid() if euid is None else euid
+    caps = effective_capabilities() if caps is None else caps
     release = release or platform.release()
     missing = []
-    if euid != 0:
+    if not can_load_bpf(caps):
         missing.append(
-            "root: eBPF programs are loaded by root only here; run the edge as root "
-            "(in Kubernetes: a privileged container)"
+            "root: loading eBPF programs needs root privileges (CAP_SYS_ADMIN, or CAP_BPF with "
+            "CAP_PERFMON); run the edge as root (in Kubernetes: a privileged container)"
         )
     try:
         import_module("bcc")
