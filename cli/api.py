@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import urllib.error
 import urllib.request
 from typing import Any
@@ -39,7 +38,7 @@ class Api:
                 return json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as exc:
             raise self._http_error(exc) from None
-        except (urllib.error.URLError, socket.timeout, ConnectionError) as exc:
+        except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
             reason = getattr(exc, "reason", exc)
             raise Unreachable(f"cannot reach the pxo cloud at {self.url}: {reason}",
                               detail="is pxo deployed? try 'pxo deploy --local'") from None

@@ -10,6 +10,7 @@ loopback, sharing one data directory; `pxo delete --local` stops them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -192,10 +193,8 @@ class LocalDeployment:
             if pid is not None:
                 if not quiet:
                     self.say(f"stopping {name} (pid {pid}) ...")
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
                 end = time.monotonic() + timeout
                 while _pid_alive(pid) and time.monotonic() < end:
                     time.sleep(0.05)

@@ -14,17 +14,15 @@ import pyarrow as pa
 
 from pxo.cloud.errors import BadQuery, CollectorUnavailable
 from pxo.common import arrowipc
+from pxo.common.timeutil import from_unix_us, iso
 from pxo.v1 import pxo_pb2, pxo_pb2_grpc
 
 NODE_STATES = {v: k.lower() for k, v in pxo_pb2.NodeStatus.State.items()}
-EPOCH = dt.datetime(1970, 1, 1)
 
 
 def _json_value(v: Any) -> Any:
     if isinstance(v, dt.datetime):
-        if v.tzinfo is not None:
-            v = v.astimezone(dt.UTC).replace(tzinfo=None)
-        return v.isoformat() + "Z"
+        return iso(v)
     if isinstance(v, (dt.date, dt.time)):
         return v.isoformat()
     if isinstance(v, dt.timedelta):
@@ -38,10 +36,6 @@ def _json_value(v: Any) -> Any:
     if isinstance(v, dict):
         return {k: _json_value(x) for k, x in v.items()}
     return v
-
-
-def _iso(unix_us: int) -> str | None:
-    return (EPOCH + dt.timedelta(microseconds=unix_us)).isoformat() + "Z" if unix_us else None
 
 
 class CollectorClient:
@@ -91,7 +85,7 @@ class CollectorClient:
                        "detail": s.detail, "rows": s.rows} for s in summary.nodes],
             "partial": summary.partial,
             "truncated": summary.truncated,
-            "range": {"start": _iso(summary.start_unix_us), "end": _iso(summary.end_unix_us)}
+            "range": {"start": iso(from_unix_us(summary.start_unix_us)), "end": iso(from_unix_us(summary.end_unix_us))}
             if summary.start_unix_us else None,
         }
 
@@ -106,7 +100,7 @@ class CollectorClient:
             "address": n.info.address,
             "edge_version": n.info.edge_version,
             "kernel_release": n.info.kernel_release,
-            "last_heartbeat": _iso(n.last_heartbeat_unix_us),
+            "last_heartbeat": iso(from_unix_us(n.last_heartbeat_unix_us)),
             "sources": [{"name": s.name, "state": s.state, "detail": s.detail,
                          "events": s.events, "lost": s.lost} for s in n.info.sources],
         } for n in reply.nodes]

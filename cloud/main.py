@@ -12,7 +12,7 @@ import sys
 
 from pxo.cloud.settings import CloudSettings
 from pxo.common.addr import write_addr_file
-from pxo.common.settings import SettingsError, load_settings
+from pxo.common.settings import SettingsError, configure_logging, load_settings
 from pxo.common.version import pxo_version
 
 log = logging.getLogger("pxo.cloud")
@@ -69,6 +69,5 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"pxo-cloud: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)
     return serve(settings) if argv[0] == "serve" else bootstrap(settings)

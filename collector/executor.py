@@ -26,18 +26,12 @@ from pxo.collector.errors import QueryError
 from pxo.collector.registry import EdgeEntry, Registry
 from pxo.common import arrowipc
 from pxo.common.schema import Table
+from pxo.common.timeutil import to_unix_us, utc_now
 from pxo.v1 import pxo_pb2, pxo_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 State = pxo_pb2.NodeStatus.State
-EPOCH = dt.datetime(1970, 1, 1)
-
-
-def unix_us(t: dt.datetime | None) -> int:
-    return 0 if t is None else (t - EPOCH) // dt.timedelta(microseconds=1)
-
-
 @dataclass
 class NodeResult:
     node: str
@@ -59,7 +53,7 @@ class Executor:
         edge_timeout: float = 10.0,
         row_cap: int = 100_000,
         max_workers: int = 64,
-        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC).replace(tzinfo=None),
+        clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
         self.registry = registry
         self._channel_factory = channel_factory
@@ -130,8 +124,8 @@ class Executor:
         row_limit = plan.edge_row_limit or cap + 1  # one more than the cap reveals truncation
         try:
             for table, sql in plan.fragments.items():
-                frag = pxo_pb2.Fragment(sql=sql, start_unix_us=unix_us(plan.start),
-                                        end_unix_us=unix_us(plan.end), row_limit=row_limit)
+                frag = pxo_pb2.Fragment(sql=sql, start_unix_us=to_unix_us(plan.start),
+                                        end_unix_us=to_unix_us(plan.end), row_limit=row_limit)
                 schema, batches = None, []
                 for msg in stub.Execute(frag, timeout=max(deadline - time.monotonic(), 0.001)):
                     schema, bs = arrowipc.decode(msg.ipc_stream)
@@ -208,8 +202,8 @@ class Executor:
         yield pxo_pb2.QueryReply(summary=pxo_pb2.QuerySummary(
             nodes=statuses,
             partial=any(s.state not in (State.OK, State.SKIPPED) for s in statuses),
-            start_unix_us=unix_us(plan.start),
-            end_unix_us=unix_us(plan.end),
+            start_unix_us=to_unix_us(plan.start),
+            end_unix_us=to_unix_us(plan.end),
             rows=rows,
             truncated=truncated,
         ))

@@ -6,9 +6,7 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
-import threading
 from concurrent import futures
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from pxo.collector.executor import Executor
 from pxo.collector.registry import Registry
 from pxo.collector.service import CollectorService
 from pxo.common.addr import split_hostport, write_addr_file
-from pxo.common.settings import SettingsError, load_settings
+from pxo.common.settings import SettingsError, configure_logging, load_settings, wait_for_shutdown
 from pxo.common.version import pxo_version
 from pxo.v1 import pxo_pb2_grpc
 
@@ -74,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"pxo-collector: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         server, address, executor, healthz = serve(settings)
@@ -84,10 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pxo-collector: error: {exc}", file=sys.stderr)
         return 1
     log.info("pxo collector %s serving on %s", pxo_version(), address)
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
-    done.wait()
+    wait_for_shutdown()
     healthz.enter_graceful_shutdown()
     server.stop(grace=2).wait()
     executor.close()

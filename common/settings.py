@@ -30,3 +30,20 @@ def load_settings(cls: type[S], argv: list[str] | None = None) -> S:
         return CliApp.run(cls, cli_args=sys.argv[1:] if argv is None else argv)
     except ValidationError as exc:
         raise SettingsError(describe(exc)) from None
+
+
+def configure_logging(level: str) -> None:
+    import logging
+
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def wait_for_shutdown() -> None:
+    """Block until SIGTERM or SIGINT."""
+    import signal
+    import threading
+
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()

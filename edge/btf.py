@@ -92,13 +92,13 @@ class Btf:
             members: tuple[tuple[str, int, int], ...] = ()
             array = None
             enumerators: tuple[tuple[str, int], ...] = ()
-            if kind == _INT or kind == _VAR or kind == _DECL_TAG:
+            if kind in (_INT, _VAR, _DECL_TAG):
                 pos += 4
             elif kind == _ARRAY:
                 elem, _index, nelems = unpack("<III", buf, pos)
                 array = (elem, nelems)
                 pos += 12
-            elif kind == _STRUCT or kind == _UNION:
+            elif kind in (_STRUCT, _UNION):
                 ms = []
                 for _ in range(vlen):
                     m_name, m_type, m_off = unpack("<III", buf, pos)

@@ -9,6 +9,7 @@ fixture trees.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -157,10 +158,8 @@ class ScratchCgroup:
             except OSError:
                 pids = []
             for pid in pids:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             try:
                 self.dir.rmdir()
                 return

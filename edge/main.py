@@ -6,10 +6,8 @@
 from __future__ import annotations
 
 import logging
-import signal
 import socket
 import sys
-import threading
 from concurrent import futures
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pxo.common.addr import split_hostport, write_addr_file
-from pxo.common.settings import SettingsError, load_settings
+from pxo.common.settings import SettingsError, configure_logging, load_settings, wait_for_shutdown
 from pxo.common.version import pxo_version
 from pxo.edge.errors import EdgeError
 from pxo.edge.registration import Registration
@@ -119,17 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"pxo-edge: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)
     try:
         edge = Edge(settings)
         edge.start()
     except EdgeError as exc:
         print(f"pxo-edge: error: {exc}", file=sys.stderr)
         return 1
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
-    done.wait()
+    wait_for_shutdown()
     edge.stop()
     return 0

@@ -3,7 +3,6 @@ Execute (run one fragment on the store, stream Arrow)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import platform
 from collections.abc import Callable, Iterator, Sequence
@@ -11,6 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 import grpc
 
 from pxo.common import arrowipc
+from pxo.common.timeutil import from_unix_us
 from pxo.common.version import pxo_version
 from pxo.edge.errors import FragmentError
 from pxo.edge.sources.base import Source
@@ -18,13 +18,6 @@ from pxo.edge.store import Store
 from pxo.v1 import pxo_pb2, pxo_pb2_grpc
 
 log = logging.getLogger(__name__)
-
-EPOCH = dt.datetime(1970, 1, 1)
-
-
-def from_unix_us(us: int) -> dt.datetime:
-    return EPOCH + dt.timedelta(microseconds=us)
-
 
 class EdgeService(pxo_pb2_grpc.EdgeServicer):
     def __init__(self, *, node: str, store: Store, sources: Sequence[Source],
@@ -57,8 +50,8 @@ class EdgeService(pxo_pb2_grpc.EdgeServicer):
         try:
             for batch in self.store.execute(
                 request.sql,
-                start=from_unix_us(request.start_unix_us) if request.start_unix_us else None,
-                end=from_unix_us(request.end_unix_us) if request.end_unix_us else None,
+                start=from_unix_us(request.start_unix_us),
+                end=from_unix_us(request.end_unix_us),
                 row_limit=request.row_limit,
                 timeout=max(timeout, 0.1),
             ):

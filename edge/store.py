@@ -13,6 +13,7 @@ with a deadline (the query is interrupted) and a row cap.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import queue
@@ -33,6 +34,7 @@ from pxo.edge.errors import FragmentError, StoreError
 log = logging.getLogger(__name__)
 
 DEFAULT_ROW_CAP = 1_000_000
+_FLUSH = object()  # stands for "the flush deadline passed" inside the writer
 
 
 class Store:
@@ -52,7 +54,8 @@ class Store:
         self.flush_interval = flush_interval
         self.max_batch_rows = max_batch_rows
         self.row_cap = row_cap
-        self._queue: queue.Queue[tuple[str, Mapping[str, Any]] | None] = queue.Queue()
+        # rows, flush barriers (Events), or None to stop the writer
+        self._queue: queue.Queue[tuple[str, Mapping[str, Any]] | threading.Event | None] = queue.Queue()
         self._writer: threading.Thread | None = None
         self.rows_written = 0
         self.write_error: str = ""
@@ -100,27 +103,28 @@ class Store:
         cur = self._con.cursor()
         pending: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
         count = 0
-        deadline = None
-        stopping = False
-        while not stopping:
+        deadline: float | None = None
+        while True:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            item: object
             try:
                 item = self._queue.get(timeout=timeout)
             except queue.Empty:
-                item = ("", {})  # the deadline passed: flush
-            else:
-                if item is None:
-                    stopping = True
-                elif item[0]:
-                    pending[item[0]].append(item[1])
-                    count += 1
-                    if deadline is None:
-                        deadline = time.monotonic() + self.flush_interval
-            if count and (stopping or count >= self.max_batch_rows or time.monotonic() >= (deadline or 0)):
+                item = _FLUSH  # the oldest pending row has waited flush_interval
+            if isinstance(item, tuple):
+                pending[item[0]].append(item[1])
+                count += 1
+                if deadline is None:
+                    deadline = time.monotonic() + self.flush_interval
+                if count < self.max_batch_rows and time.monotonic() < deadline:
+                    continue  # a steady stream still commits every flush_interval
+            if count:
                 self._flush(cur, pending)
-                pending = defaultdict(list)
-                count = 0
-                deadline = None
+                pending, count, deadline = defaultdict(list), 0, None
+            if isinstance(item, threading.Event):
+                item.set()  # a flush() barrier: everything before it is committed
+            elif item is None:
+                break
         cur.close()
 
     def _flush(self, cur: duckdb.DuckDBPyConnection, pending: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
@@ -138,12 +142,13 @@ class Store:
                 self.write_error = f"cannot write {len(rows)} rows to {name}: {exc}"
                 log.error("%s", self.write_error)
 
-    def flush(self, timeout: float = 5.0) -> None:
-        """Wait until everything appended so far is committed (for shutdown and tests)."""
-        end = time.monotonic() + timeout
-        while not self._queue.empty() and time.monotonic() < end:
-            time.sleep(0.01)
-        time.sleep(self.flush_interval + 0.05)
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Commit everything appended so far now; False if the writer did not finish in time."""
+        if self._writer is None:
+            return False
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
 
     # -- reads -----------------------------------------------------------------
 
@@ -198,8 +203,6 @@ class Store:
             self._queue.put(None)
             self._writer.join(timeout=10)
             self._writer = None
-        try:
+        with contextlib.suppress(duckdb.Error):
             self._con.execute("CHECKPOINT")
-        except duckdb.Error:
-            pass
         self._con.close()

@@ -69,7 +69,7 @@ class Source(ABC):
     def poll(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for data and emit what arrived."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: most sources hold nothing to release
         """Release what open() acquired."""
 
     # -- the lifecycle ---------------------------------------------------------

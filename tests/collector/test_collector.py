@@ -128,9 +128,9 @@ def test_a_dead_edge_is_named_not_dropped(cluster: tuple[str, dict[str, Service]
     assert ans["table"]["node"].to_pylist() == ["node-a"] * 3
     s = ans["summary"]
     assert s.partial
-    b = [n for n in s.nodes if n.node == "node-b"][0]
+    b = next(n for n in s.nodes if n.node == "node-b")
     assert b.state == State.FAILED and "unreachable" in b.detail
     # Once its heartbeats have been missing past --expire-after, it is reported down.
     wait_nodes(addr, 1, state="down")
-    b = [n for n in query(addr, "oom_events | last 1h")["summary"].nodes if n.node == "node-b"][0]
+    b = next(n for n in query(addr, "oom_events | last 1h")["summary"].nodes if n.node == "node-b")
     assert b.state == State.DOWN and "no heartbeat" in b.detail
