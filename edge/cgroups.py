@@ -15,6 +15,7 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,3 +170,45 @@ class ScratchCgroup:
                 if time.monotonic() > deadline:
                     raise CgroupError(f"cannot remove {self.dir}: {exc}") from exc
                 time.sleep(0.05)
+
+
+class CgroupResolver:
+    """cgroup id -> path within one hierarchy, for ids a probe reports without a path.
+
+    A cgroup's id is the inode number of its directory. Inodes are unique only
+    within one cgroupfs, so there is one resolver per hierarchy. Misses trigger
+    a rescan, at most once per ``rescan_interval`` seconds, so a burst of
+    unknown ids costs one walk. A cgroup removed before it was ever seen stays
+    unresolved (None): probes whose events outlive cgroups walk the path in the
+    kernel instead (bpf/cgroup.h).
+    """
+
+    def __init__(self, hierarchy: Hierarchy, *, rescan_interval: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.hierarchy = hierarchy
+        self.rescan_interval = rescan_interval
+        self._clock = clock
+        self._paths: dict[int, str] = {}
+        self._last_scan = float("-inf")
+
+    def _scan(self) -> None:
+        paths: dict[int, str] = {}
+        root = self.hierarchy.mount
+        for dirpath, _dirs, _files in os.walk(root):
+            try:
+                ino = os.stat(dirpath).st_ino
+            except OSError:
+                continue  # removed while walking
+            rel = os.path.relpath(dirpath, root)
+            paths[ino] = "/" if rel == "." else "/" + rel
+        self._paths = paths
+        self._last_scan = self._clock()
+
+    def path(self, cgroup_id: int) -> str | None:
+        if not cgroup_id:
+            return None
+        found = self._paths.get(cgroup_id)
+        if found is None and self._clock() - self._last_scan >= self.rescan_interval:
+            self._scan()
+            found = self._paths.get(cgroup_id)
+        return found
