@@ -22,7 +22,7 @@ from pxo.common.version import pxo_version
 from pxo.edge.errors import EdgeError
 from pxo.edge.registration import Registration
 from pxo.edge.service import EdgeService
-from pxo.edge.sources import SOURCES, all_tables
+from pxo.edge.sources import SOURCES, all_tables, build_sources
 from pxo.edge.sources.base import Source
 from pxo.edge.store import Store
 from pxo.v1 import pxo_pb2_grpc
@@ -41,7 +41,10 @@ class EdgeSettings(BaseSettings):
     listen: str = Field("127.0.0.1:50701", description="host:port to serve on (port 0: any free port)")
     advertise: str = Field("", description="host:port the collector should dial (default: the bound address)")
     collector: str = Field("", description="collector host:port to register with (empty: stand alone)")
-    sources: list[str] = Field(["oom_bpf"], description=f"sources to run, from: {', '.join(SOURCES)}")
+    sources: list[str] = Field(default_factory=lambda: list(SOURCES),
+                               description=f"sources to run (default: all), from: {', '.join(SOURCES)}")
+    require_bpf: bool = Field(False, description="exit when an eBPF program cannot load, instead of running "
+                                                 "degraded on the kernel log and cgroupfs")
     flush_interval: float = Field(0.5, gt=0, le=1.0, description="seconds between store commits")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
@@ -69,7 +72,8 @@ class Edge:
         self.settings = settings
         self.store = Store(settings.data_dir / "edge.duckdb", all_tables(),
                            flush_interval=settings.flush_interval)
-        self.sources: list[Source] = [SOURCES[name](sink=self.store) for name in settings.sources]
+        self.sources: list[Source] = build_sources(settings.sources, sink=self.store,
+                                                   oom_recorded=self.store.oom_kill_recorded)
         self.address = ""
         self.service = EdgeService(node=settings.node, store=self.store, sources=self.sources,
                                    address=lambda: self.address)
@@ -80,9 +84,22 @@ class Edge:
         self.registration: Registration | None = None
 
     def start(self) -> None:
-        for s in self.sources:
-            s.start()  # raises with a clear message when a source cannot run
         self.store.start()
+        for s in self.sources:
+            try:
+                s.start()
+            except EdgeError as exc:  # its status says why; the other sources still run
+                log.warning("source %s cannot run: %s", s.name, exc)
+        problems = [s for s in self.sources if s.status.state in ("failed", "degraded")]
+        failed = [s for s in problems if s.status.state == "failed"]
+        if problems and (self.settings.require_bpf or (failed and len(failed) == len(self.sources))):
+            message = problems[0].status.detail
+            for s in self.sources:
+                s.stop()
+            self.store.close()
+            raise EdgeError(message)
+        if problems:
+            log.warning("edge is DEGRADED: %s", "; ".join(f"{s.name}: {s.status.detail}" for s in problems))
         host, _ = split_hostport(self.settings.listen)
         port = self.server.add_insecure_port(self.settings.listen)
         if port == 0:

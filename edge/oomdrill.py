@@ -40,17 +40,27 @@ class DrillResult:
     oom_kills: int  # the cgroup's own oom_kill counter
 
 
+def start_allocator(cg: ScratchCgroup, allocate_mib: int, *, comm: str = DRILL_COMM,
+                    python: str = sys.executable) -> subprocess.Popen[bytes]:
+    """A process that joins ``cg`` and then allocates ``allocate_mib`` MiB (bounded:
+    at most 8 times the cgroup's limit). Returns once it has joined."""
+    if allocate_mib << 20 > 8 * cg.limit_bytes:
+        raise CgroupError("an allocator allocates at most 8 times its cgroup's limit")
+    child = subprocess.Popen(
+        [python, "-c", _ALLOCATOR, str(cg.procs_file), str(allocate_mib), comm],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )
+    assert child.stdout is not None
+    child.stdout.readline()  # "joined" (or EOF if it died first)
+    return child
+
+
 def run_drill(*, limit_mib: int = 64, allocate_mib: int = 256,
               python: str = sys.executable) -> DrillResult:
     """Cause exactly one OOM kill; returns what the kernel did."""
-    if allocate_mib > 8 * limit_mib:
-        raise CgroupError("a drill allocates at most 8 times its limit")
     cg = ScratchCgroup(limit_mib << 20, prefix="pxo-oom-drill")
     with cg:
-        child = subprocess.Popen(
-            [python, "-c", _ALLOCATOR, str(cg.procs_file), str(allocate_mib), DRILL_COMM],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        )
+        child = start_allocator(cg, allocate_mib, python=python)
         try:
             child.wait(timeout=60)
         except subprocess.TimeoutExpired:

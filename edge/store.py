@@ -152,6 +152,24 @@ class Store:
 
     # -- reads -----------------------------------------------------------------
 
+    def oom_kill_recorded(self, boot_id: str, kmsg_seq: int, pid: int, when: dt.datetime,
+                          slack: dt.timedelta = dt.timedelta(seconds=5)) -> bool:
+        """Is this kill already in the store? By its kernel log record, or by pid and time
+        (a row eBPF recorded without its kernel log record)."""
+        if "oom_events" not in self.tables:
+            return False
+        self.flush()
+        cur = self._con.cursor()
+        try:
+            row = cur.execute(
+                'SELECT 1 FROM oom_events WHERE boot_id = $boot AND (kmsg_seq = $seq OR '
+                '(pid = $pid AND "time" BETWEEN $lo AND $hi)) LIMIT 1',
+                {"boot": boot_id, "seq": kmsg_seq, "pid": pid, "lo": when - slack, "hi": when + slack},
+            ).fetchone()
+        finally:
+            cur.close()
+        return row is not None
+
     def execute(
         self,
         sql: str,

@@ -47,11 +47,12 @@ class Service:
         self.data_dir = data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = data_dir / f"{name}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - appended: restarts keep earlier logs
+        self.addr_file = data_dir / f"{addr_name or name}.addr"
+        self.addr_file.unlink(missing_ok=True)  # a restarted service must not be found at its old address
         self.proc = subprocess.Popen([sys.executable, "-m", f"pxo.{name}", *args],
                                      stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})
-        self.addr_file = data_dir / f"{addr_name or name}.addr"
 
     def wait_addr(self, timeout: float = 60.0) -> str:
         end = time.monotonic() + timeout

@@ -1,13 +1,16 @@
-"""Edge sources by name. Every source declares its tables next to itself."""
+"""Edge sources by name, and how each is wired. Every source declares its tables next to itself."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from pxo.common.schema import Table
-from pxo.edge.sources.base import Source
-from pxo.edge.sources.oom import OomBpfSource
+from pxo.edge.sources.base import Sink, Source
+from pxo.edge.sources.oom import OomSource
 
 SOURCES: dict[str, type[Source]] = {
-    OomBpfSource.name: OomBpfSource,
+    OomSource.name: OomSource,
 }
 
 
@@ -18,3 +21,16 @@ def all_tables() -> list[Table]:
         for t in cls.tables:
             seen.setdefault(t.name, t)
     return list(seen.values())
+
+
+def build_sources(names: list[str], *, sink: Sink, use_bpf: bool = True,
+                  oom_recorded: Callable[..., bool] | None = None) -> list[Source]:
+    """The named sources, each given what it needs from the edge."""
+    built = []
+    for name in names:
+        cls = SOURCES[name]
+        kwargs: dict[str, Any] = {"sink": sink}
+        if cls is OomSource:
+            kwargs.update(use_bpf=use_bpf, recorded=oom_recorded)
+        built.append(cls(**kwargs))
+    return built

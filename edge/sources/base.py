@@ -29,7 +29,7 @@ class Sink(Protocol):
 @dataclass
 class SourceStatus:
     name: str
-    state: str = "stopped"  # stopped | running | failed
+    state: str = "stopped"  # stopped | running | degraded | failed
     detail: str = ""
     events: int = 0
     lost: int = 0
@@ -78,6 +78,11 @@ class Source(ABC):
         self._sink.append(table, row)
         self.status.events += 1
 
+    def degrade(self, detail: str) -> None:
+        """Called from open(): the source runs, but without part of what it should see."""
+        self._set_state("degraded", detail)
+        log.warning("source %s is DEGRADED: %s", self.name, detail)
+
     def _set_state(self, state: str, detail: str = "") -> None:
         self.status.state = state
         self.status.detail = detail
@@ -89,7 +94,8 @@ class Source(ABC):
         except Exception as exc:
             self._set_state("failed", str(exc))
             raise
-        self._set_state("running")
+        if self.status.state != "degraded":
+            self._set_state("running")
         self._thread = threading.Thread(target=self._run, name=f"source-{self.name}", daemon=True)
         self._thread.start()
 
@@ -109,5 +115,5 @@ class Source(ABC):
         try:
             self.close()
         finally:
-            if self.status.state == "running":
+            if self.status.state in ("running", "degraded"):
                 self._set_state("stopped")

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from pxo.edge.oomdrill import DRILL_COMM, run_drill
-from pxo.edge.sources.oom import OomBpfSource
+from pxo.edge.sources.oom import OomSource
 
 pytestmark = pytest.mark.requires_bpf
 
@@ -37,7 +37,7 @@ def kmsg_records_after(fd: int) -> list[str]:
 
 def test_real_oom_kill_is_attributed_to_the_victim_and_its_cgroup() -> None:
     sink = ListSink()
-    src = OomBpfSource(sink=sink)
+    src = OomSource(sink=sink)
     src.start()
     kmsg = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
     os.lseek(kmsg, 0, os.SEEK_END)
@@ -62,6 +62,16 @@ def test_real_oom_kill_is_attributed_to_the_victim_and_its_cgroup() -> None:
     assert row["total_vm_bytes"] >= row["anon_rss_bytes"]
     assert row["cgroup_id"] and row["pgtables_bytes"] > 0
     assert src.status.state == "stopped" and src.status.lost == 0
+
+    # The kernel log's half, joined by pid: why, where, and the pool it chose from.
+    assert row["origin"] == "bpf+kmsg"
+    assert row["constraint"] == "memcg" and row["oom_memcg_path"] == drill.cgroup_path
+    assert row["memcg_limit_bytes"] == 64 << 20 and row["memcg_usage_bytes"] > 0
+    assert row["pool_bytes"] == 64 << 20  # the cgroup's limit (no swap here), not the victim's usage
+    assert row["gfp_mask"] and row["alloc_order"] == 0 and row["kmsg_seq"] > 0
+    candidates = [r for t, r in sink.rows if t == "oom_candidates" and r["oom_id"] == row["oom_id"]]
+    assert [(c["pid"], c["comm"], c["victim"]) for c in candidates] == [(drill.pid, DRILL_COMM, True)]
+    assert candidates[0]["rss_bytes"] > 32 << 20
 
     # Cross-check with the kernel log: its oom-kill record names the same task and memcg.
     kills = [r for r in records if "oom-kill:" in r and f",pid={drill.pid}," in r]

@@ -1,0 +1,658 @@
+"""cgroup path -> container -> pod: the edge's attribution enricher.
+
+The kernel names a task's cgroup by its path (from /proc/PID/cgroup, or the
+kernfs walk of bpf/cgroup.h); on cgroup v1 that is the memory hierarchy's
+path, on v2 the unified one. The layouts look alike on both. This module turns
+the path into who owns it, in two steps:
+
+1. ``parse_cgroup_path`` (pure, no I/O): the runtime, the container id, the
+   pod uid and QoS class, as the path itself spells them.
+2. ``KubePodWatcher`` (a ``PodIndex``): namespace, pod and container names,
+   from the API server, for the pods of this node only.
+
+``Attributor`` joins both into the ``ATTRIBUTION_COLUMNS``. Outside a
+cluster the watcher switches itself off with one log line
+(``KubePodWatcher.from_environment``) and the ids from the path still come
+through; an unknown path gives all NULLs and the caller keeps the raw path.
+
+Layouts recognised (``tests/edge/test_attribution.py`` has one case each):
+
+Kubernetes, systemd cgroup driver (kubelet and runtime agree on it)::
+
+    /kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid_>.slice/cri-containerd-<id>.scope
+    /kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod<uid_>.slice/crio-<id>.scope
+    /kubepods.slice/kubepods-pod<uid_>.slice/docker-<id>.scope          (guaranteed; cri-dockerd)
+
+  systemd forbids "-" inside a slice's own name, so the uid has "_" there;
+  ``pod_uid`` is given back dashed, as the API server shows it.
+
+Kubernetes, cgroupfs driver::
+
+    /kubepods/burstable/pod<uid>/<id>     /kubepods/besteffort/pod<uid>/<id>
+    /kubepods/pod<uid>/<id>  (guaranteed)  .../pod<uid>/crio-<id>   (cri-o)
+
+  A bare id does not say whether containerd or docker made it: ``container_runtime``
+  is NULL there.
+
+Kubernetes with the kubelet's systemd driver but a runtime using cgroupfs
+(the runtime takes systemd's "slice:prefix:id" literally, typically below its
+own service): ``/system.slice/containerd.service/kubepods-burstable-pod<uid>.slice:cri-containerd:<id>``.
+
+Nested prefixes and cgroup namespaces: the kubepods part is matched wherever
+it appears (kind: ``/system.slice/docker-<node>.scope/kubelet.slice/kubelet-kubepods.slice/
+kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod<uid>.slice/...``;
+k3d/minikube: ``/docker/<node>/kubepods/...``; a reader in another cgroup
+namespace: ``/../../kubepods-burstable-pod<uid>.slice/...``). The innermost pod
+wins, so the node container of kind is never taken for the workload.
+
+Decisions for the cases that are not a plain container:
+
+- The pod's own cgroup (``...-pod<uid>.slice``, ``.../pod<uid>``): pod uid and
+  QoS class, no runtime, no container (the pod-level limit lives there).
+- The pause sandbox (``cri-containerd-<sandbox id>.scope`` below the pod): its
+  path cannot be told from a container's, so it gets the runtime and its
+  (sandbox) id; the API server lists no container with that id, so
+  ``container`` stays NULL while namespace and pod are filled.
+- conmon, cri-o's and podman's per-container monitor (``crio-conmon-<id>.scope``,
+  ``libpod-conmon-<id>.scope``): it is not the container. Runtime (and the pod
+  when it sits in one) are kept, ``container_id`` is NULL, and ``unit`` carries
+  the monitor's cgroup name, which holds the id of the container it watches.
+- Docker: ``/docker/<id>`` (cgroupfs), ``/system.slice/docker-<id>.scope`` (systemd).
+- Podman: ``/machine.slice/libpod-<id>.scope``, rootless
+  ``/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-<id>.scope``,
+  cgroupfs ``/libpod_parent/libpod-<id>``; sub-cgroups below the container
+  (``libpod-<id>.scope/container``, systemd inside) stay the container's.
+- containerd without Kubernetes: ``/system.slice/containerd.service`` is the
+  daemon (and the shims it starts there): a systemd unit, no container.
+  nerdctl's containers are ``/system.slice/nerdctl-<id>.scope`` (systemd) and
+  ``/default/<id>`` (cgroupfs, containerd namespace "default"). Other
+  containerd namespaces (``ctr -n NAME``) give ``/NAME/<id>``, and ctr lets a
+  user pick any id: those are not recognised (nothing in the path says
+  "container"), nor is any id that is not 64 hex digits.
+- A systemd unit that is no container (``/system.slice/nginx.service``,
+  ``session-3.scope``, user services): runtime "systemd", the innermost unit.
+- Anything else (the root, slices alone, LXC, ECS...): all NULL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from pxo.common.schema import Column
+
+if TYPE_CHECKING:  # the client costs ~0.3 s to import: only the watcher needs it
+    from kubernetes.client import ApiClient, Configuration
+    from kubernetes.watch import Watch
+
+log = logging.getLogger(__name__)
+
+ATTRIBUTION_COLUMNS: tuple[Column, ...] = (
+    Column("container_runtime", "VARCHAR",
+           "Runtime that made the cgroup: containerd, cri-o, docker, podman, systemd (a plain unit), or NULL"),
+    Column("container_id", "VARCHAR", "Full 64-hex container id, when the cgroup path carries it"),
+    Column("pod_uid", "VARCHAR", "Kubernetes pod uid from the kubepods path, dashed as the API server shows it"),
+    Column("qos_class", "VARCHAR", "Pod QoS class from the kubepods path: guaranteed, burstable or besteffort"),
+    Column("namespace", "VARCHAR", "Pod namespace, from the Kubernetes API server"),
+    Column("pod", "VARCHAR", "Pod name, from the Kubernetes API server"),
+    Column("container", "VARCHAR", "Container name in the pod spec, from the Kubernetes API server"),
+)
+
+NOT_IN_CLUSTER = "not in a Kubernetes cluster: pod names are off; cgroup paths still give container and pod ids"
+
+# -- parsing a cgroup path ------------------------------------------------------
+
+_HEX64 = r"[0-9a-f]{64}"
+# A pod uid: a UUID (with "_" instead of "-" in systemd slice names), or the
+# 32-hex config hash the kubelet uses as the uid of a static pod.
+_UID = r"[0-9a-f]{8}(?:[-_][0-9a-f]{4}){3}[-_][0-9a-f]{12}|[0-9a-f]{32}"
+
+# kubepods[-<qos>]-pod<uid>.slice, with any cgroup-root prefix (kind: "kubelet-").
+_POD_SLICE = re.compile(rf"(?:.+-)?kubepods(?:-(?P<qos>burstable|besteffort))?-pod(?P<uid>{_UID})\.slice")
+# systemd's "slice:prefix:id" taken literally as one directory name.
+_POD_SLICE_INLINE = re.compile(rf"(?P<slice>[^:]+\.slice):(?P<prefix>[^:]+):(?P<id>{_HEX64})")
+_POD_DIR = re.compile(rf"pod(?P<uid>{_UID})")  # cgroupfs driver
+_PREFIXED = re.compile(
+    rf"(?P<prefix>cri-containerd|crio-conmon|crio|docker|libpod-conmon|libpod|nerdctl)-(?P<id>{_HEX64})(?:\.scope)?")
+_BARE_ID = re.compile(_HEX64)
+_UNIT = re.compile(r".+\.(?:service|scope|socket|mount|swap)")
+
+_RUNTIME_OF_PREFIX = {
+    "cri-containerd": "containerd",
+    "crio": "cri-o",
+    "crio-conmon": "cri-o",
+    "docker": "docker",
+    "libpod": "podman",
+    "libpod-conmon": "podman",
+    "nerdctl": "containerd",
+}
+_CONMON = frozenset({"crio-conmon", "libpod-conmon"})
+# Parents that make a bare 64-hex directory a container outside Kubernetes.
+_RUNTIME_OF_PARENT = {"docker": "docker", "default": "containerd"}
+
+
+@dataclasses.dataclass(frozen=True)
+class CgroupIdentity:
+    """What a cgroup path says about its owner; every field may be None."""
+
+    runtime: str | None = None  # containerd | cri-o | docker | podman | systemd
+    container_id: str | None = None  # full 64-hex id
+    pod_uid: str | None = None  # dashed (a static pod's 32-hex hash stays as is)
+    qos_class: str | None = None  # guaranteed | burstable | besteffort
+    # The systemd unit of a plain service or scope (runtime "systemd"), or the
+    # cgroup name of a runtime's conmon monitor (no container_id then).
+    unit: str | None = None
+
+
+UNKNOWN = CgroupIdentity()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Container:
+    runtime: str | None
+    container_id: str | None
+    unit: str | None = None
+
+
+def normalize_pod_uid(uid: str) -> str:
+    """The API server's form of a pod uid taken from a cgroup name."""
+    return uid.lower().replace("_", "-")
+
+
+def _container(name: str, parent: str | None, *, in_pod: bool) -> _Container | None:
+    m = _PREFIXED.fullmatch(name)
+    if m:
+        prefix = m["prefix"]
+        if prefix in _CONMON:
+            return _Container(_RUNTIME_OF_PREFIX[prefix], None, unit=name)
+        return _Container(_RUNTIME_OF_PREFIX[prefix], m["id"])
+    if _BARE_ID.fullmatch(name):
+        if in_pod:  # cgroupfs driver: containerd and docker both use the bare id
+            return _Container(None, name)
+        if parent in _RUNTIME_OF_PARENT:
+            return _Container(_RUNTIME_OF_PARENT[parent], name)
+    return None
+
+
+def _pod(parts: list[str], i: int, elided: bool) -> tuple[str, str | None, _Container | None] | None:
+    """(pod uid, qos class, inline container) when parts[i] is a pod's cgroup."""
+    name = parts[i]
+    m = _POD_SLICE.fullmatch(name)
+    if m:
+        return normalize_pod_uid(m["uid"]), m["qos"] or "guaranteed", None
+    m = _POD_SLICE_INLINE.fullmatch(name)
+    if m:
+        pod = _POD_SLICE.fullmatch(m["slice"])
+        if pod is None:
+            return None
+        runtime = _RUNTIME_OF_PREFIX.get(m["prefix"])
+        inner = (_Container(runtime, None, unit=name) if m["prefix"] in _CONMON
+                 else _Container(runtime, m["id"]))
+        return normalize_pod_uid(pod["uid"]), pod["qos"] or "guaranteed", inner
+    m = _POD_DIR.fullmatch(name)
+    # "pod<uid>" alone is too common a name: it must sit below kubepods, or
+    # below ancestors a cgroup namespace hid ("/../../pod<uid>/<id>").
+    if m and ("kubepods" in parts[:i] or elided):
+        parent = parts[i - 1] if i else None
+        if parent in ("burstable", "besteffort"):
+            qos: str | None = parent
+        elif parent == "kubepods":
+            qos = "guaranteed"
+        else:
+            qos = None  # the QoS level was elided by a cgroup namespace
+        return normalize_pod_uid(m["uid"]), qos, None
+    return None
+
+
+def parse_cgroup_path(path: str | None) -> CgroupIdentity:
+    """Runtime, container id, pod uid, QoS class and unit as ``path`` spells them.
+
+    Pure: no I/O. See the module docstring for the layouts and decisions.
+    """
+    if not path:
+        return UNKNOWN
+    raw = path.split("/")
+    elided = ".." in raw
+    parts = [p for p in raw if p and p not in (".", "..")]
+
+    for i in range(len(parts) - 1, -1, -1):  # the innermost pod
+        pod = _pod(parts, i, elided)
+        if pod is None:
+            continue
+        uid, qos, inner = pod
+        if inner is None and i + 1 < len(parts):
+            inner = _container(parts[i + 1], parts[i], in_pod=True)
+        if inner is None:
+            return CgroupIdentity(pod_uid=uid, qos_class=qos)
+        return CgroupIdentity(runtime=inner.runtime, container_id=inner.container_id, pod_uid=uid,
+                              qos_class=qos, unit=inner.unit)
+
+    for i in range(len(parts) - 1, -1, -1):  # the innermost container
+        c = _container(parts[i], parts[i - 1] if i else None, in_pod=False)
+        if c is not None:
+            return CgroupIdentity(runtime=c.runtime, container_id=c.container_id, unit=c.unit)
+
+    for name in reversed(parts):  # the innermost systemd unit
+        if _UNIT.fullmatch(name):
+            return CgroupIdentity(runtime="systemd", unit=name)
+    return UNKNOWN
+
+
+# -- pod names -----------------------------------------------------------------
+
+
+class PodIndex(Protocol):
+    """Pod names by uid (and container names by id), for the pods of this node."""
+
+    def lookup(self, pod_uid: str, container_id: str | None) -> tuple[str, str, str | None] | None:
+        """(namespace, pod, container name or None), or None for an unknown pod."""
+        ...
+
+
+@runtime_checkable
+class _Lifecycle(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+class Attributor:
+    """cgroup path -> the ATTRIBUTION_COLUMNS, for the edge's enricher.
+
+    Parse results are memoized in a bounded LRU (the same few hundred paths
+    repeat); pod names are looked up on every call, as pods come and go.
+    ``pods`` is None outside a cluster: the three name columns stay NULL.
+    """
+
+    def __init__(self, *, pods: PodIndex | None = None, cache_size: int = 4096) -> None:
+        self.pods = pods
+        self._parse = functools.lru_cache(maxsize=cache_size)(parse_cgroup_path)
+        self._lookup_failed = False
+
+    def start(self) -> None:
+        """Start the pod index (the watcher's thread) if it has a lifecycle."""
+        if isinstance(self.pods, _Lifecycle):
+            self.pods.start()
+
+    def stop(self) -> None:
+        if isinstance(self.pods, _Lifecycle):
+            self.pods.stop()
+
+    def parse(self, cgroup_path: str | None) -> CgroupIdentity:
+        return self._parse(cgroup_path) if cgroup_path else UNKNOWN
+
+    def cache_info(self) -> functools._CacheInfo:
+        return self._parse.cache_info()
+
+    def attribute(self, cgroup_path: str | None) -> dict[str, str | None]:
+        """One value per ATTRIBUTION_COLUMNS name; all None for None or an unknown path."""
+        ident = self.parse(cgroup_path)
+        names: tuple[str, str, str | None] | None = None
+        if self.pods is not None and ident.pod_uid is not None:
+            try:
+                names = self.pods.lookup(ident.pod_uid, ident.container_id)
+            except Exception:  # an enricher must never cost the event
+                if not self._lookup_failed:
+                    log.exception("pod name lookup failed; pod names stay empty where it fails")
+                    self._lookup_failed = True
+        namespace, pod, container = names if names is not None else (None, None, None)
+        return {
+            "container_runtime": ident.runtime,
+            "container_id": ident.container_id,
+            "pod_uid": ident.pod_uid,
+            "qos_class": ident.qos_class,
+            "namespace": namespace,
+            "pod": pod,
+            "container": container,
+        }
+
+
+# -- the pods of this node, from the API server --------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pod:
+    namespace: str
+    name: str
+    containers: Mapping[str, str]  # container id (bare, lower case) -> container name
+    mirror_of: str | None = None  # a static pod's config hash: the uid its cgroup carries
+
+
+def bare_container_id(value: str | None) -> str | None:
+    """'containerd://<id>', 'cri-o://<id>', 'docker://<id>' -> '<id>'."""
+    if not value:
+        return None
+    return value.rpartition("://")[2].lower() or None
+
+
+def _pod_from_api(obj: Mapping[str, Any]) -> tuple[str, _Pod] | None:
+    """(uid, _Pod) from a pod as the API server sends it (JSON, camelCase)."""
+    meta = obj.get("metadata") or {}
+    uid = meta.get("uid")
+    if not uid:
+        return None
+    containers: dict[str, str] = {}
+    status = obj.get("status") or {}
+    for key in ("initContainerStatuses", "containerStatuses", "ephemeralContainerStatuses"):
+        for cs in status.get(key) or ():
+            name = cs.get("name")
+            if not name:
+                continue
+            # The previous run of a restarted container (an OOM-killed one,
+            # typically) moves to lastState.terminated: its id stays known.
+            ids = (cs.get("containerID"),
+                   ((cs.get("state") or {}).get("terminated") or {}).get("containerID"),
+                   ((cs.get("lastState") or {}).get("terminated") or {}).get("containerID"))
+            for cid in ids:
+                bare = bare_container_id(cid)
+                if bare:
+                    containers.setdefault(bare, name)
+    mirror = (meta.get("annotations") or {}).get("kubernetes.io/config.mirror")
+    return uid.lower(), _Pod(meta.get("namespace") or "", meta.get("name") or "", containers,
+                             mirror.lower() if mirror else None)
+
+
+class _Expired(Exception):
+    """The API server no longer has the resourceVersion we watch from (410 Gone)."""
+
+
+@dataclasses.dataclass
+class WatcherStatus:
+    node: str
+    connected: bool = False  # listed and watching
+    pods: int = 0
+    resource_version: str | None = None
+    relists: int = 0  # lists after the first, for any reason
+    errors: int = 0
+    last_error: str | None = None
+
+
+class KubePodWatcher:
+    """A PodIndex fed by list + watch of this node's pods (spec.nodeName=<node>).
+
+    One background thread lists the pods, then watches from the list's
+    resourceVersion. A watch the server ends (its timeout) is resumed from
+    the last resourceVersion seen (events and BOOKMARKs); 410 Gone re-lists at
+    once; any other error re-lists after an exponential backoff with jitter.
+    Lists ask for resourceVersion "0" (the API server's watch cache), so a
+    DaemonSet on every node never makes a re-list a quorum read of etcd.
+
+    Pods are kept as the API server's JSON, not the client's models: the
+    models validate strictly (an enum value a newer server adds would fail an
+    event), and a node's pod updates are frequent enough to make model
+    building the watcher's main cost.
+    """
+
+    def __init__(self, *, node: str, configuration: Configuration | None = None,
+                 api_client: Callable[[], ApiClient] | None = None,
+                 watch_timeout: Callable[[], int] | None = None,
+                 backoff: tuple[float, float] = (0.5, 30.0),
+                 request_timeout: tuple[float, float] = (10.0, 60.0)) -> None:
+        """Exactly one of ``configuration`` (a kubernetes.client.Configuration) and
+        ``api_client`` (a factory of kubernetes.client.ApiClient) says how to
+        reach the API server. ``watch_timeout`` gives each watch's server-side
+        timeout in seconds (default: 5 to 10 minutes, spread like client-go's);
+        ``request_timeout`` is (connect, read) for the list, the watch's read
+        timeout being its own timeout plus the read value.
+        """
+        if (configuration is None) == (api_client is None):
+            raise ValueError("give exactly one of configuration and api_client")
+        if not node:
+            raise ValueError("the node name is needed to watch this node's pods")
+        if api_client is None:
+            cfg = configuration
+
+            def api_client() -> ApiClient:
+                from kubernetes.client import ApiClient
+
+                return ApiClient(cfg)
+
+        self.node = node
+        self.configuration = configuration
+        self._new_api_client = api_client
+        self._watch_timeout = watch_timeout or (lambda: random.randint(300, 600))
+        self._backoff = backoff
+        self._request_timeout = request_timeout
+        self._selector = f"spec.nodeName={node}"
+        self._lock = threading.Lock()
+        self._pods: dict[str, _Pod] = {}
+        self._mirrors: dict[str, str] = {}  # static pod config hash -> mirror pod uid
+        self._status = WatcherStatus(node)
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._api: ApiClient | None = None
+        self._watch: Watch | None = None
+        self._lists = 0
+        self._logged_error: str | None = None
+
+    # -- in a cluster or not ---------------------------------------------------
+
+    @classmethod
+    def from_environment(cls, node: str, *, environ: Mapping[str, str] | None = None,
+                         serviceaccount: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount"),
+                         home: Path | None = None, **kwargs: Any) -> KubePodWatcher | None:
+        """A watcher when running in a cluster, else None after one log line.
+
+        In a pod (KUBERNETES_SERVICE_HOST set) the service account is used;
+        elsewhere a kubeconfig at $KUBECONFIG or ~/.kube/config. The watcher
+        is returned unstarted (``Attributor.start`` starts it).
+        """
+        env = os.environ if environ is None else environ
+        from kubernetes.client import Configuration
+        from kubernetes.config.config_exception import ConfigException
+        from kubernetes.config.incluster_config import SERVICE_HOST_ENV_NAME, InClusterConfigLoader
+        from kubernetes.config.kube_config import ENV_KUBECONFIG_PATH_SEPARATOR, load_kube_config
+
+        cfg = Configuration()
+        if env.get(SERVICE_HOST_ENV_NAME):
+            source = "in-cluster service account"
+            load: Callable[[], None] = lambda: InClusterConfigLoader(  # noqa: E731
+                token_filename=str(serviceaccount / "token"), cert_filename=str(serviceaccount / "ca.crt"),
+                environ=env).load_and_set(cfg)
+        else:
+            home = home if home is not None else Path(env.get("HOME") or Path.home())
+            listed = env.get("KUBECONFIG", "")
+            candidates = ([Path(p).expanduser() for p in listed.split(ENV_KUBECONFIG_PATH_SEPARATOR) if p]
+                          if listed else [home / ".kube" / "config"])
+            found = [str(p) for p in candidates if p.is_file()]
+            if not found:
+                log.info(NOT_IN_CLUSTER)
+                return None
+            source = "kubeconfig " + ENV_KUBECONFIG_PATH_SEPARATOR.join(found)
+            config_file = ENV_KUBECONFIG_PATH_SEPARATOR.join(found)
+            load = lambda: load_kube_config(config_file=config_file, client_configuration=cfg,  # noqa: E731
+                                            persist_config=False)
+        try:
+            load()
+            watcher = cls(node=node, configuration=cfg, **kwargs)
+        except (ConfigException, OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("Kubernetes client configuration failed (%s): %s; pod names are off; "
+                        "cgroup paths still give container and pod ids", source, exc)
+            return None
+        log.info("pod names from the Kubernetes API at %s (%s), pods of node %s", cfg.host, source, node)
+        return watcher
+
+    # -- PodIndex ----------------------------------------------------------------
+
+    def lookup(self, pod_uid: str, container_id: str | None) -> tuple[str, str, str | None] | None:
+        uid = normalize_pod_uid(pod_uid)
+        with self._lock:
+            pod = self._pods.get(uid)
+            if pod is None and uid in self._mirrors:
+                pod = self._pods.get(self._mirrors[uid])
+        if pod is None:
+            return None
+        return pod.namespace, pod.name, pod.containers.get(container_id.lower()) if container_id else None
+
+    @property
+    def status(self) -> dict[str, Any]:
+        """connected, pods known, last error... (a snapshot)."""
+        with self._lock:
+            self._status.pods = len(self._pods)
+            return dataclasses.asdict(self._status)
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stopping.clear()
+        self._api = self._new_api_client()
+        self._thread = threading.Thread(target=self._run, name=f"pod-watch-{self.node}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread; a blocked watch read is interrupted by shutting its socket."""
+        self._stopping.set()
+        thread, self._thread = self._thread, None
+        deadline = time.monotonic() + timeout
+        while thread is not None and thread.is_alive() and time.monotonic() < deadline:
+            with self._lock:
+                w = self._watch
+            if w is not None:
+                w.stop()  # again each round: a stream that was still connecting resets the flag
+            thread.join(0.05)
+        if thread is not None and thread.is_alive():
+            log.warning("the pod watcher did not stop within %.0f s; leaving its daemon thread", timeout)
+        if self._api is not None:
+            self._api.close()
+            self._api = None
+        with self._lock:
+            self._status.connected = False
+
+    # -- the thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        delay = self._backoff[0]
+        rv: str | None = None
+        while not self._stopping.is_set():
+            try:
+                if rv is None:
+                    rv = self._list()
+                    delay = self._backoff[0]
+                rv = self._watch_from(rv)
+            except _Expired as exc:
+                log.debug("pod watch expired (%s): listing again", exc)
+                rv = None
+            except Exception as exc:
+                if self._stopping.is_set():
+                    break
+                self._failed(exc)
+                rv = None
+                self._stopping.wait(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, self._backoff[1])
+
+    def _core(self) -> Any:
+        from kubernetes.client import CoreV1Api
+
+        return CoreV1Api(self._api)
+
+    def _list(self) -> str:
+        resp = self._core().list_pod_for_all_namespaces(
+            field_selector=self._selector, resource_version="0",
+            _preload_content=False, _request_timeout=self._request_timeout)
+        try:
+            body = json.loads(resp.data)
+        finally:
+            resp.release_conn()
+        pods: dict[str, _Pod] = {}
+        for item in body.get("items") or ():
+            entry = _pod_from_api(item)
+            if entry is not None:
+                pods[entry[0]] = entry[1]
+        rv = str((body.get("metadata") or {}).get("resourceVersion") or "")
+        with self._lock:
+            self._pods = pods
+            self._mirrors = {p.mirror_of: uid for uid, p in pods.items() if p.mirror_of}
+            if self._lists:
+                self._status.relists += 1
+            self._lists += 1
+            self._status.resource_version = rv
+            was = self._status.connected
+            self._status.connected = True
+        if not was:
+            log.info("watching the pods of node %s: %d known", self.node, len(pods))
+            self._logged_error = None
+        return rv
+
+    def _watch_from(self, rv: str) -> str:
+        """Apply watch events until the server ends the stream; the last resourceVersion seen."""
+        from kubernetes.client.exceptions import ApiException
+        from kubernetes.watch import Watch
+
+        # return_type "object": events carry the API's JSON as is (see the class docstring)
+        w = Watch(return_type="object")
+        with self._lock:
+            if self._stopping.is_set():
+                return rv
+            self._watch = w
+        timeout = self._watch_timeout()
+        try:
+            # timeout_seconds also turns off the Watch's own retry-once-on-410:
+            # expiry comes to us, and we re-list.
+            for event in w.stream(self._core().list_pod_for_all_namespaces, field_selector=self._selector,
+                                  resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=timeout,
+                                  _request_timeout=(self._request_timeout[0], timeout + self._request_timeout[1])):
+                if not isinstance(event, dict):
+                    continue
+                rv = self._apply(event.get("type"), event.get("raw_object") or {}) or rv
+        except ApiException as exc:
+            if exc.status == 410:
+                raise _Expired(exc.reason) from exc
+            raise
+        finally:
+            with self._lock:
+                self._watch = None
+        return rv
+
+    def _apply(self, kind: str | None, obj: Mapping[str, Any]) -> str | None:
+        rv = (obj.get("metadata") or {}).get("resourceVersion")
+        if kind in ("ADDED", "MODIFIED"):
+            entry = _pod_from_api(obj)
+            if entry is not None:
+                uid, pod = entry
+                with self._lock:
+                    self._pods[uid] = pod
+                    if pod.mirror_of:
+                        self._mirrors[pod.mirror_of] = uid
+        elif kind == "DELETED":
+            uid = ((obj.get("metadata") or {}).get("uid") or "").lower()
+            with self._lock:
+                pod = self._pods.pop(uid, None)
+                if pod is not None and pod.mirror_of:
+                    self._mirrors.pop(pod.mirror_of, None)
+        # BOOKMARK: only the resourceVersion
+        if rv:
+            with self._lock:
+                self._status.resource_version = str(rv)
+        return str(rv) if rv else None
+
+    def _failed(self, exc: Exception) -> None:
+        message = _describe(exc)
+        with self._lock:
+            self._status.connected = False
+            self._status.errors += 1
+            self._status.last_error = message
+        if message != self._logged_error:  # one line per new kind of trouble, not per retry
+            log.warning("pod watch for node %s failed: %s; retrying with backoff", self.node, message)
+            self._logged_error = message
+        else:
+            log.debug("pod watch for node %s failed again: %s", self.node, message)
+
+
+def _describe(exc: BaseException) -> str:
+    status = getattr(exc, "status", None)
+    reason = getattr(exc, "reason", None)
+    if status is not None and reason is not None:  # ApiException
+        return f"HTTP {status}: {reason}".strip()
+    return f"{type(exc).__name__}: {exc}"
+

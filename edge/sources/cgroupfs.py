@@ -1,0 +1,418 @@
+"""Per-cgroup memory state sampled from cgroupfs (no eBPF): the container_memory table.
+
+Every ``period`` seconds the memory hierarchy is walked breadth-first from its
+root, so that the top levels (slices, pods) are kept when a node has more
+cgroups than ``max_cgroups``, and one row per cgroup is emitted. Both layouts
+are read into the same columns:
+
+=====================  ====================================  ==========================================
+column                 cgroup v1 (memory hierarchy)          cgroup v2 (unified, memory enabled)
+=====================  ====================================  ==========================================
+usage_bytes            memory.usage_in_bytes                 memory.current (absent on the root)
+limit_bytes            memory.limit_in_bytes (huge = NULL)   memory.max ('max' = NULL)
+peak_bytes             memory.max_usage_in_bytes             memory.peak (Linux 5.19+)
+anon_bytes             memory.stat total_rss                 memory.stat anon
+file_bytes             memory.stat total_cache               memory.stat file
+swap_bytes             memory.stat total_swap (else memsw    memory.swap.current
+                       usage minus usage)
+working_set_bytes      usage - total_inactive_file           usage - inactive_file
+events_*               NULL                                  memory.events (hierarchical)
+failcnt                memory.failcnt                        NULL (v2's equivalent is events_max)
+under_oom              memory.oom_control under_oom          NULL
+events_oom_kill        memory.oom_control oom_kill           memory.events oom_kill
+psi_*                  memory.pressure if the kernel has it  memory.pressure
+=====================  ====================================  ==========================================
+
+working_set_bytes is cAdvisor's ``container_memory_working_set_bytes`` (the
+number the kubelet evicts on): usage minus inactive file pages, floored at 0,
+i.e. what the kernel could not reclaim cheaply. All v1 counters used here are
+hierarchical (``total_*``, and usage since use_hierarchy is always 1 on modern
+kernels); v2's ``memory.current``, ``memory.stat`` and ``memory.events`` are
+too. v1's usage_in_bytes is the fuzzy, per-CPU batched page counter, as cAdvisor
+reports it.
+
+Cost: a sample is one ``getdents`` per cgroup directory (the directory's inode,
+the cgroup id, comes from the directory entry: no stat) and, per cgroup, an
+``O_PATH`` open of the directory plus about seven small reads relative to it,
+each one openat + read + close into one reused buffer. An optional file that a
+non-root cgroup lacks (memory.peak before 5.19, memsw without swap accounting,
+memory.pressure on v1) is remembered as absent and never asked for again.
+
+``read_memcg`` reads one cgroup the same way; the edge calls it at OOM-kill
+time to record the memcg's state at the kill.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import logging
+import os
+import time
+from abc import abstractmethod
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pxo.common.schema import TIME, Column, Table
+from pxo.common.timeutil import EPOCH
+from pxo.edge.cgroups import Hierarchy, memory_hierarchy
+from pxo.edge.errors import EdgeError
+from pxo.edge.sources.base import Sink, Source
+
+log = logging.getLogger(__name__)
+
+CONTAINER_MEMORY = Table(
+    "container_memory",
+    "Memory state of every memory cgroup (container, pod, slice), sampled from cgroupfs every period.",
+    (
+        TIME,
+        Column("cgroup_path", "VARCHAR", "Memory cgroup, as the kernel names it ('/' is the root)"),
+        Column("cgroup_id", "UBIGINT", "Inode number of the cgroup directory (the kernel's cgroup id)"),
+        Column("hierarchy", "VARCHAR", "'v1' (memory hierarchy) or 'v2' (unified hierarchy)"),
+        Column("usage_bytes", "UBIGINT", "Memory charged to the cgroup and its descendants, bytes"),
+        Column("limit_bytes", "UBIGINT", "Hard limit (v1 limit_in_bytes, v2 memory.max), bytes; NULL if unlimited"),
+        Column("peak_bytes", "UBIGINT", "Highest usage recorded (v1 max_usage_in_bytes, v2 memory.peak), bytes"),
+        Column("anon_bytes", "UBIGINT", "Anonymous memory (v1 total_rss, v2 anon), bytes"),
+        Column("file_bytes", "UBIGINT", "Page cache incl. tmpfs/shmem (v1 total_cache, v2 file), bytes"),
+        Column("swap_bytes", "UBIGINT", "Swap used (v1 total_swap, v2 memory.swap.current), bytes"),
+        Column("working_set_bytes", "UBIGINT",
+               "cAdvisor's working set: usage minus inactive file pages (floored at 0), bytes"),
+        Column("events_low", "UBIGINT", "v2 memory.events low: reclaimed below memory.low"),
+        Column("events_high", "UBIGINT", "v2 memory.events high: throttled above memory.high"),
+        Column("events_max", "UBIGINT", "v2 memory.events max: usage about to exceed memory.max"),
+        Column("events_oom", "UBIGINT", "v2 memory.events oom: allocations that hit the limit and were about to fail"),
+        Column("events_oom_kill", "UBIGINT", "Processes killed by an OOM killer in this cgroup (v1 oom_control)"),
+        Column("events_oom_group_kill", "UBIGINT", "v2 memory.events oom_group_kill: whole-group kills (5.17+)"),
+        Column("failcnt", "UBIGINT", "v1 memory.failcnt: times usage hit the limit (v2: see events_max)"),
+        Column("under_oom", "BOOLEAN", "v1 memory.oom_control under_oom: the cgroup is in OOM right now"),
+        Column("psi_some_avg10", "DOUBLE", "memory.pressure: % of the last 10 s some task stalled on memory"),
+        Column("psi_full_avg10", "DOUBLE", "memory.pressure: % of the last 10 s all tasks stalled on memory"),
+        Column("psi_some_total_us", "UBIGINT", "memory.pressure: total time some task stalled, microseconds"),
+        Column("psi_full_total_us", "UBIGINT", "memory.pressure: total time all tasks stalled, microseconds"),
+    ),
+)
+
+# v1 prints "no limit" as PAGE_COUNTER_MAX in bytes: LONG_MAX rounded down to a
+# page (9223372036854771712 with 4 KiB pages, other values with 16/64 KiB
+# pages), and kernels before 3.19 printed ULLONG_MAX. No real limit is near
+# 2**62 bytes (4 EiB), so anything from there up means unlimited.
+V1_UNLIMITED = 1 << 62
+
+
+def utc(unix_seconds: float) -> dt.datetime:
+    """A clock() reading as the naive UTC datetime pxo stores."""
+    return EPOCH + dt.timedelta(seconds=unix_seconds)
+
+
+# -- reading small kernel files ------------------------------------------------
+
+
+class SmallFileReader:
+    """Reads small kernel text files (cgroupfs, procfs) through one reused buffer.
+
+    Three syscalls per file: openat, read, close (``Path.read_text`` adds an
+    fstat, an ioctl, an lseek and a second read, and a new buffer each time).
+    Both filesystems serve these files through seq_file, which fills a read up
+    to the size asked for, so a short read is the end of the file; when the
+    buffer fills, the rest is read and the buffer grows for next time.
+    Not thread-safe: one reader per thread.
+    """
+
+    def __init__(self, size: int = 16384) -> None:
+        self._buf = bytearray(size)
+
+    def read(self, name: str, dir_fd: int | None = None) -> bytes:
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            n = os.readv(fd, (self._buf,))
+            if n < len(self._buf):
+                return bytes(memoryview(self._buf)[:n])
+            parts = [bytes(self._buf)]
+            while part := os.read(fd, len(self._buf)):
+                parts.append(part)
+            self._buf = bytearray(2 * len(self._buf))
+            return b"".join(parts)
+        finally:
+            os.close(fd)
+
+
+def flat_keyed(data: bytes) -> dict[bytes, bytes]:
+    """'key value' lines (memory.stat, memory.events, memory.oom_control) -> {key: value}."""
+    tokens = data.split()
+    return dict(zip(tokens[::2], tokens[1::2], strict=False))
+
+
+def _int(value: bytes | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _v1_limit(data: bytes | None) -> int | None:
+    if data is None:
+        return None
+    value = int(data)
+    return None if value >= V1_UNLIMITED else value
+
+
+def _v2_limit(data: bytes | None) -> int | None:
+    if data is None:
+        return None
+    data = data.strip()
+    return None if data == b"max" else int(data)
+
+
+def parse_psi(data: bytes) -> dict[str, Any]:
+    """memory.pressure ("some avg10=0.00 avg60=0.00 avg300=0.00 total=6839" and a "full"
+    line) -> the psi_* columns. total is in microseconds."""
+    out: dict[str, Any] = {}
+    for line in data.splitlines():
+        kind, *fields = line.split()
+        if kind not in (b"some", b"full"):
+            continue
+        k = kind.decode()
+        for f in fields:
+            key, _, value = f.partition(b"=")
+            if key == b"avg10":
+                out[f"psi_{k}_avg10"] = float(value)
+            elif key == b"total":
+                out[f"psi_{k}_total_us"] = int(value)
+    return out
+
+
+# -- one cgroup -----------------------------------------------------------------
+
+
+class _Gone(Exception):
+    """The cgroup was removed while it was being read."""
+
+
+_EMPTY_ROW: dict[str, Any] = {c.name: None for c in CONTAINER_MEMORY.columns if c.name != "time"}
+
+
+class MemcgReader:
+    """Reads container_memory rows for cgroups of one hierarchy, reusing one buffer
+    and remembering which optional files this kernel does not have. One per thread."""
+
+    def __init__(self, hierarchy: Hierarchy) -> None:
+        self.hierarchy = hierarchy
+        self._io = SmallFileReader()
+        self._absent: set[str] = set()
+        self._mount = str(hierarchy.mount).rstrip("/") or "/"
+
+    def dir_of(self, path: str) -> str:
+        return self._mount if path == "/" else self._mount + path
+
+    def read(self, path: str, *, directory: str | None = None, cgroup_id: int | None = None) -> dict[str, Any] | None:
+        """One row (without time) for the cgroup at ``path``; None if it is gone."""
+        directory = directory or self.dir_of(path)
+        try:
+            dfd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        try:
+            if cgroup_id is None:
+                cgroup_id = os.fstat(dfd).st_ino
+            row = dict(_EMPTY_ROW, cgroup_path=path, cgroup_id=cgroup_id)
+            read = self._read_v1 if self.hierarchy.version == 1 else self._read_v2
+            inactive = read(row, dfd, directory, path == "/")
+        except _Gone:
+            return None
+        finally:
+            os.close(dfd)
+        usage = row["usage_bytes"]
+        if usage is not None and inactive is not None:
+            row["working_set_bytes"] = max(0, usage - inactive)  # cAdvisor floors it at 0 too
+        return row
+
+    def _get(self, dfd: int, name: str, directory: str, root: bool) -> bytes | None:
+        """A file's bytes; None if this cgroup does not have it."""
+        if name in self._absent:
+            return None
+        try:
+            return self._io.read(name, dfd)
+        except FileNotFoundError:
+            if not os.path.isdir(directory):
+                raise _Gone from None
+            if not root:  # the root lacks v2's per-cgroup files; a non-root speaks for all
+                self._absent.add(name)
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.ENODEV, errno.EOPNOTSUPP):  # e.g. PSI switched off
+                self._absent.add(name)
+                return None
+            raise
+
+    # Each fills the row and returns the inactive file bytes (for the working set).
+
+    def _read_v1(self, row: dict[str, Any], dfd: int, d: str, root: bool) -> int | None:
+        row["hierarchy"] = "v1"
+        usage = _int(self._get(dfd, "memory.usage_in_bytes", d, root))
+        row["usage_bytes"] = usage
+        row["limit_bytes"] = _v1_limit(self._get(dfd, "memory.limit_in_bytes", d, root))
+        row["peak_bytes"] = _int(self._get(dfd, "memory.max_usage_in_bytes", d, root))
+        stat = flat_keyed(self._get(dfd, "memory.stat", d, root) or b"")
+        row["anon_bytes"] = _int(stat.get(b"total_rss"))
+        row["file_bytes"] = _int(stat.get(b"total_cache"))
+        swap = _int(stat.get(b"total_swap"))  # present when swap accounting is on
+        if swap is None and usage is not None:
+            memsw = _int(self._get(dfd, "memory.memsw.usage_in_bytes", d, root))
+            swap = None if memsw is None else max(0, memsw - usage)
+        row["swap_bytes"] = swap
+        row["failcnt"] = _int(self._get(dfd, "memory.failcnt", d, root))
+        oom = flat_keyed(self._get(dfd, "memory.oom_control", d, root) or b"")
+        row["events_oom_kill"] = _int(oom.get(b"oom_kill"))
+        under = oom.get(b"under_oom")
+        row["under_oom"] = None if under is None else under != b"0"
+        psi = self._get(dfd, "memory.pressure", d, root)  # only with cgroup v1 PSI support
+        if psi is not None:
+            row.update(parse_psi(psi))
+        return _int(stat.get(b"total_inactive_file"))
+
+    def _read_v2(self, row: dict[str, Any], dfd: int, d: str, root: bool) -> int | None:
+        row["hierarchy"] = "v2"
+        row["usage_bytes"] = _int(self._get(dfd, "memory.current", d, root))
+        row["limit_bytes"] = _v2_limit(self._get(dfd, "memory.max", d, root))
+        row["peak_bytes"] = _int(self._get(dfd, "memory.peak", d, root))
+        row["swap_bytes"] = _int(self._get(dfd, "memory.swap.current", d, root))
+        stat = flat_keyed(self._get(dfd, "memory.stat", d, root) or b"")
+        row["anon_bytes"] = _int(stat.get(b"anon"))
+        row["file_bytes"] = _int(stat.get(b"file"))
+        events = self._get(dfd, "memory.events", d, root)
+        if events is not None:
+            ev = flat_keyed(events)
+            for key in ("low", "high", "max", "oom", "oom_kill", "oom_group_kill"):
+                row[f"events_{key}"] = _int(ev.get(key.encode()))
+        psi = self._get(dfd, "memory.pressure", d, root)
+        if psi is not None:
+            row.update(parse_psi(psi))
+        return _int(stat.get(b"inactive_file"))
+
+
+def read_memcg(hierarchy: Hierarchy, path: str) -> dict[str, object] | None:
+    """The container_memory columns (all but time, which the caller stamps) of the
+    cgroup at ``path`` in ``hierarchy`` (as /proc/PID/cgroup names it), or None if
+    the cgroup is gone. Thread-safe: each call has its own buffer."""
+    return MemcgReader(hierarchy).read(path)
+
+
+# -- walking a hierarchy ---------------------------------------------------------
+
+
+def walk_cgroups(hierarchy: Hierarchy, max_cgroups: int) -> tuple[list[tuple[str, str, int]], bool]:
+    """(cgroup path, directory, cgroup id) of up to ``max_cgroups`` cgroups,
+    breadth-first from the root, so parents come before their children; and
+    whether cgroups were left out. Cgroups removed during the walk are skipped."""
+    mount = str(hierarchy.mount).rstrip("/") or "/"
+    found: list[tuple[str, str, int]] = [("/", mount, os.stat(mount).st_ino)]
+    todo: deque[tuple[str, str]] = deque([("", mount)])
+    while todo:
+        prefix, directory = todo.popleft()
+        try:
+            entries = os.scandir(directory)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with entries:
+            for e in entries:
+                # d_type and d_ino come with the directory entry: no stat per
+                # cgroup. kernfs reports the node's id as d_ino, the same number
+                # as the directory's st_ino and the kernel's cgroup id.
+                if not e.is_dir(follow_symlinks=False):
+                    continue
+                if len(found) >= max_cgroups:
+                    return found, True
+                path = f"{prefix}/{e.name}"
+                found.append((path, e.path, e.inode()))
+                todo.append((path, e.path))
+    return found, False
+
+
+# -- the periodic lifecycle -------------------------------------------------------
+
+
+class SamplingSource(Source):
+    """A source that samples every ``period`` seconds of its clock and otherwise waits.
+
+    The first poll samples; a clock that steps backwards triggers a sample
+    rather than a long silence.
+    """
+
+    def __init__(self, *, sink: Sink, period: float, clock: Callable[[], float] = time.time) -> None:
+        if period <= 0:
+            raise ValueError(f"period must be positive, not {period!r}")
+        super().__init__(sink=sink, clock=clock)
+        self.period = period
+        self._last_at = float("-inf")
+        self._next_at = float("-inf")
+
+    @abstractmethod
+    def sample(self, now: float) -> int:
+        """Take one sample stamped ``now`` (a clock() reading); return the rows emitted."""
+
+    def poll(self, timeout: float) -> None:
+        now = self._clock()
+        if now >= self._next_at or now < self._last_at:
+            self._last_at, self._next_at = now, now + self.period
+            self.sample(now)
+        else:
+            self._stop.wait(min(timeout, self._next_at - now))
+
+
+class ContainerMemorySource(SamplingSource):
+    """Samples every memory cgroup (up to ``max_cgroups``) into container_memory."""
+
+    name = "cgroupfs"
+    tables = (CONTAINER_MEMORY,)
+
+    def __init__(self, *, sink: Sink, hierarchy: Hierarchy | None = None, period: float = 10.0,
+                 max_cgroups: int = 5000, mountinfo: Path = Path("/proc/self/mountinfo"),
+                 clock: Callable[[], float] = time.time) -> None:
+        if max_cgroups < 1:
+            raise ValueError(f"max_cgroups must be at least 1, not {max_cgroups!r}")
+        super().__init__(sink=sink, period=period, clock=clock)
+        self.hierarchy = hierarchy
+        self.max_cgroups = max_cgroups
+        self._mountinfo = mountinfo
+        self._reader: MemcgReader | None = None
+
+    def open(self) -> None:
+        self.hierarchy = self.hierarchy or resolve_memory_hierarchy(self._mountinfo)
+        check_readable(self.hierarchy)
+        self._reader = MemcgReader(self.hierarchy)
+
+    def sample(self, now: float) -> int:
+        assert self._reader is not None and self.hierarchy is not None, "sample() before open()"
+        started = time.perf_counter()
+        cgroups, capped = walk_cgroups(self.hierarchy, self.max_cgroups)
+        stamp = utc(now)
+        rows = 0
+        for path, directory, cgroup_id in cgroups:
+            row = self._reader.read(path, directory=directory, cgroup_id=cgroup_id)
+            if row is None:
+                continue  # removed since the walk
+            row["time"] = stamp
+            self.emit(CONTAINER_MEMORY.name, row)
+            rows += 1
+        took = (time.perf_counter() - started) * 1000
+        self.status.detail = (
+            f"capped: sampled the first {self.max_cgroups} cgroups (breadth-first) of {self.hierarchy.mount}; "
+            f"raise max_cgroups to see the rest ({took:.0f} ms)" if capped
+            else f"{rows} cgroups in {took:.1f} ms")
+        return rows
+
+
+def resolve_memory_hierarchy(mountinfo: Path) -> Hierarchy:
+    """memory_hierarchy() with its failures as one EdgeError sentence."""
+    try:
+        return memory_hierarchy(mountinfo)
+    except OSError as exc:
+        raise EdgeError(f"cannot find the memory cgroup hierarchy: cannot read {mountinfo}: "
+                        f"{exc.strerror or exc}") from exc
+
+
+def check_readable(h: Hierarchy) -> None:
+    try:
+        with os.scandir(h.mount):
+            pass
+    except OSError as exc:
+        raise EdgeError(f"cannot read the memory cgroup hierarchy at {h.mount}: {exc.strerror or exc}") from exc

@@ -1,0 +1,161 @@
+"""Reclaim stalls from the kernel, one row per episode (bpf/reclaim.bpf.c).
+
+The program times each direct or memory-cgroup reclaim episode between the
+vmscan *_begin and *_end tracepoints, in the task that stalled, and sends one
+ring-buffer event per episode with the task's memory cgroup walked in the
+kernel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime as dt
+import logging
+import resource
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pxo.common.schema import TIME, Column, Table
+from pxo.edge import prereqs
+from pxo.edge.bpf import (
+    PXO_COMM_LEN,
+    CgroupC,
+    SharedStruct,
+    boot_to_utc,
+    cgroup_path,
+    comm,
+    load_program,
+    read_counter,
+    require_tracepoint,
+)
+from pxo.edge.btf import VMLINUX
+from pxo.edge.sources.base import Sink, Source
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = resource.getpagesize()
+
+# RECLAIM_* in bpf/reclaim.h -> kind, and the tracepoint pair that measures it.
+KINDS: dict[int, str] = {0: "direct", 1: "memcg", 2: "memcg_softlimit", 3: "node"}
+_TRACEPOINTS: dict[str, str] = {
+    "direct": "mm_vmscan_direct_reclaim",
+    "memcg": "mm_vmscan_memcg_reclaim",
+    "memcg_softlimit": "mm_vmscan_memcg_softlimit_reclaim",
+    "node": "mm_vmscan_node_reclaim",
+}
+_HAVE_FLAGS: dict[str, str] = {
+    "memcg": "HAVE_MEMCG_RECLAIM",
+    "memcg_softlimit": "HAVE_SOFTLIMIT_RECLAIM",
+    "node": "HAVE_NODE_RECLAIM",
+}
+
+RECLAIM_STALLS = Table(
+    "reclaim_stalls",
+    "One row per reclaim episode a task stalled in, timed in the kernel between the vmscan "
+    "*_reclaim_begin and *_reclaim_end tracepoints. kind: 'direct' (the node was short of free "
+    "pages), 'memcg' (a memory cgroup was at its limit or memory.high), 'memcg_softlimit' "
+    "(cgroup v1 soft limit, nested inside a direct episode), 'node' (NUMA zone_reclaim_mode). "
+    "Background reclaim by kswapd is not a stall and is not recorded.",
+    (
+        TIME,  # the start of the episode
+        Column("kind", "VARCHAR", "direct | memcg | memcg_softlimit | node"),
+        Column("duration_ns", "UBIGINT", "How long the task was stalled reclaiming, nanoseconds"),
+        Column("nr_reclaimed_pages", "UBIGINT", "Pages the episode freed"),
+        Column("reclaimed_bytes", "UBIGINT", "Bytes the episode freed (nr_reclaimed_pages x page size)"),
+        Column("order", "INTEGER", "Order of the allocation that entered reclaim (it wanted 2^order pages)"),
+        Column("gfp_flags", "UBIGINT", "gfp mask of that allocation (include/linux/gfp_types.h)"),
+        Column("pid", "INTEGER", "Process id (thread group id) of the stalled task"),
+        Column("tid", "INTEGER", "Task id of the stalled task"),
+        Column("comm", "VARCHAR", "Command name of the stalled task (15 characters at most)"),
+        Column("cgroup_path", "VARCHAR",
+               "Memory cgroup of the stalled task (v1 memory hierarchy or v2), as the kernel names it; "
+               "for memcg reclaim the cgroup at its limit is this one or an ancestor"),
+        Column("cgroup_id", "UBIGINT", "Inode number of that memory cgroup's directory"),
+    ),
+)
+
+# -- the struct shared with bpf/reclaim.h ---------------------------------------
+
+
+class ReclaimEventC(SharedStruct):
+    """Mirror of struct reclaim_event: keep in sync with bpf/reclaim.h."""
+
+    c_header = "reclaim.h"
+    c_struct = "reclaim_event"
+    _fields_ = [
+        ("start_boot_ns", ctypes.c_uint64),
+        ("duration_ns", ctypes.c_uint64),
+        ("nr_reclaimed", ctypes.c_uint64),
+        ("gfp_flags", ctypes.c_uint64),
+        ("tgid", ctypes.c_uint32),
+        ("tid", ctypes.c_uint32),
+        ("order", ctypes.c_int32),
+        ("kind", ctypes.c_uint32),
+        ("comm", ctypes.c_char * PXO_COMM_LEN),
+        ("memcg", CgroupC),
+    ]
+
+
+def event_row(e: ReclaimEventC, *, to_utc: Callable[[int], dt.datetime] = boot_to_utc) -> dict[str, Any]:
+    """One reclaim_stalls row from the kernel's event: pages become bytes here."""
+    return {
+        "time": to_utc(e.start_boot_ns),
+        "kind": KINDS.get(e.kind, f"kind{e.kind}"),
+        "duration_ns": e.duration_ns,
+        "nr_reclaimed_pages": e.nr_reclaimed,
+        "reclaimed_bytes": e.nr_reclaimed * PAGE_SIZE,
+        "order": e.order,
+        "gfp_flags": e.gfp_flags,
+        "pid": e.tgid,
+        "tid": e.tid,
+        "comm": comm(e.comm),
+        "cgroup_path": cgroup_path(e.memcg),
+        "cgroup_id": e.memcg.id or None,
+    }
+
+
+def _has_pair(kind: str) -> bool:
+    tp = _TRACEPOINTS[kind]
+    return all(prereqs.tracepoint_format("vmscan", f"{tp}_{end}") is not None for end in ("begin", "end"))
+
+
+class ReclaimBpfSource(Source):
+    """Loads bpf/reclaim.bpf.c and turns its ring buffer into reclaim_stalls rows."""
+
+    name = "reclaim_bpf"
+    tables = (RECLAIM_STALLS,)
+
+    def __init__(self, *, sink: Sink, btf_path: Path = VMLINUX, **kwargs: Any) -> None:
+        super().__init__(sink=sink, **kwargs)
+        self._btf_path = btf_path
+        self._bpf: Any = None
+        self.kinds: tuple[str, ...] = ()  # the kinds this kernel lets us measure (set by open)
+
+    def open(self) -> None:
+        require_tracepoint("vmscan", "mm_vmscan_direct_reclaim_begin", field="order")
+        require_tracepoint("vmscan", "mm_vmscan_direct_reclaim_end", field="nr_reclaimed")
+        have = {kind: _has_pair(kind) for kind in _HAVE_FLAGS}
+        settings = {"RECLAIM_EVENT_SIZE": ctypes.sizeof(ReclaimEventC)}
+        settings.update({flag: int(have[kind]) for kind, flag in _HAVE_FLAGS.items()})
+        self._bpf = load_program("reclaim", settings=settings, btf_path=self._btf_path)
+        self.kinds = ("direct", *(k for k, ok in have.items() if ok))
+        if not have["memcg"]:
+            log.warning("reclaim_stalls: this kernel has no memcg reclaim tracepoints; direct reclaim only")
+        self._bpf["reclaim_events"].open_ring_buffer(self._on_event)
+
+    def _on_event(self, _ctx: Any, data: int, size: int) -> None:
+        if size < ctypes.sizeof(ReclaimEventC):
+            self.status.lost += 1
+            return
+        self.emit("reclaim_stalls", event_row(ReclaimEventC.from_address(data)))
+
+    def poll(self, timeout: float) -> None:
+        self._bpf.ring_buffer_poll(int(timeout * 1000))
+        self.status.lost = max(self.status.lost, read_counter(self._bpf, "reclaim_lost"))
+
+    def close(self) -> None:
+        if self._bpf is not None:
+            self._bpf.ring_buffer_consume()  # what is already in the buffer still counts
+            self._bpf.cleanup()
+            self._bpf = None
