@@ -90,9 +90,8 @@ def parse(sql: str) -> dict[str, Any]:
         raise SqlRefused(f"the SQL is {len(sql)} characters long; the limit is {MAX_SQL_LENGTH}")
     if "\x00" in sql:
         raise SqlRefused("the SQL contains a NUL character")
-    row = _parser().execute("SELECT json_serialize_sql($1::VARCHAR)", [sql]).fetchone()
-    assert row is not None
-    tree: dict[str, Any] = json.loads(row[0])
+    rows = _parser().execute("SELECT json_serialize_sql($1::VARCHAR)", [sql]).fetchall()
+    tree: dict[str, Any] = json.loads(rows[0][0])
     if tree.get("error"):
         msg = tree.get("error_message", "the SQL does not parse")
         pos = tree.get("position")

@@ -106,6 +106,8 @@ def kernel_offsets(btf_path: Path = VMLINUX) -> dict[str, int]:
         "TASK_REAL_PARENT": btf.offset("task_struct", "real_parent"),
         "TASK_EXIT_CODE": btf.offset("task_struct", "exit_code"),
         "TASK_FLAGS": btf.offset("task_struct", "flags"),
+        "TASK_GROUP_LEADER": btf.offset("task_struct", "group_leader"),
+        "SIGNAL_GROUP_EXIT_CODE": btf.offset("signal_struct", "group_exit_code"),
         "SIGNAL_OOM_SCORE_ADJ": btf.offset("signal_struct", "oom_score_adj"),
         "MM_TOTAL_VM": btf.offset("mm_struct", "total_vm"),
         "MM_PGTABLES_BYTES": btf.offset("mm_struct", "pgtables_bytes"),

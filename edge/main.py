@@ -73,7 +73,8 @@ class Edge:
         self.store = Store(settings.data_dir / "edge.duckdb", all_tables(),
                            flush_interval=settings.flush_interval)
         self.sources: list[Source] = build_sources(settings.sources, sink=self.store,
-                                                   oom_recorded=self.store.oom_kill_recorded)
+                                                   oom_recorded=self.store.oom_kill_recorded,
+                                                   more_status=lambda: [self.store.status()])
         self.address = ""
         self.service = EdgeService(node=settings.node, store=self.store, sources=self.sources,
                                    address=lambda: self.address)
@@ -90,9 +91,10 @@ class Edge:
                 s.start()
             except EdgeError as exc:  # its status says why; the other sources still run
                 log.warning("source %s cannot run: %s", s.name, exc)
-        problems = [s for s in self.sources if s.status.state in ("failed", "degraded")]
+        probes = [s for s in self.sources if s.name != "probe_status"]
+        problems = [s for s in probes if s.status.state in ("failed", "degraded")]
         failed = [s for s in problems if s.status.state == "failed"]
-        if problems and (self.settings.require_bpf or (failed and len(failed) == len(self.sources))):
+        if problems and (self.settings.require_bpf or (failed and len(failed) == len(probes))):
             message = problems[0].status.detail
             for s in self.sources:
                 s.stop()

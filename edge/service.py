@@ -39,7 +39,7 @@ class EdgeService(pxo_pb2_grpc.EdgeServicer):
         )
 
     def source_status(self) -> list[pxo_pb2.SourceStatus]:
-        return [s.status.to_proto() for s in self.sources]
+        return [s.status.to_proto() for s in self.sources] + [self.store.status().to_proto()]
 
     def Describe(self, request: pxo_pb2.DescribeRequest, context: grpc.ServicerContext) -> pxo_pb2.NodeInfo:
         return self.node_info()

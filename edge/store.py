@@ -5,6 +5,11 @@ what arrived at most every ``flush_interval`` seconds, one transaction per
 table batch. A committed batch is in DuckDB's write-ahead log, so an edge
 killed with SIGKILL loses at most the batch it had not flushed yet.
 
+Retention: every ``retention_interval`` the writer deletes rows older than
+their table's age limit, then the oldest rows of the biggest table while the
+store holds more than ``max_bytes``. A failed write (a full disk) is reported
+in the store's status and retried; the edge does not crash.
+
 Reads: each fragment runs on its own cursor (DuckDB MVCC: a read never blocks
 ingest), after the SQL gate, on a connection with external access off,
 extension autoload off, memory and thread limits, and configuration locked;
@@ -20,7 +25,7 @@ import queue
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +34,9 @@ import pyarrow as pa
 
 from pxo.common import sqlgate
 from pxo.common.schema import Table
+from pxo.common.timeutil import utc_now
 from pxo.edge.errors import FragmentError, StoreError
+from pxo.edge.sources.base import SourceStatus
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +55,29 @@ class Store:
         memory_limit: str = "512MB",
         threads: int = 2,
         row_cap: int = DEFAULT_ROW_CAP,
+        retention: dt.timedelta = dt.timedelta(days=30),
+        retention_by_table: Mapping[str, dt.timedelta] | None = None,
+        max_bytes: int = 1 << 30,
+        retention_interval: float = 60.0,
+        max_pending_rows: int = 200_000,
+        clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
         self.path = path
         self.tables: dict[str, Table] = {t.name: t for t in tables}
         self.flush_interval = flush_interval
         self.max_batch_rows = max_batch_rows
         self.row_cap = row_cap
+        self.retention = retention
+        self.retention_by_table = dict(retention_by_table or {})
+        self.max_bytes = max_bytes
+        self.retention_interval = retention_interval
+        self.max_pending_rows = max_pending_rows
+        self._clock = clock
+        # Rows a failed commit (e.g. a full disk) left behind, retried on every flush.
+        self._unwritten: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        self.rows_dropped = 0
+        self.rows_deleted_by_retention = 0
+        self._since = time.time()
         # rows, flush barriers (Events), or None to stop the writer
         self._queue: queue.Queue[tuple[str, Mapping[str, Any]] | threading.Event | None] = queue.Queue()
         self._writer: threading.Thread | None = None
@@ -104,8 +128,13 @@ class Store:
         pending: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
         count = 0
         deadline: float | None = None
+        next_retention = time.monotonic()
         while True:
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if time.monotonic() >= next_retention:
+                self.enforce_retention(cur)
+                next_retention = time.monotonic() + self.retention_interval
+            wait_for = next_retention if deadline is None else min(deadline, next_retention)
+            timeout = max(0.0, wait_for - time.monotonic())
             item: object
             try:
                 item = self._queue.get(timeout=timeout)
@@ -118,9 +147,11 @@ class Store:
                     deadline = time.monotonic() + self.flush_interval
                 if count < self.max_batch_rows and time.monotonic() < deadline:
                     continue  # a steady stream still commits every flush_interval
-            if count:
+            if count or any(self._unwritten.values()):
                 self._flush(cur, pending)
-                pending, count, deadline = defaultdict(list), 0, None
+                pending, count = defaultdict(list), 0
+            # rows a failed write left behind are retried on their own schedule
+            deadline = time.monotonic() + 2.0 if any(self._unwritten.values()) else None
             if isinstance(item, threading.Event):
                 item.set()  # a flush() barrier: everything before it is committed
             elif item is None:
@@ -129,18 +160,89 @@ class Store:
 
     def _flush(self, cur: duckdb.DuckDBPyConnection, pending: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
         for name, rows in pending.items():
+            self._unwritten[name].extend(rows)
+        for name in list(self._unwritten):
+            rows = self._unwritten[name]
+            if not rows:
+                continue
             t = self.tables[name]
             batch = pa.table({c.name: [r.get(c.name) for r in rows] for c in t.columns})
             try:
                 cur.register("pxo_batch", batch)
-                cur.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM pxo_batch')
-                cur.unregister("pxo_batch")
-                self.rows_written += len(rows)
-                self.write_error = ""
+                try:
+                    cur.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM pxo_batch')
+                finally:
+                    cur.unregister("pxo_batch")
             except duckdb.Error as exc:
-                # Never crash the edge on a write error (e.g. a full disk): report it.
-                self.write_error = f"cannot write {len(rows)} rows to {name}: {exc}"
-                log.error("%s", self.write_error)
+                # Never crash on a write error (a full disk...): keep the rows, retry on the
+                # next flush, and say so in the store's status until a write succeeds.
+                if not self.write_error:
+                    log.error("store: cannot write to %s: %s; keeping rows and retrying", name, exc)
+                self.write_error = f"cannot write to {self.path}: {str(exc).splitlines()[0]}"
+                excess = sum(len(v) for v in self._unwritten.values()) - self.max_pending_rows
+                if excess > 0:  # bounded memory: the oldest unwritten rows go first
+                    del rows[:excess]
+                    self.rows_dropped += excess
+                continue
+            self.rows_written += len(rows)
+            self._unwritten[name] = []
+            if self.write_error:
+                log.info("store: writes succeed again")
+                self.write_error = ""
+
+    # -- retention -----------------------------------------------------------------
+
+    def used_bytes(self, cur: duckdb.DuckDBPyConnection | None = None) -> int:
+        """Bytes the store holds: used blocks plus the write-ahead log (the file never shrinks,
+        but DuckDB reuses freed blocks, so this is what counts against max_bytes)."""
+        c = cur or self._con.cursor()
+        try:
+            rows = c.execute("SELECT block_size, used_blocks FROM pragma_database_size()").fetchall()
+        finally:
+            if cur is None:
+                c.close()
+        wal = Path(str(self.path) + ".wal")
+        wal_bytes = wal.stat().st_size if wal.exists() else 0
+        return int(rows[0][0]) * int(rows[0][1]) + wal_bytes if rows else wal_bytes
+
+    def enforce_retention(self, cur: duckdb.DuckDBPyConnection | None = None) -> None:
+        """Delete rows past their table's age, then the oldest rows while the store is too big."""
+        c = cur or self._con.cursor()
+        now = self._clock()
+        try:
+            for name, t in self.tables.items():
+                if "time" not in t.column_names:
+                    continue
+                age = self.retention_by_table.get(name, self.retention)
+                n = c.execute(f'DELETE FROM "{name}" WHERE "time" < $cut', {"cut": now - age}).fetchall()
+                self.rows_deleted_by_retention += int(n[0][0]) if n else 0
+            for _ in range(50):
+                if self.used_bytes(c) <= self.max_bytes:
+                    break
+                counts = {name: c.execute(f'SELECT count(*) FROM "{name}"').fetchall()[0][0]
+                          for name, t in self.tables.items() if "time" in t.column_names}
+                biggest = max(counts, key=lambda k: counts[k], default=None)
+                if biggest is None or counts[biggest] == 0:
+                    break
+                # the oldest tenth of the biggest table
+                cut = c.execute(f'SELECT quantile_disc("time", 0.1) FROM "{biggest}"').fetchall()[0][0]
+                n = c.execute(f'DELETE FROM "{biggest}" WHERE "time" <= $cut', {"cut": cut}).fetchall()
+                self.rows_deleted_by_retention += int(n[0][0]) if n else 0
+                c.execute("CHECKPOINT")
+        except duckdb.Error as exc:
+            log.error("store: retention failed: %s", str(exc).splitlines()[0])
+        finally:
+            if cur is None:
+                c.close()
+
+    def status(self) -> SourceStatus:
+        """The store as a status line beside the sources' (probe_status, heartbeats)."""
+        waiting = sum(len(v) for v in self._unwritten.values())
+        detail = self.write_error
+        if detail:
+            detail += f" ({waiting} rows waiting, {self.rows_dropped} dropped)"
+        return SourceStatus("store", "degraded" if self.write_error else "running", detail,
+                            self.rows_written, self.rows_dropped, self._since)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Commit everything appended so far now; False if the writer did not finish in time."""
@@ -165,10 +267,10 @@ class Store:
                 'SELECT 1 FROM oom_events WHERE boot_id = $boot AND (kmsg_seq = $seq OR '
                 '(pid = $pid AND "time" BETWEEN $lo AND $hi)) LIMIT 1',
                 {"boot": boot_id, "seq": kmsg_seq, "pid": pid, "lo": when - slack, "hi": when + slack},
-            ).fetchone()
+            ).fetchall()
         finally:
             cur.close()
-        return row is not None
+        return bool(row)
 
     def execute(
         self,

@@ -6,11 +6,15 @@ from collections.abc import Callable
 from typing import Any
 
 from pxo.common.schema import Table
-from pxo.edge.sources.base import Sink, Source
+from pxo.edge.sources.base import Sink, Source, SourceStatus
+from pxo.edge.sources.exit import ProcessExitBpfSource
 from pxo.edge.sources.oom import OomSource
+from pxo.edge.sources.signal import KillBpfSource
+from pxo.edge.sources.status import ProbeStatusSource
 
 SOURCES: dict[str, type[Source]] = {
-    OomSource.name: OomSource,
+    cls.name: cls
+    for cls in (OomSource, KillBpfSource, ProcessExitBpfSource, ProbeStatusSource)
 }
 
 
@@ -24,13 +28,17 @@ def all_tables() -> list[Table]:
 
 
 def build_sources(names: list[str], *, sink: Sink, use_bpf: bool = True,
-                  oom_recorded: Callable[..., bool] | None = None) -> list[Source]:
+                  oom_recorded: Callable[..., bool] | None = None,
+                  more_status: Callable[[], list[SourceStatus]] = list) -> list[Source]:
     """The named sources, each given what it needs from the edge."""
-    built = []
+    built: list[Source] = []
     for name in names:
         cls = SOURCES[name]
         kwargs: dict[str, Any] = {"sink": sink}
         if cls is OomSource:
             kwargs.update(use_bpf=use_bpf, recorded=oom_recorded)
+        elif cls is ProbeStatusSource:
+            kwargs.update(statuses=lambda: [s.status for s in built if s.name != ProbeStatusSource.name]
+                          + more_status())
         built.append(cls(**kwargs))
     return built

@@ -11,14 +11,16 @@ Exits are frequent, so the kernel walks only the memory cgroup's path (the
 one the attribution enricher keys on, and the one that must be walked at
 once because runtimes remove dead containers' cgroups). The v2 path is the
 same record when memory lives on the unified hierarchy (most Kubernetes
-nodes); otherwise it is resolved here from the v2 cgroup id.
+nodes), "/" when the process is in the unified hierarchy's root (nothing
+uses it, and it may not even be mounted), and otherwise it is resolved here
+from the v2 cgroup id, which misses a cgroup removed before the resolver
+ever saw it.
 """
 
 from __future__ import annotations
 
 import ctypes
 import datetime as dt
-import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -36,9 +38,8 @@ from pxo.edge.bpf import (
     read_counter,
     require_tracepoint,
 )
-from pxo.edge.btf import VMLINUX, Btf, BtfError
+from pxo.edge.btf import VMLINUX
 from pxo.edge.cgroups import CgroupResolver, hierarchies
-from pxo.edge.errors import PrerequisiteError
 from pxo.edge.sources.base import Sink, Source
 
 log = logging.getLogger(__name__)
@@ -115,19 +116,6 @@ def event_row(e: ExitEventC, *, v2_path: Callable[[int], str | None] = lambda _i
     }
 
 
-@functools.lru_cache(maxsize=4)
-def exit_offsets(btf_path: Path = VMLINUX) -> dict[str, int]:
-    """The offsets bpf/exit.bpf.c needs beyond edge/bpf.py's kernel_offsets(), from BTF."""
-    try:
-        btf = Btf.load(btf_path)
-        return {
-            "SIGNAL_GROUP_EXIT_CODE": btf.offset("signal_struct", "group_exit_code"),
-            "TASK_GROUP_LEADER": btf.offset("task_struct", "group_leader"),
-        }
-    except BtfError as exc:
-        raise PrerequisiteError(f"cannot take struct offsets from BTF: {exc}") from exc
-
-
 def default_v2_resolver(mountinfo: Path = Path("/proc/self/mountinfo")) -> CgroupResolver | None:
     """A resolver over the mounted unified (v2) hierarchy, or None when none is mounted."""
     for h in hierarchies(mountinfo):
@@ -158,8 +146,8 @@ class ProcessExitBpfSource(Source):
             self._v2 = default_v2_resolver(self._mountinfo)
             if self._v2 is None:
                 log.info("no cgroup v2 hierarchy is mounted: process_exits.cgroup_v2_path stays empty")
-        settings = {"EXIT_EVENT_SIZE": ctypes.sizeof(ExitEventC), **exit_offsets(self._btf_path)}
-        self._bpf = load_program("exit", settings=settings, btf_path=self._btf_path)
+        self._bpf = load_program("exit", settings={"EXIT_EVENT_SIZE": ctypes.sizeof(ExitEventC)},
+                                 btf_path=self._btf_path)
         self._bpf["exit_events"].open_ring_buffer(self._on_event)
 
     def _v2_path(self, cgroup_id: int) -> str | None:

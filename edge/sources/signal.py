@@ -53,7 +53,7 @@ KILL_EVENTS = Table(
                "Target's memory cgroup (v1 memory hierarchy or v2), as the kernel names it"),
         Column("cgroup_id", "UBIGINT", "Inode number of the target's memory cgroup directory"),
         Column("cgroup_v2_path", "VARCHAR", "Target's cgroup in the unified (v2) hierarchy"),
-        Column("group", "BOOLEAN", "Sent to the whole process (kill) rather than one thread (tgkill)"),
+        Column("whole_process", "BOOLEAN", "Sent to the whole process (kill) rather than one thread (tgkill)"),
         Column("result", "INTEGER",
                "Kernel's outcome: 0 delivered, 1 ignored (target already exiting), 2 already pending"),
     ),
@@ -101,7 +101,7 @@ def event_row(e: KillEventC, *, to_utc: Callable[[int], dt.datetime] = boot_to_u
         "cgroup_path": cgroup_path(e.target_memcg),
         "cgroup_id": e.target_memcg.id or None,
         "cgroup_v2_path": cgroup_path(e.target_cgroup_v2),
-        "group": bool(e.group),
+        "whole_process": bool(e.group),
         "result": e.result,
     }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import subprocess
 import sys
 import textwrap
@@ -11,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from pxo.common.schema import TIME, Column, Table
+from pxo.common.timeutil import utc_now
 from pxo.edge.errors import FragmentError, StoreError
 from pxo.edge.store import Store
 
 T = Table("samples", "test rows", (TIME, Column("pid", "INTEGER", "p"), Column("name", "VARCHAR", "n")))
-T0 = dt.datetime(2026, 1, 1)
+T0 = utc_now().replace(microsecond=0) - dt.timedelta(hours=1)  # recent: within every retention
 
 
 def rows(n: int, start: int = 0) -> list[dict]:
@@ -119,3 +121,71 @@ def test_new_columns_are_added_to_an_old_store(tmp_path: Path) -> None:
     store = Store(path, [wider])
     assert collect(store, "SELECT extra FROM samples") == []
     store.close()
+
+
+def test_retention_by_age_per_table(tmp_path: Path) -> None:
+    other = Table("other", "", (TIME,))
+    store = Store(tmp_path / "s.duckdb", [T, other], retention=dt.timedelta(days=30),
+                  retention_by_table={"other": dt.timedelta(minutes=30)}, flush_interval=0.05)
+    store.start()
+    now = utc_now()
+    for age_days in (0, 10, 29, 31, 400):
+        store.append("samples", {"time": now - dt.timedelta(days=age_days), "pid": age_days, "name": ""})
+    for age_min in (5, 45):
+        store.append("other", {"time": now - dt.timedelta(minutes=age_min)})
+    store.flush()
+    store.enforce_retention()
+    assert [r["pid"] for r in collect(store, "SELECT pid FROM samples ORDER BY pid")] == [0, 10, 29]
+    assert len(collect(store, "SELECT * FROM other")) == 1
+    store.close()
+
+
+def test_retention_by_total_size_keeps_the_newest(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.duckdb", [T], flush_interval=0.05, max_bytes=4 << 20,
+                  retention_interval=3600)
+    store.start()
+    for r in rows(200_000):
+        r["name"] = f"{r['pid']:08d}" * 8
+        store.append("samples", r)
+    store.flush(timeout=60)
+    assert store.used_bytes() > 4 << 20
+    store.enforce_retention()
+    assert store.used_bytes() <= 4 << 20
+    kept = collect(store, "SELECT min(pid) AS lo, max(pid) AS hi, count(*) AS n FROM samples")[0]
+    assert kept["hi"] == 199_999 and kept["n"] < 200_000 and kept["lo"] == 200_000 - kept["n"]
+    store.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tiny tmpfs to fill it")
+def test_full_disk_degrades_then_recovers_without_losing_rows(tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], check=True)
+    try:
+        store = Store(disk / "s.duckdb", [T], flush_interval=0.05, max_bytes=1 << 40,
+                      retention_interval=3600)
+        store.start()
+        filler = disk / "filler"
+        with open(filler, "wb") as f:  # leave almost nothing free
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        for r in rows(20_000):
+            r["name"] = "x" * 40
+            store.append("samples", r)
+        store.flush()
+        status = store.status()
+        assert status.state == "degraded" and "No space left on device" in status.detail
+        assert "rows waiting" in status.detail
+        filler.unlink()  # space comes back: the waiting rows are written
+        store.flush()
+        store.flush()
+        assert store.status().state == "running"
+        assert collect(store, "SELECT count(*) AS n FROM samples") == [{"n": 20_000}]
+        assert store.rows_dropped == 0
+        store.close()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
