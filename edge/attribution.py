@@ -384,12 +384,14 @@ class KubePodWatcher:
     the last resourceVersion seen (events and BOOKMARKs); 410 Gone re-lists at
     once; any other error re-lists after an exponential backoff with jitter.
     Lists ask for resourceVersion "0" (the API server's watch cache), so a
-    DaemonSet on every node never makes a re-list a quorum read of etcd.
+    DaemonSet on every node does not turn each re-list into a quorum read of
+    etcd; only a list after a 410 asks for the latest state.
 
-    Pods are kept as the API server's JSON, not the client's models: the
-    models validate strictly (an enum value a newer server adds would fail an
-    event), and a node's pod updates are frequent enough to make model
-    building the watcher's main cost.
+    Pods are read as the API server's JSON (``Watch(return_type="object")``,
+    a list without preloading), not as the client's models: the models
+    validate strictly, so one pod with a required field missing or typed
+    differently (another server version, a proxy) would fail its event and,
+    with it, the watch; the few fields used here are read defensively.
     """
 
     def __init__(self, *, node: str, configuration: Configuration | None = None,
@@ -448,33 +450,33 @@ class KubePodWatcher:
         """
         env = os.environ if environ is None else environ
         from kubernetes.client import Configuration
-        from kubernetes.config.config_exception import ConfigException
         from kubernetes.config.incluster_config import SERVICE_HOST_ENV_NAME, InClusterConfigLoader
         from kubernetes.config.kube_config import ENV_KUBECONFIG_PATH_SEPARATOR, load_kube_config
 
         cfg = Configuration()
-        if env.get(SERVICE_HOST_ENV_NAME):
+        in_cluster = bool(env.get(SERVICE_HOST_ENV_NAME))
+        config_file = ""
+        if in_cluster:
             source = "in-cluster service account"
-            load: Callable[[], None] = lambda: InClusterConfigLoader(  # noqa: E731
-                token_filename=str(serviceaccount / "token"), cert_filename=str(serviceaccount / "ca.crt"),
-                environ=env).load_and_set(cfg)
         else:
             home = home if home is not None else Path(env.get("HOME") or Path.home())
             listed = env.get("KUBECONFIG", "")
             candidates = ([Path(p).expanduser() for p in listed.split(ENV_KUBECONFIG_PATH_SEPARATOR) if p]
                           if listed else [home / ".kube" / "config"])
-            found = [str(p) for p in candidates if p.is_file()]
-            if not found:
+            config_file = ENV_KUBECONFIG_PATH_SEPARATOR.join(str(p) for p in candidates if p.is_file())
+            if not config_file:
                 log.info(NOT_IN_CLUSTER)
                 return None
-            source = "kubeconfig " + ENV_KUBECONFIG_PATH_SEPARATOR.join(found)
-            config_file = ENV_KUBECONFIG_PATH_SEPARATOR.join(found)
-            load = lambda: load_kube_config(config_file=config_file, client_configuration=cfg,  # noqa: E731
-                                            persist_config=False)
+            source = f"kubeconfig {config_file}"
         try:
-            load()
+            if in_cluster:
+                InClusterConfigLoader(token_filename=str(serviceaccount / "token"),
+                                      cert_filename=str(serviceaccount / "ca.crt"),
+                                      environ=env).load_and_set(cfg)
+            else:
+                load_kube_config(config_file=config_file, client_configuration=cfg, persist_config=False)
             watcher = cls(node=node, configuration=cfg, **kwargs)
-        except (ConfigException, OSError, ValueError, KeyError, TypeError) as exc:
+        except Exception as exc:  # ConfigException, YAML, files...: whatever it is, one line and off
             log.warning("Kubernetes client configuration failed (%s): %s; pod names are off; "
                         "cgroup paths still give container and pod ids", source, exc)
             return None
@@ -534,20 +536,29 @@ class KubePodWatcher:
     def _run(self) -> None:
         delay = self._backoff[0]
         rv: str | None = None
+        consistent = False  # list from etcd rather than the watch cache
+        expired_in_a_row = 0
         while not self._stopping.is_set():
             try:
                 if rv is None:
-                    rv = self._list()
+                    rv = self._list(consistent=consistent)
                     delay = self._backoff[0]
                 rv = self._watch_from(rv)
+                consistent, expired_in_a_row = False, 0  # the server ended the watch: resume from rv
             except _Expired as exc:
                 log.debug("pod watch expired (%s): listing again", exc)
-                rv = None
+                # The cache's list was too old to watch from: ask for the latest
+                # state, and back off if that keeps happening.
+                rv, consistent = None, True
+                if expired_in_a_row:
+                    self._stopping.wait(delay * random.uniform(0.8, 1.2))
+                    delay = min(delay * 2, self._backoff[1])
+                expired_in_a_row += 1
             except Exception as exc:
                 if self._stopping.is_set():
                     break
                 self._failed(exc)
-                rv = None
+                rv, consistent = None, False
                 self._stopping.wait(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, self._backoff[1])
 
@@ -556,9 +567,11 @@ class KubePodWatcher:
 
         return CoreV1Api(self._api)
 
-    def _list(self) -> str:
+    def _list(self, *, consistent: bool = False) -> str:
+        # resourceVersion "0": any recent state, served from the API server's
+        # watch cache; unset: the latest state, a quorum read.
         resp = self._core().list_pod_for_all_namespaces(
-            field_selector=self._selector, resource_version="0",
+            field_selector=self._selector, resource_version=None if consistent else "0",
             _preload_content=False, _request_timeout=self._request_timeout)
         try:
             body = json.loads(resp.data)
@@ -627,9 +640,9 @@ class KubePodWatcher:
         elif kind == "DELETED":
             uid = ((obj.get("metadata") or {}).get("uid") or "").lower()
             with self._lock:
-                pod = self._pods.pop(uid, None)
-                if pod is not None and pod.mirror_of:
-                    self._mirrors.pop(pod.mirror_of, None)
+                gone = self._pods.pop(uid, None)
+                if gone is not None and gone.mirror_of:
+                    self._mirrors.pop(gone.mirror_of, None)
         # BOOKMARK: only the resourceVersion
         if rv:
             with self._lock:

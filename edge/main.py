@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import socket
 import sys
@@ -46,6 +47,10 @@ class EdgeSettings(BaseSettings):
     require_bpf: bool = Field(False, description="exit when an eBPF program cannot load, instead of running "
                                                  "degraded on the kernel log and cgroupfs")
     flush_interval: float = Field(0.5, gt=0, le=1.0, description="seconds between store commits")
+    retention_days: float = Field(30.0, gt=0, description="days each table keeps its rows")
+    retention_days_by_table: dict[str, float] = Field(
+        default_factory=dict, description='per-table overrides, e.g. {"alloc_rate": 7}')
+    max_store_mb: int = Field(1024, gt=0, description="most the store may hold, MiB; the oldest rows go first")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
     @field_validator("listen", "collector", "advertise")
@@ -70,8 +75,14 @@ class Edge:
 
     def __init__(self, settings: EdgeSettings) -> None:
         self.settings = settings
-        self.store = Store(settings.data_dir / "edge.duckdb", all_tables(),
-                           flush_interval=settings.flush_interval)
+        unknown = set(settings.retention_days_by_table) - {t.name for t in all_tables()}
+        if unknown:
+            raise EdgeError(f"--retention-days-by-table names unknown tables: {', '.join(sorted(unknown))}")
+        self.store = Store(
+            settings.data_dir / "edge.duckdb", all_tables(), flush_interval=settings.flush_interval,
+            retention=dt.timedelta(days=settings.retention_days),
+            retention_by_table={k: dt.timedelta(days=v) for k, v in settings.retention_days_by_table.items()},
+            max_bytes=settings.max_store_mb << 20)
         self.sources: list[Source] = build_sources(settings.sources, sink=self.store,
                                                    oom_recorded=self.store.oom_kill_recorded,
                                                    more_status=lambda: [self.store.status()])

@@ -117,3 +117,31 @@ class Source(ABC):
         finally:
             if self.status.state in ("running", "degraded"):
                 self._set_state("stopped")
+
+
+class SamplingSource(Source):
+    """A source that samples every ``period`` seconds of its clock and otherwise waits.
+
+    The first poll samples; a clock that steps backwards triggers a sample
+    rather than a long silence.
+    """
+
+    def __init__(self, *, sink: Sink, period: float, clock: Callable[[], float] = time.time) -> None:
+        if period <= 0:
+            raise ValueError(f"period must be positive, not {period!r}")
+        super().__init__(sink=sink, clock=clock)
+        self.period = period
+        self._last_at = float("-inf")
+        self._next_at = float("-inf")
+
+    @abstractmethod
+    def sample(self, now: float) -> int:
+        """Take one sample stamped ``now`` (a clock() reading); return the rows emitted."""
+
+    def poll(self, timeout: float) -> None:
+        now = self._clock()
+        if now >= self._next_at or now < self._last_at:
+            self._last_at, self._next_at = now, now + self.period
+            self.sample(now)
+        else:
+            self._stop.wait(min(timeout, self._next_at - now))

@@ -49,7 +49,6 @@ import errno
 import logging
 import os
 import time
-from abc import abstractmethod
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -59,7 +58,7 @@ from pxo.common.schema import TIME, Column, Table
 from pxo.common.timeutil import EPOCH
 from pxo.edge.cgroups import Hierarchy, memory_hierarchy
 from pxo.edge.errors import EdgeError
-from pxo.edge.sources.base import Sink, Source
+from pxo.edge.sources.base import SamplingSource, Sink
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +197,7 @@ class MemcgReader:
         self.hierarchy = hierarchy
         self._io = SmallFileReader()
         self._absent: set[str] = set()
+        self._absent_at_root: set[str] = set()
         self._mount = str(hierarchy.mount).rstrip("/") or "/"
 
     def dir_of(self, path: str) -> str:
@@ -227,19 +227,21 @@ class MemcgReader:
 
     def _get(self, dfd: int, name: str, directory: str, root: bool) -> bytes | None:
         """A file's bytes; None if this cgroup does not have it."""
-        if name in self._absent:
+        # The root lacks v2's per-cgroup files, so it keeps its own list; any
+        # other cgroup speaks for all of them.
+        absent = self._absent_at_root if root else self._absent
+        if name in absent:
             return None
         try:
             return self._io.read(name, dfd)
         except FileNotFoundError:
             if not os.path.isdir(directory):
                 raise _Gone from None
-            if not root:  # the root lacks v2's per-cgroup files; a non-root speaks for all
-                self._absent.add(name)
+            absent.add(name)
             return None
         except OSError as exc:
             if exc.errno in (errno.ENODEV, errno.EOPNOTSUPP):  # e.g. PSI switched off
-                self._absent.add(name)
+                absent.add(name)
                 return None
             raise
 
@@ -313,49 +315,20 @@ def walk_cgroups(hierarchy: Hierarchy, max_cgroups: int) -> tuple[list[tuple[str
         except (FileNotFoundError, NotADirectoryError):
             continue
         with entries:
-            for e in entries:
-                # d_type and d_ino come with the directory entry: no stat per
-                # cgroup. kernfs reports the node's id as d_ino, the same number
-                # as the directory's st_ino and the kernel's cgroup id.
-                if not e.is_dir(follow_symlinks=False):
-                    continue
-                if len(found) >= max_cgroups:
-                    return found, True
-                path = f"{prefix}/{e.name}"
-                found.append((path, e.path, e.inode()))
-                todo.append((path, e.path))
+            # d_type and d_ino come with the directory entry: no stat per
+            # cgroup. kernfs reports the node's id as d_ino, the same number as
+            # the directory's st_ino and the kernel's cgroup id.
+            children = sorted((e.name, e.path, e.inode()) for e in entries if e.is_dir(follow_symlinks=False))
+        for name, child, cgroup_id in children:  # sorted: a capped walk keeps the same cgroups
+            if len(found) >= max_cgroups:
+                return found, True
+            path = f"{prefix}/{name}"
+            found.append((path, child, cgroup_id))
+            todo.append((path, child))
     return found, False
 
 
 # -- the periodic lifecycle -------------------------------------------------------
-
-
-class SamplingSource(Source):
-    """A source that samples every ``period`` seconds of its clock and otherwise waits.
-
-    The first poll samples; a clock that steps backwards triggers a sample
-    rather than a long silence.
-    """
-
-    def __init__(self, *, sink: Sink, period: float, clock: Callable[[], float] = time.time) -> None:
-        if period <= 0:
-            raise ValueError(f"period must be positive, not {period!r}")
-        super().__init__(sink=sink, clock=clock)
-        self.period = period
-        self._last_at = float("-inf")
-        self._next_at = float("-inf")
-
-    @abstractmethod
-    def sample(self, now: float) -> int:
-        """Take one sample stamped ``now`` (a clock() reading); return the rows emitted."""
-
-    def poll(self, timeout: float) -> None:
-        now = self._clock()
-        if now >= self._next_at or now < self._last_at:
-            self._last_at, self._next_at = now, now + self.period
-            self.sample(now)
-        else:
-            self._stop.wait(min(timeout, self._next_at - now))
 
 
 class ContainerMemorySource(SamplingSource):

@@ -42,9 +42,11 @@ from pxo.edge.bpf import (
     require_tracepoint,
 )
 from pxo.edge.btf import VMLINUX
+from pxo.edge.cgroups import Hierarchy, memory_hierarchy
 from pxo.edge.errors import EdgeError, PrerequisiteError
 from pxo.edge.kmsg import Kill, OomLogParser, OomReport, parse_record
 from pxo.edge.sources.base import Sink, Source
+from pxo.edge.sources.cgroupfs import read_memcg
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,10 @@ OOM_EVENTS = Table(
         Column("alloc_order", "INTEGER", "Order of the allocation that failed (pages = 2^order)"),
         Column("memcg_usage_bytes", "UBIGINT", "Usage of the OOMing memory cgroup at the kill, bytes"),
         Column("memcg_limit_bytes", "UBIGINT", "Limit of the OOMing memory cgroup, bytes (NULL: unlimited)"),
+        Column("memcg_peak_bytes", "UBIGINT",
+               "Peak usage the OOMing memory cgroup has recorded (v1 max_usage_in_bytes, v2 memory.peak)"),
+        Column("memcg_swap_bytes", "UBIGINT", "Swap used by the OOMing memory cgroup, bytes"),
+        Column("memcg_oom_kills", "UBIGINT", "The OOMing memory cgroup's own count of OOM kills, this one included"),
         Column("oom_id", "VARCHAR",
                "Identifies the OOM report: links a kill to its candidates in oom_candidates, and the "
                "members of one group kill to each other (<boot id>:<kernel log sequence number>)"),
@@ -248,6 +254,7 @@ class OomSource(Source):
         proc_root: Path = Path("/proc"),
         join_window: float = 1.0,
         recorded: Callable[[str, int, int, dt.datetime], bool] | None = None,
+        hierarchy: Hierarchy | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(sink=sink, **kwargs)
@@ -258,6 +265,7 @@ class OomSource(Source):
         self.join_window = join_window
         # recorded(boot_id, kmsg_seq, pid, time): is this kill already in the store?
         self._recorded = recorded or (lambda *_: False)
+        self._hierarchy = hierarchy  # the memory hierarchy, for the OOMing cgroup's state
         self._bpf: Any = None
         self._kmsg_fd: int | None = None
         self._parser = OomLogParser()
@@ -277,6 +285,11 @@ class OomSource(Source):
         except OSError:
             self.boot_id = "unknown"
         self._meminfo = read_meminfo(self._proc / "meminfo")
+        if self._hierarchy is None:
+            try:
+                self._hierarchy = memory_hierarchy()
+            except EdgeError as exc:
+                log.info("no memory cgroup hierarchy (%s): oom_events.memcg_* columns stay empty", exc)
         if self._use_bpf:
             try:
                 require_tracepoint("oom", "mark_victim", field="uid")  # the (task, uid) form of Linux 6.9+
@@ -412,6 +425,8 @@ class OomSource(Source):
         row = dict(row)
         row["origin"] = origin
         row.setdefault("boot_id", self.boot_id)
+        if origin != "kmsg-backlog":  # a past kill: today's state of its cgroup would mislead
+            self._add_memcg_state(row, kill.report if kill is not None else None)
         if kill is not None:
             r = kill.report
             row["kmsg_seq"] = kill.seq
@@ -423,15 +438,30 @@ class OomSource(Source):
                     "pool_bytes": pool_bytes(r, self._meminfo),
                     "gfp_mask": r.gfp_mask or None,
                     "alloc_order": r.order,
-                    "memcg_usage_bytes": r.memory_usage_kb * KB if r.memory_usage_kb is not None else None,
-                    "memcg_limit_bytes": r.memory_limit_kb * KB if r.memory_limit_kb is not None else None,
                 })
+                if r.memory_usage_kb is not None:  # printed at the kill: better than read just after
+                    row["memcg_usage_bytes"] = r.memory_usage_kb * KB
+                    row["memcg_limit_bytes"] = r.memory_limit_kb * KB if r.memory_limit_kb is not None else None
                 if row.get("trigger_pid") is None:
                     row["trigger_pid"] = r.trigger_pid
                 if r.seq not in self._reports_emitted:
                     self._reports_emitted.add(r.seq)
                     self._emit_candidates(r, row["oom_id"], row["time"])
         self.emit("oom_events", row)
+
+    def _add_memcg_state(self, row: dict[str, Any], report: OomReport | None) -> None:
+        """The OOMing cgroup's peak, swap and kill count, read now, milliseconds after the kill."""
+        path = (report.oom_memcg if report is not None else None) or row.get("cgroup_path")
+        if self._hierarchy is None or not path:
+            return
+        state = read_memcg(self._hierarchy, path)
+        if state is None:  # already removed by its runtime
+            return
+        row["memcg_usage_bytes"] = state.get("usage_bytes")
+        row["memcg_limit_bytes"] = state.get("limit_bytes")
+        row["memcg_peak_bytes"] = state.get("peak_bytes")
+        row["memcg_swap_bytes"] = state.get("swap_bytes")
+        row["memcg_oom_kills"] = state.get("events_oom_kill")
 
     def _emit_candidates(self, r: OomReport, oom_id: str, when: dt.datetime) -> None:
         for c in r.candidates:

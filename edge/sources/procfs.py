@@ -39,10 +39,9 @@ from typing import Any
 from pxo.common.schema import TIME, Column, Table
 from pxo.edge.cgroups import Hierarchy
 from pxo.edge.errors import EdgeError
-from pxo.edge.sources.base import Sink
+from pxo.edge.sources.base import SamplingSource, Sink
 from pxo.edge.sources.cgroupfs import (
     V1_UNLIMITED,
-    SamplingSource,
     SmallFileReader,
     check_readable,
     resolve_memory_hierarchy,
@@ -179,9 +178,10 @@ class ProcessMemorySource(SamplingSource):
             emitted.add(pid)
             rows += 1
         rest = sorted((p for p in near if p not in emitted), key=lambda p: rss.get(p, 0), reverse=True)
-        near_rows = 0
+        near_rows, near_capped = 0, False
         for pid in rest:
             if near_rows >= self.max_near_limit:
+                near_capped = True
                 break
             row = self._read_process(pid, near[pid])
             if row is None:
@@ -192,9 +192,9 @@ class ProcessMemorySource(SamplingSource):
             near_rows += 1
         took = (time.perf_counter() - started) * 1000
         notes = [self._note] if self._note else []
-        if near_rows >= self.max_near_limit and len(rest) > near_rows:
-            notes.append(f"capped: {len(rest)} processes in near-limit cgroups, kept the largest "
-                         f"{self.max_near_limit} (max_near_limit)")
+        if near_capped:
+            notes.append(f"capped: kept the largest {self.max_near_limit} of {len(rest)} processes "
+                         "in near-limit cgroups (max_near_limit)")
         if cg_capped:
             notes.append(f"capped: looked for near-limit cgroups among the first {self.max_cgroups} only")
         notes.append(f"{rows + near_rows} of {len(rss)} processes in {took:.1f} ms")

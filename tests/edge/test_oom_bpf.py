@@ -69,6 +69,7 @@ def test_real_oom_kill_is_attributed_to_the_victim_and_its_cgroup() -> None:
     assert row["memcg_limit_bytes"] == 64 << 20 and row["memcg_usage_bytes"] > 0
     assert row["pool_bytes"] == 64 << 20  # the cgroup's limit (no swap here), not the victim's usage
     assert row["gfp_mask"] and row["alloc_order"] == 0 and row["kmsg_seq"] > 0
+    assert row["memcg_oom_kills"] == 1 and row["memcg_peak_bytes"] >= 60 << 20  # read from cgroupfs
     candidates = [r for t, r in sink.rows if t == "oom_candidates" and r["oom_id"] == row["oom_id"]]
     assert [(c["pid"], c["comm"], c["victim"]) for c in candidates] == [(drill.pid, DRILL_COMM, True)]
     assert candidates[0]["rss_bytes"] > 32 << 20

@@ -1,0 +1,253 @@
+"""container_memory: exact values from v1 and v2 fixture trees, and a real
+memory-limited cgroup holding a known allocation on this machine."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pxo.edge.cgroups import Hierarchy, ScratchCgroup, memory_hierarchy
+from pxo.edge.errors import EdgeError
+from pxo.edge.sources.cgroupfs import CONTAINER_MEMORY, ContainerMemorySource, read_memcg
+from tests.fixtures.memtrees import CTR, PATHS, PG, POD, V1, V2, MiB, write_v1, write_v2
+from tests.fixtures.workload import AllocatingChild
+
+T0 = 1_764_000_000.0  # a fixed clock reading
+NULL_EVENTS = dict.fromkeys(("events_low", "events_high", "events_max", "events_oom", "events_oom_group_kill"))
+NULL_PSI = dict.fromkeys(("psi_some_avg10", "psi_full_avg10", "psi_some_total_us", "psi_full_total_us"))
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, dict[str, Any]]] = []
+
+    def append(self, table: str, row: Mapping[str, Any]) -> None:
+        self.rows.append((table, dict(row)))
+
+    def by_path(self) -> dict[str, dict[str, Any]]:
+        return {r["cgroup_path"]: r for _, r in self.rows}
+
+
+def v1_tree(root: Path) -> Hierarchy:
+    return Hierarchy(1, write_v1(root / "memory"), frozenset({"rw", "memory"}))
+
+
+def v2_tree(root: Path) -> Hierarchy:
+    return Hierarchy(2, write_v2(root / "unified"), frozenset({"cpu", "io", "memory", "pids"}))
+
+
+def ino(h: Hierarchy, path: str) -> int:
+    return (h.mount / path.lstrip("/")).stat().st_ino
+
+
+def sample_once(h: Hierarchy, **kwargs: Any) -> tuple[ContainerMemorySource, ListSink]:
+    sink = ListSink()
+    src = ContainerMemorySource(sink=sink, hierarchy=h, clock=lambda: T0, **kwargs)
+    src.open()
+    src.poll(0)
+    return src, sink
+
+
+# -- fixture trees ---------------------------------------------------------------
+
+
+def test_v1_tree_exact_values(tmp_path: Path) -> None:
+    h = v1_tree(tmp_path)
+    src, sink = sample_once(h)
+    assert {t for t, _ in sink.rows} == {"container_memory"}
+    rows = sink.by_path()
+    assert list(rows) == PATHS  # breadth-first, every cgroup once
+    assert rows[POD] == {
+        "time": dt.datetime(2025, 11, 24, 16, 0), "cgroup_path": POD, "cgroup_id": ino(h, POD), "hierarchy": "v1",
+        "usage_bytes": 251658240, "limit_bytes": 256 * MiB, "peak_bytes": 268435456,
+        "anon_bytes": 209715200, "file_bytes": 41943040, "swap_bytes": 4194304,
+        "working_set_bytes": 251658240 - 16777216,  # usage - total_inactive_file
+        **NULL_EVENTS, "events_oom_kill": 3, "failcnt": 17, "under_oom": True, **NULL_PSI,
+    }
+    assert set(rows[POD]) == set(CONTAINER_MEMORY.column_names)
+    # The huge "no limit" value is NULL; hierarchical counters come from total_*.
+    assert rows[CTR]["limit_bytes"] is None and rows[CTR]["usage_bytes"] == V1[CTR].usage
+    assert rows[CTR]["anon_bytes"] == V1[CTR].anon and rows[CTR]["under_oom"] is True
+    assert rows["/"]["limit_bytes"] is None and rows["/"]["cgroup_id"] == h.mount.stat().st_ino
+    assert rows[PG]["limit_bytes"] == 1 << 30 and rows[PG]["working_set_bytes"] == 314572800 - 125829120
+    assert src.status.events == len(PATHS)
+    assert "7 cgroups" in src.status.detail
+
+
+def test_v2_tree_exact_values(tmp_path: Path) -> None:
+    h = v2_tree(tmp_path)
+    _, sink = sample_once(h)
+    rows = sink.by_path()
+    assert list(rows) == PATHS
+    assert rows[POD] == {
+        "time": dt.datetime(2025, 11, 24, 16, 0), "cgroup_path": POD, "cgroup_id": ino(h, POD), "hierarchy": "v2",
+        "usage_bytes": 520093696, "limit_bytes": 512 * MiB, "peak_bytes": 536866816,
+        "anon_bytes": 482344960, "file_bytes": 33554432, "swap_bytes": 0,
+        "working_set_bytes": 520093696 - 8388608,  # memory.current - inactive_file
+        "events_low": 0, "events_high": 0, "events_max": 1204, "events_oom": 7, "events_oom_kill": 2,
+        "events_oom_group_kill": 1, "failcnt": None, "under_oom": None,
+        "psi_some_avg10": 1.53, "psi_full_avg10": 0.91, "psi_some_total_us": 4810357, "psi_full_total_us": 2861203,
+    }
+    assert rows[CTR]["limit_bytes"] is None  # memory.max is "max"
+    assert rows[PG]["swap_bytes"] == 1048576 and rows[PG]["limit_bytes"] == 1 << 30
+    # The root has memory.stat and memory.pressure but no per-cgroup counters.
+    assert rows["/"] == {
+        "time": dt.datetime(2025, 11, 24, 16, 0), "cgroup_path": "/", "cgroup_id": h.mount.stat().st_ino,
+        "hierarchy": "v2", "usage_bytes": None, "limit_bytes": None, "peak_bytes": None,
+        "anon_bytes": V2["/"].anon, "file_bytes": V2["/"].file, "swap_bytes": None, "working_set_bytes": None,
+        **NULL_EVENTS, "events_oom_kill": None, "failcnt": None, "under_oom": None,
+        "psi_some_avg10": 0.12, "psi_full_avg10": 0.03, "psi_some_total_us": 91234567,
+        "psi_full_total_us": 40123456,
+    }
+
+
+def test_read_memcg_is_one_row_without_time(tmp_path: Path) -> None:
+    h = v2_tree(tmp_path)
+    _, sink = sample_once(h)
+    sampled = sink.by_path()[POD]
+    del sampled["time"]
+    assert read_memcg(h, POD) == sampled
+    assert read_memcg(h, "/kubepods/no-such-pod") is None
+
+
+def test_missing_files_are_null_v2(tmp_path: Path) -> None:
+    """An older kernel: no memory.peak (5.19), no oom_group_kill (5.17), no swap, PSI off."""
+    h = v2_tree(tmp_path)
+    d = h.mount / POD.lstrip("/")
+    for name in ("memory.peak", "memory.swap.current", "memory.pressure"):
+        (d / name).unlink()
+    (d / "memory.events").write_text("low 0\nhigh 0\nmax 1204\noom 7\noom_kill 2\n")
+    row = read_memcg(h, POD)
+    assert row is not None
+    assert row["peak_bytes"] is None and row["swap_bytes"] is None and row["events_oom_group_kill"] is None
+    assert all(row[k] is None for k in NULL_PSI)
+    assert row["usage_bytes"] == 520093696 and row["events_oom_kill"] == 2 and row["events_oom"] == 7
+
+
+def test_missing_files_are_null_v1(tmp_path: Path) -> None:
+    h = v1_tree(tmp_path)
+    d = h.mount / POD.lstrip("/")
+    stat = (d / "memory.stat").read_text()
+    no_swap = "".join(line + "\n" for line in stat.splitlines() if not line.startswith(("swap ", "total_swap ")))
+    # Swap accounting off: neither total_swap nor memsw files.
+    (d / "memory.stat").write_text(no_swap)
+    (d / "memory.memsw.usage_in_bytes").unlink()
+    (d / "memory.failcnt").unlink()
+    row = read_memcg(h, POD)
+    assert row is not None and row["swap_bytes"] is None and row["failcnt"] is None
+    assert row["usage_bytes"] == 251658240 and row["anon_bytes"] == 209715200
+    # total_swap missing but memsw there: swap is memsw usage minus usage.
+    (d / "memory.memsw.usage_in_bytes").write_text(f"{251658240 + 8 * MiB}\n")
+    assert read_memcg(h, POD)["swap_bytes"] == 8 * MiB  # type: ignore[index]
+    # Kernels before 3.19 printed ULLONG_MAX for "no limit".
+    (d / "memory.limit_in_bytes").write_text("18446744073709551615\n")
+    assert read_memcg(h, POD)["limit_bytes"] is None  # type: ignore[index]
+
+
+def test_a_file_missing_everywhere_is_asked_for_once(tmp_path: Path) -> None:
+    """memory.peak absent on a 5.15 kernel: after the first miss it costs nothing."""
+    h = v2_tree(tmp_path)
+    for path in PATHS[1:]:
+        (h.mount / path.lstrip("/") / "memory.peak").unlink()
+    src, sink = sample_once(h)
+    assert all(r["peak_bytes"] is None for _, r in sink.rows)
+    (h.mount / POD.lstrip("/") / "memory.peak").write_text("1\n")
+    sink.rows.clear()
+    src.sample(T0)
+    assert sink.by_path()[POD]["peak_bytes"] is None  # not read again
+
+
+def test_capped_walk_keeps_the_top_levels_and_says_so(tmp_path: Path) -> None:
+    src, sink = sample_once(v1_tree(tmp_path), max_cgroups=3)
+    assert list(sink.by_path()) == ["/", "/kubepods", "/system.slice"]
+    assert src.status.detail.startswith("capped") and "max_cgroups" in src.status.detail
+
+
+def test_samples_once_per_period_of_its_clock(tmp_path: Path) -> None:
+    now = [T0]
+    sink = ListSink()
+    src = ContainerMemorySource(sink=sink, hierarchy=v2_tree(tmp_path), period=10, clock=lambda: now[0])
+    src.open()
+    src.poll(0)
+    assert len(sink.rows) == len(PATHS)
+    now[0] = T0 + 9.9
+    src.poll(0)
+    assert len(sink.rows) == len(PATHS)
+    now[0] = T0 + 10
+    src.poll(0)
+    assert len(sink.rows) == 2 * len(PATHS)
+    assert {r["time"] for _, r in sink.rows[len(PATHS):]} == {dt.datetime(2025, 11, 24, 16, 0, 10)}
+    now[0] = T0 - 3600  # the clock stepped back an hour: sample now, not in an hour
+    src.poll(0)
+    assert len(sink.rows) == 3 * len(PATHS)
+
+
+def test_runs_on_its_own_thread(tmp_path: Path) -> None:
+    sink = ListSink()
+    src = ContainerMemorySource(sink=sink, hierarchy=v1_tree(tmp_path), period=3600)
+    src.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(sink.rows) < len(PATHS) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert src.status.state == "running"
+    finally:
+        src.stop()
+    assert len(sink.rows) == len(PATHS) and src.status.state == "stopped"
+
+
+def test_no_memory_hierarchy_fails_open_clearly(tmp_path: Path) -> None:
+    info = tmp_path / "mountinfo"
+    info.write_text("22 1 0:21 / /proc rw,nosuid - proc proc rw\n"
+                    "31 23 0:28 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n")
+    src = ContainerMemorySource(sink=ListSink(), mountinfo=info)
+    with pytest.raises(EdgeError, match="no cgroup hierarchy with the memory controller"):
+        src.start()
+    assert src.status.state == "failed"
+    with pytest.raises(EdgeError, match="cannot read"):
+        ContainerMemorySource(sink=ListSink(), mountinfo=tmp_path / "absent").open()
+    with pytest.raises(EdgeError, match="cannot read the memory cgroup hierarchy"):
+        ContainerMemorySource(sink=ListSink(), hierarchy=Hierarchy(2, tmp_path / "gone", frozenset())).open()
+
+
+def test_a_cgroup_removed_under_the_reader_is_skipped(tmp_path: Path) -> None:
+    h = v1_tree(tmp_path)
+    src, sink = sample_once(h)
+    shutil.rmtree(h.mount / CTR.lstrip("/"))
+    sink.rows.clear()
+    src.sample(T0)
+    assert CTR not in sink.by_path() and POD in sink.by_path()
+    assert read_memcg(h, CTR) is None
+
+
+# -- this machine ----------------------------------------------------------------
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="creates a memory cgroup beneath the test's own")
+def test_real_cgroup_holding_a_known_allocation() -> None:
+    h = memory_hierarchy()
+    limit, alloc = 128 * MiB, 48 * MiB
+    with ScratchCgroup(limit, prefix="pxo-test-cgroupfs", hierarchy=h) as cg:
+        with AllocatingChild(cg, alloc):
+            direct = read_memcg(h, cg.path)
+            _, sink = sample_once(h)
+        mine = [r for _, r in sink.rows if r["cgroup_path"] == cg.path]  # others' cgroups come and go
+        assert len(mine) == 1
+        for row in (direct, mine[0]):
+            assert row is not None
+            assert row["hierarchy"] == f"v{h.version}"
+            assert row["cgroup_id"] == cg.dir.stat().st_ino
+            assert row["limit_bytes"] == limit
+            assert row["usage_bytes"] >= alloc
+            assert row["anon_bytes"] >= alloc
+            assert alloc <= row["working_set_bytes"] <= row["usage_bytes"]
+            assert (h.version == 2 and row["peak_bytes"] is None) or row["peak_bytes"] >= row["usage_bytes"]
+            assert row["events_oom_kill"] == 0
+    assert read_memcg(h, cg.path) is None  # removed with the cgroup
