@@ -85,15 +85,18 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from pxo.common.schema import Column
+from pxo.common.schema import Column, Table
 
-if TYPE_CHECKING:  # the client costs ~0.3 s to import: only the watcher needs it
+if TYPE_CHECKING:
+    # the client costs ~0.3 s to import: only the watcher needs it
     from kubernetes.client import ApiClient, Configuration
     from kubernetes.watch import Watch
+
+    from pxo.edge.sources.base import Sink  # the sources package imports this module
 
 log = logging.getLogger(__name__)
 
@@ -445,8 +448,11 @@ class KubePodWatcher:
         """A watcher when running in a cluster, else None after one log line.
 
         In a pod (KUBERNETES_SERVICE_HOST set) the service account is used;
-        elsewhere a kubeconfig at $KUBECONFIG or ~/.kube/config. The watcher
-        is returned unstarted (``Attributor.start`` starts it).
+        elsewhere a kubeconfig at $KUBECONFIG or ~/.kube/config. ``node`` is
+        the Kubernetes node name (in a DaemonSet: spec.nodeName through the
+        downward API; the pod's hostname is not it). ``kwargs`` go to the
+        constructor. The watcher is returned unstarted (``Attributor.start``
+        starts it).
         """
         env = os.environ if environ is None else environ
         from kubernetes.client import Configuration
@@ -547,8 +553,9 @@ class KubePodWatcher:
                 consistent, expired_in_a_row = False, 0  # the server ended the watch: resume from rv
             except _Expired as exc:
                 log.debug("pod watch expired (%s): listing again", exc)
-                # The cache's list was too old to watch from: ask for the latest
-                # state, and back off if that keeps happening.
+                # Ask for the latest state this time (a list from the watch
+                # cache may be older than the server still keeps), and back
+                # off if expiry keeps following every list.
                 rv, consistent = None, True
                 if expired_in_a_row:
                     self._stopping.wait(delay * random.uniform(0.8, 1.2))
@@ -669,3 +676,28 @@ def _describe(exc: BaseException) -> str:
         return f"HTTP {status}: {reason}".strip()
     return f"{type(exc).__name__}: {exc}"
 
+
+
+# -- the enricher in the edge's write path -------------------------------------------
+
+
+def with_attribution(table: Table) -> Table:
+    """``table`` with the ATTRIBUTION_COLUMNS appended, when it has a cgroup_path to attribute."""
+    if "cgroup_path" not in table.column_names or "container_id" in table.column_names:
+        return table
+    return Table(table.name, table.description, (*table.columns, *ATTRIBUTION_COLUMNS))
+
+
+class AttributingSink:
+    """Between the sources and the store: every row of a table with a ``cgroup_path``
+    gets the ATTRIBUTION_COLUMNS, so one mechanism attributes every table."""
+
+    def __init__(self, sink: Sink, attributor: Attributor, tables: Iterable[Table]) -> None:
+        self._sink = sink
+        self.attributor = attributor
+        self._tables = {t.name for t in tables if "container_id" in t.column_names}
+
+    def append(self, table: str, row: Mapping[str, Any]) -> None:
+        if table in self._tables and row.get("cgroup_path") is not None:
+            row = {**row, **self.attributor.attribute(row["cgroup_path"])}
+        self._sink.append(table, row)

@@ -85,13 +85,16 @@ class ScratchCgroup:
     a machine-wide OOM.
     """
 
-    def __init__(self, limit_bytes: int, *, prefix: str = "pxo-scratch",
+    def __init__(self, limit_bytes: int, *, prefix: str = "pxo-scratch", nested: str = "",
                  hierarchy: Hierarchy | None = None,
                  proc_cgroup: Path = Path("/proc/self/cgroup")) -> None:
         self.hierarchy = hierarchy or memory_hierarchy()
         own = cgroup_of(self.hierarchy, proc_cgroup)
         self.name = f"{prefix}-{uuid.uuid4().hex[:8]}"
-        self.path = f"{own.rstrip('/')}/{self.name}"  # as the kernel names it
+        # ``nested`` lays out more levels below it (e.g. a Kubernetes pod and container)
+        top = f"{own.rstrip('/')}/{self.name}"
+        self.path = f"{top}/{nested.strip('/')}" if nested.strip("/") else top  # as the kernel names it
+        self.top_dir = self.hierarchy.mount / top.lstrip("/")
         self.dir = self.hierarchy.mount / self.path.lstrip("/")
         self.limit_bytes = limit_bytes
 
@@ -99,7 +102,13 @@ class ScratchCgroup:
         try:
             if self.hierarchy.version == 2:
                 self._enable_memory_v2()
-            self.dir.mkdir()
+            self.top_dir.mkdir()
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if self.hierarchy.version == 2:  # the controller must be enabled at every level
+                d = self.dir.parent
+                while d == self.top_dir or self.top_dir in d.parents:
+                    (d / "cgroup.subtree_control").write_text("+memory")
+                    d = d.parent
             if self.hierarchy.version == 1:
                 self._write("memory.limit_in_bytes", str(self.limit_bytes))
                 if (self.dir / "memory.memsw.limit_in_bytes").exists():
@@ -150,25 +159,33 @@ class ScratchCgroup:
         return 0
 
     def remove(self, timeout: float = 5.0) -> None:
-        if not self.dir.exists():
-            return
+        if self.dir != self.top_dir and self.dir.exists():
+            self._remove_one(self.dir, timeout)
+            d = self.dir.parent
+            while d != self.top_dir and self.top_dir in d.parents:
+                self._remove_one(d, timeout)
+                d = d.parent
+        if self.top_dir.exists():
+            self._remove_one(self.top_dir, timeout)
+
+    def _remove_one(self, directory: Path, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                pids = [int(p) for p in self.procs_file.read_text().split()]
+                pids = [int(p) for p in (directory / "cgroup.procs").read_text().split()]
             except OSError:
                 pids = []
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             try:
-                self.dir.rmdir()
+                directory.rmdir()
                 return
             except OSError as exc:
                 if exc.errno == errno.ENOENT:
                     return
                 if time.monotonic() > deadline:
-                    raise CgroupError(f"cannot remove {self.dir}: {exc}") from exc
+                    raise CgroupError(f"cannot remove {directory}: {exc}") from exc
                 time.sleep(0.05)
 
 

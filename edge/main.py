@@ -9,6 +9,7 @@ import datetime as dt
 import logging
 import socket
 import sys
+import time
 from concurrent import futures
 from pathlib import Path
 
@@ -20,11 +21,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from pxo.common.addr import split_hostport, write_addr_file
 from pxo.common.settings import SettingsError, configure_logging, load_settings, wait_for_shutdown
 from pxo.common.version import pxo_version
+from pxo.edge.attribution import AttributingSink, Attributor, KubePodWatcher
 from pxo.edge.errors import EdgeError
 from pxo.edge.registration import Registration
 from pxo.edge.service import EdgeService
 from pxo.edge.sources import SOURCES, all_tables, build_sources
-from pxo.edge.sources.base import Source
+from pxo.edge.sources.base import Source, SourceStatus
 from pxo.edge.store import Store
 from pxo.v1 import pxo_pb2_grpc
 
@@ -37,7 +39,8 @@ class EdgeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PXO_EDGE_", cli_prog_name="pxo-edge",
                                       cli_kebab_case=True, cli_implicit_flags=True)
 
-    node: str = Field(default_factory=socket.gethostname, description="this node's name")
+    node: str = Field(default_factory=socket.gethostname,
+                      description="this node's name (in Kubernetes: spec.nodeName via the downward API)")
     data_dir: Path = Field(Path("/var/lib/pxo/edge"), description="directory of the DuckDB store")
     listen: str = Field("127.0.0.1:50701", description="host:port to serve on (port 0: any free port)")
     advertise: str = Field("", description="host:port the collector should dial (default: the bound address)")
@@ -83,20 +86,36 @@ class Edge:
             retention=dt.timedelta(days=settings.retention_days),
             retention_by_table={k: dt.timedelta(days=v) for k, v in settings.retention_days_by_table.items()},
             max_bytes=settings.max_store_mb << 20)
-        self.sources: list[Source] = build_sources(settings.sources, sink=self.store,
+        self.pods = KubePodWatcher.from_environment(settings.node)
+        self.attributor = Attributor(pods=self.pods)
+        sink = AttributingSink(self.store, self.attributor, self.store.tables.values())
+        self.sources: list[Source] = build_sources(settings.sources, sink=sink,
                                                    oom_recorded=self.store.oom_kill_recorded,
-                                                   more_status=lambda: [self.store.status()])
+                                                   more_status=self.extra_status)
         self.address = ""
         self.service = EdgeService(node=settings.node, store=self.store, sources=self.sources,
-                                   address=lambda: self.address)
+                                   address=lambda: self.address, extra_status=self.extra_status)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="edge-rpc"))
         pxo_pb2_grpc.add_EdgeServicer_to_server(self.service, self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.registration: Registration | None = None
+        self._started = time.time()
+
+    def extra_status(self) -> list[SourceStatus]:
+        """The store's and the pod watcher's status, beside the sources'."""
+        out = [self.store.status()]
+        if self.pods is not None:
+            st = self.pods.status
+            detail = "" if st["connected"] else (st["last_error"] or "connecting to the API server")
+            out.append(SourceStatus("kubernetes", "running" if st["connected"] else "degraded", detail,
+                                    st["pods"], st["errors"], self._started))
+        return out
 
     def start(self) -> None:
+        self._started = time.time()
         self.store.start()
+        self.attributor.start()
         for s in self.sources:
             try:
                 s.start()
@@ -136,6 +155,7 @@ class Edge:
             self.registration.stop()
         for s in self.sources:
             s.stop()
+        self.attributor.stop()
         self.server.stop(grace=2).wait()
         self.store.close()
         log.info("pxo edge stopped; store closed")

@@ -13,7 +13,7 @@ from pxo.common import arrowipc
 from pxo.common.timeutil import from_unix_us
 from pxo.common.version import pxo_version
 from pxo.edge.errors import FragmentError
-from pxo.edge.sources.base import Source
+from pxo.edge.sources.base import Source, SourceStatus
 from pxo.edge.store import Store
 from pxo.v1 import pxo_pb2, pxo_pb2_grpc
 
@@ -21,10 +21,12 @@ log = logging.getLogger(__name__)
 
 class EdgeService(pxo_pb2_grpc.EdgeServicer):
     def __init__(self, *, node: str, store: Store, sources: Sequence[Source],
-                 address: Callable[[], str], fragment_timeout: float = 30.0) -> None:
+                 address: Callable[[], str], fragment_timeout: float = 30.0,
+                 extra_status: Callable[[], list[SourceStatus]] = list) -> None:
         self.node = node
         self.store = store
         self.sources = sources
+        self._extra_status = extra_status
         self._address = address
         self.fragment_timeout = fragment_timeout
 
@@ -39,7 +41,7 @@ class EdgeService(pxo_pb2_grpc.EdgeServicer):
         )
 
     def source_status(self) -> list[pxo_pb2.SourceStatus]:
-        return [s.status.to_proto() for s in self.sources] + [self.store.status().to_proto()]
+        return [st.to_proto() for st in [*(s.status for s in self.sources), *self._extra_status()]]
 
     def Describe(self, request: pxo_pb2.DescribeRequest, context: grpc.ServicerContext) -> pxo_pb2.NodeInfo:
         return self.node_info()

@@ -60,6 +60,8 @@ class Store:
         max_bytes: int = 1 << 30,
         retention_interval: float = 60.0,
         max_pending_rows: int = 200_000,
+        urgent_tables: Iterable[str] = ("oom_events", "oom_candidates", "kill_events"),
+        urgent_delay: float = 0.02,
         clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
         self.path = path
@@ -72,6 +74,10 @@ class Store:
         self.max_bytes = max_bytes
         self.retention_interval = retention_interval
         self.max_pending_rows = max_pending_rows
+        # Rare rows someone is waiting for (an OOM kill) commit within urgent_delay;
+        # high-rate tables are batched for flush_interval.
+        self.urgent_tables = frozenset(urgent_tables)
+        self.urgent_delay = urgent_delay
         self._clock = clock
         # Rows a failed commit (e.g. a full disk) left behind, retried on every flush.
         self._unwritten: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
@@ -143,8 +149,8 @@ class Store:
             if isinstance(item, tuple):
                 pending[item[0]].append(item[1])
                 count += 1
-                if deadline is None:
-                    deadline = time.monotonic() + self.flush_interval
+                delay = self.urgent_delay if item[0] in self.urgent_tables else self.flush_interval
+                deadline = min(deadline or float("inf"), time.monotonic() + delay)
                 if count < self.max_batch_rows and time.monotonic() < deadline:
                     continue  # a steady stream still commits every flush_interval
             if count or any(self._unwritten.values()):

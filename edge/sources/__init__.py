@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pxo.common.schema import Table
+from pxo.edge.attribution import with_attribution
 from pxo.edge.sources.base import Sink, Source, SourceStatus
 from pxo.edge.sources.cgroupfs import ContainerMemorySource
 from pxo.edge.sources.exit import ProcessExitBpfSource
@@ -22,11 +23,12 @@ SOURCES: dict[str, type[Source]] = {
 
 
 def all_tables() -> list[Table]:
-    """Every table any source fills: each edge has them all, so every node has one catalog."""
+    """Every table any source fills, with the attribution columns the edge's enricher adds
+    (edge/attribution.py): each edge has them all, so every node has one catalog."""
     seen: dict[str, Table] = {}
     for cls in SOURCES.values():
         for t in cls.tables:
-            seen.setdefault(t.name, t)
+            seen.setdefault(t.name, with_attribution(t))
     return list(seen.values())
 
 

@@ -47,8 +47,9 @@ def test_query_answers_with_columns_rows_and_node_status(stack: Stack) -> None:
 def test_bad_query_is_400_with_position_and_hint(stack: Stack) -> None:
     status, body, _ = http("POST", stack.url + "/api/v1/query", {"query": "oom_event | last 1h"}, key=stack.key)
     assert status == 400
-    assert body["error"] == {"code": "bad_query", "message": "unknown table 'oom_event'", "line": 1,
-                             "column": 1, "hint": "did you mean oom_events? tables: oom_events"}
+    hint = body["error"].pop("hint")
+    assert body["error"] == {"code": "bad_query", "message": "unknown table 'oom_event'", "line": 1, "column": 1}
+    assert hint.startswith("did you mean oom_events? tables: ") and "kill_events" in hint
     status, body, _ = http("POST", stack.url + "/api/v1/query",
                            {"query": "SELECT * FROM read_text('/etc/shadow')", "sql": True}, key=stack.key)
     assert status == 400 and "read_text" in body["error"]["message"]

@@ -153,3 +153,33 @@ def test_degraded_without_ebpf_still_records_kills(tmp_path: Path, services: lis
     if report_printed(drill.pid):  # else the kernel rate-limited it (another test's OOMs)
         assert r["cgroup_path"] == drill.cgroup_path and r["constraint"] == "memcg"
         assert r["pool_bytes"] == 64 << 20
+
+
+def test_kill_in_a_kubernetes_container_is_attributed_to_its_pod(tmp_path: Path, services: list[Service]) -> None:
+    """A real OOM kill in a cgroup laid out as kubelet's cgroupfs driver lays out a container,
+    and a loopback API server that knows the pod: the row names namespace, pod and container."""
+    import uuid
+
+    from tests.kubeapi import KubeAPI, pod
+
+    uid, cid = str(uuid.uuid4()), uuid.uuid4().hex + uuid.uuid4().hex
+    with KubeAPI() as api:
+        api.put_pod(pod("web-7d4b9", uid=uid, node="node-k", namespace="shop", containers={"app": cid}))
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(
+            "apiVersion: v1\nkind: Config\ncurrent-context: t\n"
+            f"clusters: [{{name: t, cluster: {{server: '{api.url}'}}}}]\n"
+            "users: [{name: t, user: {token: test-token}}]\n"
+            "contexts: [{name: t, context: {cluster: t, user: t}}]\n")
+        _, addr = start_edge(services, tmp_path / "edge", "", "node-k", "--sources", '["oom"]',
+                             env={"KUBECONFIG": str(kubeconfig)})
+        with ScratchCgroup(64 << 20, prefix="pxo-k8s", nested=f"kubepods/burstable/pod{uid}/{cid}") as cg:
+            victim = start_allocator(cg, 256)
+            victim.wait(timeout=60)
+        assert victim.returncode == -signal.SIGKILL
+        rows = wait_rows(addr, f"SELECT * FROM oom_events WHERE pid = {victim.pid}", 1)
+    assert len(rows) == 1
+    r = rows[0]
+    assert r["cgroup_path"] == cg.path
+    assert (r["container_id"], r["pod_uid"], r["qos_class"]) == (cid, uid, "burstable")
+    assert (r["namespace"], r["pod"], r["container"]) == ("shop", "web-7d4b9", "app")
