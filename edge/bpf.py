@@ -169,3 +169,29 @@ def load_program(name: str, *, settings: Mapping[str, int] | None = None, btf_pa
 def read_counter(bpf: Any, array: str) -> int:
     """Value of a one-slot BPF_ARRAY(u64) counter such as a program's lost-event count."""
     return int(bpf[array][ctypes.c_int(0)].value)
+
+
+_MADV_PAGEOUT = 21  # Linux 5.4+
+_COMPILER_LIBS = ("libLLVM", "libclang", "libbcc")
+
+
+def release_compiler_memory(maps: Path = Path("/proc/self/maps")) -> None:
+    """Once every program is loaded, give back what compiling them took.
+
+    BCC compiles with an embedded clang/LLVM: the compiler's heap is freed but
+    kept by malloc (malloc_trim returns it), and the compiler's code pages stay
+    resident (MADV_PAGEOUT drops the clean pages that only this process maps;
+    they fault back in if a program is ever compiled again).
+    """
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.malloc_trim(0)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    try:
+        lines = maps.read_text().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 6 and any(lib in parts[5] for lib in _COMPILER_LIBS):
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            libc.madvise(lo, hi - lo, _MADV_PAGEOUT)  # advice: failure changes nothing

@@ -22,6 +22,7 @@ from pxo.common.addr import split_hostport, write_addr_file
 from pxo.common.settings import SettingsError, configure_logging, load_settings, wait_for_shutdown
 from pxo.common.version import pxo_version
 from pxo.edge.attribution import AttributingSink, Attributor, KubePodWatcher
+from pxo.edge.bpf import release_compiler_memory
 from pxo.edge.errors import EdgeError
 from pxo.edge.registration import Registration
 from pxo.edge.service import EdgeService
@@ -130,6 +131,8 @@ class Edge:
                 s.stop()
             self.store.close()
             raise EdgeError(message)
+        if "bcc" in sys.modules:
+            release_compiler_memory()
         if problems:
             log.warning("edge is DEGRADED: %s", "; ".join(f"{s.name}: {s.status.detail}" for s in problems))
         host, _ = split_hostport(self.settings.listen)
