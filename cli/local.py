@@ -176,8 +176,12 @@ class LocalDeployment:
                 last = f"nodes known: {', '.join(n['node'] + ' ' + n['state'] for n in nodes) or 'none'}"
             except CliError as exc:
                 nodes, last = [], exc.message
-            if any(n["node"] == node and n["state"] == "live" for n in nodes):
+            ours = [n for n in nodes if n["node"] == node and n["state"] == "live"]
+            if ours:
                 self.say(f"  node {node} is live")
+                for src in ours[0]["sources"]:
+                    if src["state"] in ("degraded", "failed"):
+                        self.say(f"  warning: {src['name']} is {src['state']}: {src['detail']}")
                 return
             time.sleep(0.2)
         raise CliError(f"the edge on {node} did not register with the collector within {timeout:g} s "
