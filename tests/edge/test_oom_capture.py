@@ -183,3 +183,31 @@ def test_kill_in_a_kubernetes_container_is_attributed_to_its_pod(tmp_path: Path,
     assert r["cgroup_path"] == cg.path
     assert (r["container_id"], r["pod_uid"], r["qos_class"]) == (cid, uid, "burstable")
     assert (r["namespace"], r["pod"], r["container"]) == ("shop", "web-7d4b9", "app")
+
+
+def test_a_user_sigkill_is_a_kill_event_not_an_oom_kill() -> None:
+    import subprocess
+
+    from pxo.edge.sources.signal import KillBpfSource
+
+    sink = ListSink()
+    oom, kills = OomSource(sink=sink), KillBpfSource(sink=sink)
+    oom.start()
+    kills.start()
+    try:
+        victim = subprocess.Popen(["sleep", "60"])
+        victim.send_signal(signal.SIGKILL)  # what kubelet, oomd or earlyoom would do
+        victim.wait()
+        end = time.monotonic() + 5
+        while time.monotonic() < end and not any(
+                t == "kill_events" and r["target_pid"] == victim.pid for t, r in sink.rows):
+            time.sleep(0.05)
+        time.sleep(1.5)  # past the OOM join window: a wrong oom_events row would be here by now
+    finally:
+        kills.stop()
+        oom.stop()
+    import os
+
+    assert [r["sender_pid"] for t, r in sink.rows if t == "kill_events" and r["target_pid"] == victim.pid] == [
+        os.getpid()]
+    assert not [r for t, r in sink.rows if t == "oom_events" and r["pid"] == victim.pid]
