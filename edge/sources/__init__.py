@@ -7,18 +7,20 @@ from typing import Any
 
 from pxo.common.schema import Table
 from pxo.edge.attribution import with_attribution
+from pxo.edge.sources.alloc import AllocRateBpfSource
 from pxo.edge.sources.base import Sink, Source, SourceStatus
 from pxo.edge.sources.cgroupfs import ContainerMemorySource
 from pxo.edge.sources.exit import ProcessExitBpfSource
 from pxo.edge.sources.oom import OomSource
 from pxo.edge.sources.procfs import ProcessMemorySource
+from pxo.edge.sources.reclaim import ReclaimBpfSource
 from pxo.edge.sources.signal import KillBpfSource
 from pxo.edge.sources.status import ProbeStatusSource
 
 SOURCES: dict[str, type[Source]] = {
     cls.name: cls
-    for cls in (OomSource, KillBpfSource, ProcessExitBpfSource, ContainerMemorySource, ProcessMemorySource,
-                ProbeStatusSource)
+    for cls in (OomSource, KillBpfSource, ProcessExitBpfSource, AllocRateBpfSource, ReclaimBpfSource,
+                ContainerMemorySource, ProcessMemorySource, ProbeStatusSource)
 }
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import functools
 import logging
 import resource
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,9 +23,9 @@ from pxo.common.schema import TIME, Column, Table
 from pxo.common.timeutil import from_unix_us
 from pxo.edge import prereqs
 from pxo.edge.bpf import PXO_COMM_LEN, SharedStruct, comm, load_program, read_counter, require_tracepoint
-from pxo.edge.btf import VMLINUX, Btf, BtfError
+from pxo.edge.btf import VMLINUX
 from pxo.edge.cgroups import CgroupError, CgroupResolver, memory_hierarchy
-from pxo.edge.errors import EdgeError, PrerequisiteError
+from pxo.edge.errors import EdgeError
 from pxo.edge.sources.base import Sink, Source
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ ALLOC_RATE = Table(
         TIME,  # the end of the interval
         Column("interval_s", "DOUBLE", "Length of the interval that ends at time, seconds"),
         Column("pid", "INTEGER", "Process id (thread group id) current at the allocations; 0 is the idle task"),
-        Column("comm", "VARCHAR", "Process command name (its main thread's, 15 characters at most)"),
+        Column("comm", "VARCHAR", "Process command name: its main thread's, the latest seen (15 characters at most)"),
         Column("cgroup_path", "VARCHAR",
                "Memory cgroup of the allocating task (v1 memory hierarchy or v2); NULL if already removed"),
         Column("cgroup_id", "UBIGINT", "Inode number of that memory cgroup's directory"),
@@ -52,6 +52,27 @@ ALLOC_RATE = Table(
 )
 
 # -- the structs shared with bpf/alloc.h ----------------------------------------
+
+
+class AllocSlotC(SharedStruct):
+    """Mirror of struct alloc_slot: keep in sync with bpf/alloc.h."""
+
+    c_header = "alloc.h"
+    c_struct = "alloc_slot"
+    _fields_ = [
+        ("gen", ctypes.c_uint64),
+        ("memcg_id", ctypes.c_uint64),
+        ("tgid", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+        ("pages", ctypes.c_uint64),
+    ]
+
+
+# Where each field of a slot is, in 64-bit words, for reading a batch of them
+# without a Python object per slot (tgid is the low half of its word: x86_64
+# and arm64 are little-endian).
+_SLOT_WORDS = ctypes.sizeof(AllocSlotC) // 8
+_W_GEN, _W_MEMCG, _W_TGID, _W_PAGES = (getattr(AllocSlotC, f).offset // 8 for f in ("gen", "memcg_id", "tgid", "pages"))
 
 
 class AllocKeyC(SharedStruct):
@@ -74,34 +95,29 @@ class AllocCommC(SharedStruct):
     _fields_ = [("comm", ctypes.c_char * PXO_COMM_LEN)]
 
 
-@functools.lru_cache(maxsize=4)
-def program_offsets(btf_path: Path = VMLINUX) -> dict[str, int]:
-    """The offsets this program needs beyond edge/bpf.py's kernel_offsets()."""
-    try:
-        return {"TASK_GROUP_LEADER": Btf.load(btf_path).offset("task_struct", "group_leader")}
-    except BtfError as exc:
-        raise PrerequisiteError(f"cannot take struct offsets from BTF: {exc}") from exc
-
-
 class AllocRateBpfSource(Source):
     """Loads bpf/alloc.bpf.c and drains its counters into alloc_rate rows every ``interval`` seconds."""
 
     name = "alloc_bpf"
     tables = (ALLOC_RATE,)
 
-    def __init__(self, *, sink: Sink, interval: float = 1.0, grace: float = 0.01, max_keys: int = 4096,
-                 btf_path: Path = VMLINUX, proc: Path = Path("/proc"),
+    def __init__(self, *, sink: Sink, interval: float = 1.0, grace: float = 0.01, slots: int = 512,
+                 max_keys: int = 4096, btf_path: Path = VMLINUX, proc: Path = Path("/proc"),
                  mountinfo: Path = Path("/proc/self/mountinfo"),
                  resolver: CgroupResolver | None = None, **kwargs: Any) -> None:
-        """``interval``: seconds per row; ``grace``: seconds between flipping the
-        active map and reading the idle one; ``max_keys``: (process, memory
-        cgroup) pairs one interval can hold (each map preallocates
-        max_keys x 8 bytes x possible CPUs)."""
+        """``interval``: seconds per row; ``grace``: seconds between ending an
+        interval and reading its maps; ``slots`` (a power of two): per-CPU
+        counting slots, and ``max_keys``: (process, memory cgroup) pairs the
+        overflow hash holds per interval (see bpf/alloc.bpf.c; each of the two
+        generations preallocates slots x 32 + max_keys x 8 bytes per possible CPU)."""
         super().__init__(sink=sink, **kwargs)
-        if interval <= 0 or grace < 0 or grace >= interval or max_keys < 1:
-            raise ValueError("need interval > grace >= 0 and max_keys >= 1")
+        if interval <= 0 or grace < 0 or grace >= interval:
+            raise ValueError("need interval > grace >= 0")
+        if slots < 1 or slots & (slots - 1) or max_keys < 1:
+            raise ValueError("slots must be a power of two and max_keys at least 1")
         self.interval = interval
         self.grace = grace
+        self.slots = slots
         self.max_keys = max_keys
         self.drains = 0  # intervals drained so far (tests wait on it)
         self._btf_path = btf_path
@@ -110,13 +126,11 @@ class AllocRateBpfSource(Source):
         self._resolver = resolver
         self._no_memcg = False  # set once when no memory hierarchy can be found
         self._bpf: Any = None
-        self._maps: tuple[Any, Any] = (None, None)
-        self._active = 0
+        self._gen = 0  # the generation the kernel counts into now
         self._started = 0.0  # time.monotonic() at the start of the current interval
         self._next = 0.0  # time.monotonic() at which the current interval ends
         self._ncpu = 0
-        self._keys: Any = None
-        self._values: Any = None
+        self._buffers: dict[str, Any] = {}
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -124,19 +138,23 @@ class AllocRateBpfSource(Source):
         require_tracepoint("kmem", "mm_page_alloc", field="order")
         rename = prereqs.tracepoint_format("task", "task_rename") or ""
         settings = {
+            "ALLOC_SLOT_SIZE": ctypes.sizeof(AllocSlotC),
             "ALLOC_KEY_SIZE": ctypes.sizeof(AllocKeyC),
+            "ALLOC_SLOTS": self.slots,
             "ALLOC_MAX_KEYS": self.max_keys,
             # Without it a process keeps the name it had at its first allocation of an interval.
             "HAVE_TASK_RENAME": int(" pid;" in rename and " newcomm[" in rename),
-            **program_offsets(self._btf_path),
         }
         self._bpf = load_program("alloc", settings=settings, btf_path=self._btf_path)
-        self._maps = (self._bpf["counts_0"], self._bpf["counts_1"])
-        self._ncpu = self._maps[0].total_cpu  # possible CPUs: one u64 slot each per entry
-        # One buffer for a whole map, reused by every drain.
-        self._keys = (AllocKeyC * self.max_keys)()
-        self._values = (ctypes.c_uint64 * (self.max_keys * self._ncpu))()
-        self._set_active(0)
+        self._ncpu = self._bpf["counts_0"].total_cpu  # possible CPUs: one value each per entry
+        # One buffer per map shape, reused by every drain.
+        self._buffers = {
+            "slot_keys": (ctypes.c_uint32 * self.slots)(),
+            "slots": (AllocSlotC * (self.slots * self._ncpu))(),
+            "hash_keys": (AllocKeyC * self.max_keys)(),
+            "hash_values": (ctypes.c_uint64 * (self.max_keys * self._ncpu))(),
+        }
+        self._set_gen(2)  # not 0: zeroed slots (generation 0) must read as free
         self._started = time.monotonic()
         self._next = self._started + self.interval
 
@@ -153,35 +171,32 @@ class AllocRateBpfSource(Source):
             return
         try:
             # The last partial interval: stop counting, let running programs
-            # finish, then read both maps (the idle one is empty unless an
-            # increment landed late).
+            # finish, then read it as any other.
             self._bpf.detach_raw_tracepoint(tp=b"mm_page_alloc")
-            time.sleep(self.grace)
             end = time.monotonic()
-            counts = self._take(self._maps[self._active])
-            for k, v in self._take(self._maps[1 - self._active]).items():
-                counts[k] = counts.get(k, 0) + v
-            self._emit_interval(counts, end)
+            time.sleep(self.grace)
+            self._emit_interval(self._take(self._gen), end)
         finally:
             self._bpf.cleanup()
             self._bpf = None
 
     # -- draining -------------------------------------------------------------
 
-    def _set_active(self, index: int) -> None:
-        self._bpf["active"][ctypes.c_int(0)] = ctypes.c_uint32(index)
-        self._active = index
+    def _set_gen(self, gen: int) -> None:
+        self._bpf["active"][ctypes.c_int(0)] = ctypes.c_uint64(gen)
+        self._gen = gen
 
     def drain(self) -> None:
-        """End the current interval: flip the maps, wait out the grace period, emit the idle map's counts."""
-        idle = self._active
-        self._set_active(1 - idle)
+        """End the current interval: switch generations, wait out the grace period, emit the old one's counts."""
+        gen = self._gen
+        self._set_gen(gen + 1)
         end = time.monotonic()
-        # Programs that read the old index just before the flip may still be
-        # adding to the idle map: they run for microseconds with preemption
-        # disabled, so a grace period of milliseconds sees them all finish.
+        # Programs that read the old generation just before the switch may
+        # still be adding to its maps: they run for well under a microsecond
+        # with preemption disabled, so a grace period of milliseconds sees
+        # them all finish.
         time.sleep(self.grace)
-        self._emit_interval(self._take(self._maps[idle]), end)
+        self._emit_interval(self._take(gen), end)
         self._next = max(self._next + self.interval, end + self.grace)
 
     def _emit_interval(self, counts: dict[tuple[int, int], int], end: float) -> None:
@@ -202,34 +217,58 @@ class AllocRateBpfSource(Source):
         self.drains += 1
         self.status.lost = read_counter(self._bpf, "alloc_lost")
 
-    def _take(self, table: Any) -> dict[tuple[int, int], int]:
-        """Read and delete every entry of an idle map: {(tgid, memcg id): pages summed over CPUs}."""
-        counts: dict[tuple[int, int], int] = {}
-        for tgid, memcg_id, pages in self._lookup_and_delete_all(table.map_fd):
-            key = (tgid, memcg_id)
-            counts[key] = counts.get(key, 0) + pages
-        return counts
-
-    def _lookup_and_delete_all(self, fd: int) -> Iterator[tuple[int, int, int]]:
-        """BPF_MAP_LOOKUP_AND_DELETE_BATCH over a whole per-CPU hash, one bucket run per syscall.
-
-        (bcc's own items_lookup_and_delete_batch shares one integer between
-        the batch cursor and the count in bcc 0.26, so it is not used.)
-        """
+    def _take(self, gen: int) -> dict[tuple[int, int], int]:
+        """Generation gen's counts, {(tgid, memcg id): pages} summed over CPUs; its hash is emptied."""
         from bcc.libbcc import lib  # heavy, and only the edge needs it
 
-        keys, values, ncpu = self._keys, self._values, self._ncpu
+        counts: dict[tuple[int, int], int] = defaultdict(int)
+        b, ncpu = self._buffers, self._ncpu
+        # Half gen & 1 of the slots, ncpu per index; a slot of another generation is free.
+        words = memoryview(b["slots"]).cast("B").cast("Q")
+        n = self._read_half(lib, gen & 1) * ncpu
+        for i, g in enumerate(words[_W_GEN:n * _SLOT_WORDS:_SLOT_WORDS].tolist()):
+            at = i * _SLOT_WORDS
+            if g == gen and words[at + _W_PAGES]:
+                counts[(words[at + _W_TGID] & 0xFFFFFFFF, words[at + _W_MEMCG])] += words[at + _W_PAGES]
+        keys, values = b["hash_keys"], b["hash_values"]
+        for n in self._batches(lib.bpf_lookup_and_delete_batch, self._bpf[f"counts_{gen & 1}"].map_fd,
+                               keys, values, self.max_keys):
+            for i in range(n):
+                counts[(keys[i].tgid, keys[i].memcg_id)] += sum(values[i * ncpu:(i + 1) * ncpu])
+        return counts
+
+    def _read_half(self, lib: Any, half: int) -> int:
+        """BPF_MAP_LOOKUP_BATCH of one half of the slots array into the slot buffers; returns the entries read."""
+        b = self._buffers
+        # An array's batch cursor is the last index read: the half starts after it.
+        cursor, out, count = ctypes.c_uint32(half * self.slots - 1), ctypes.c_uint32(0), ctypes.c_uint32(self.slots)
+        res = lib.bpf_lookup_batch(self._bpf["slots"].map_fd, ctypes.byref(cursor) if half else None,
+                                   ctypes.byref(out), ctypes.byref(b["slot_keys"]), ctypes.byref(b["slots"]),
+                                   ctypes.byref(count))
+        err = ctypes.get_errno()
+        if res != 0 and err != errno.ENOENT:
+            raise EdgeError(f"cannot read the alloc_rate counters: {errno.errorcode.get(err, err)}")
+        if count.value != self.slots:
+            raise EdgeError(f"cannot read the alloc_rate counters: {count.value} of {self.slots} slots read")
+        return count.value
+
+    @staticmethod
+    def _batches(op: Any, fd: int, keys: Any, values: Any, capacity: int) -> Iterator[int]:
+        """Run a BPF_MAP_*_BATCH operation over a whole map; yields how many
+        entries each call put at the start of keys and values.
+
+        (bcc's own items_*_batch share one integer between the batch cursor
+        and the count in bcc 0.26, so they are not used.)
+        """
         in_batch, out_batch, count = ctypes.c_uint32(0), ctypes.c_uint32(0), ctypes.c_uint32(0)
         first = True
         while True:
-            count.value = self.max_keys
-            res = lib.bpf_lookup_and_delete_batch(
-                fd, None if first else ctypes.byref(in_batch), ctypes.byref(out_batch),
-                ctypes.byref(keys), ctypes.byref(values), ctypes.byref(count))
+            count.value = capacity
+            res = op(fd, None if first else ctypes.byref(in_batch), ctypes.byref(out_batch),
+                     ctypes.byref(keys), ctypes.byref(values), ctypes.byref(count))
             err = ctypes.get_errno()
-            for i in range(count.value):
-                k = keys[i]
-                yield k.tgid, k.memcg_id, sum(values[i * ncpu:(i + 1) * ncpu])
+            if count.value:
+                yield count.value
             if res != 0:
                 if err == errno.ENOENT:  # the whole map has been read
                     return

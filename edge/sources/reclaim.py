@@ -69,8 +69,9 @@ RECLAIM_STALLS = Table(
         Column("tid", "INTEGER", "Task id of the stalled task"),
         Column("comm", "VARCHAR", "Command name of the stalled task (15 characters at most)"),
         Column("cgroup_path", "VARCHAR",
-               "Memory cgroup of the stalled task (v1 memory hierarchy or v2), as the kernel names it; "
-               "for memcg reclaim the cgroup at its limit is this one or an ancestor"),
+               "Memory cgroup of the stalled task (v1 memory hierarchy or v2), as the kernel names it. For "
+               "memcg reclaim the cgroup at its limit is this one or an ancestor (for a write to "
+               "memory.reclaim or a lowered limit, the cgroup written to)"),
         Column("cgroup_id", "UBIGINT", "Inode number of that memory cgroup's directory"),
     ),
 )
