@@ -85,6 +85,7 @@ def main() -> int:
         stop.set()
         worker.join()
         peak = status_kib(edge.pid, "VmHWM")
+        anon, file = status_kib(edge.pid, "RssAnon"), status_kib(edge.pid, "RssFile")
         edge.send_signal(signal.SIGTERM)
         edge.wait(timeout=30)
     steady = statistics.median(samples[len(samples) // 2:])
@@ -94,6 +95,8 @@ def main() -> int:
     print(f"edge RSS: at start {start_rss / 1024:.0f} MiB, steady (median of the second half) "
           f"{steady / 1024:.0f} MiB, peak {peak / 1024:.0f} MiB; goal <= {GOAL_MIB} MiB "
           f"-> {steady / 1024 / GOAL_MIB:.2f} of the goal")
+    print(f"at the end: private (RssAnon) {anon / 1024:.0f} MiB, file-backed (shared library code) "
+          f"{file / 1024:.0f} MiB")
     print(f"store on disk after the run: {store / 1024 / 1024:.1f} MiB")
     return 0 if peak / 1024 <= GOAL_MIB else 1
 

@@ -162,6 +162,7 @@ def load_program(name: str, *, settings: Mapping[str, int] | None = None, btf_pa
         bpf = BPF(src_file=str(src / f"{name}.bpf.c"), cflags=cflags)
     except Exception as exc:  # bcc raises a plain Exception on compile or load failure
         raise PrerequisiteError(f"the kernel refused bpf/{name}.bpf.c: {exc}") from exc
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # the compiler's freed heap, before the next program compiles
     log.info("bpf/%s.bpf.c loaded (struct offsets from %s)", name, btf_path)
     return bpf
 

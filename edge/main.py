@@ -55,6 +55,8 @@ class EdgeSettings(BaseSettings):
     retention_days_by_table: dict[str, float] = Field(
         default_factory=dict, description='per-table overrides, e.g. {"alloc_rate": 7}')
     max_store_mb: int = Field(1024, gt=0, description="most the store may hold, MiB; the oldest rows go first")
+    store_memory_mb: int = Field(128, ge=32, description="memory DuckDB may use for the store and queries, MiB "
+                                                         "(bigger queries spill to disk)")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
     @field_validator("listen", "collector", "advertise")
@@ -86,7 +88,7 @@ class Edge:
             settings.data_dir / "edge.duckdb", all_tables(), flush_interval=settings.flush_interval,
             retention=dt.timedelta(days=settings.retention_days),
             retention_by_table={k: dt.timedelta(days=v) for k, v in settings.retention_days_by_table.items()},
-            max_bytes=settings.max_store_mb << 20)
+            max_bytes=settings.max_store_mb << 20, memory_limit=f"{settings.store_memory_mb}MB")
         self.pods = KubePodWatcher.from_environment(settings.node)
         self.attributor = Attributor(pods=self.pods)
         sink = AttributingSink(self.store, self.attributor, self.store.tables.values())
