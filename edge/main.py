@@ -24,6 +24,7 @@ from pxo.common.version import pxo_version
 from pxo.edge.attribution import AttributingSink, Attributor, KubePodWatcher
 from pxo.edge.bpf import release_compiler_memory
 from pxo.edge.errors import EdgeError
+from pxo.edge.metrics import EdgeCollector, EdgeMetrics
 from pxo.edge.registration import Registration
 from pxo.edge.service import EdgeService
 from pxo.edge.sources import SOURCES, all_tables, build_sources
@@ -57,9 +58,10 @@ class EdgeSettings(BaseSettings):
     max_store_mb: int = Field(1024, gt=0, description="most the store may hold, MiB; the oldest rows go first")
     store_memory_mb: int = Field(128, ge=32, description="memory DuckDB may use for the store and queries, MiB "
                                                          "(bigger queries spill to disk)")
+    metrics: str = Field("", description="host:port to serve Prometheus /metrics on (empty: off; port 0: any)")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
-    @field_validator("listen", "collector", "advertise")
+    @field_validator("listen", "collector", "advertise", "metrics")
     @classmethod
     def _hostport(cls, v: str) -> str:
         if v:
@@ -96,8 +98,12 @@ class Edge:
                                                    oom_recorded=self.store.oom_kill_recorded,
                                                    more_status=self.extra_status)
         self.address = ""
+        self.metrics = EdgeMetrics()
+        self.metrics.watch(EdgeCollector(node=settings.node, sources=self.sources, store=self.store,
+                                         extra_status=self.extra_status))
         self.service = EdgeService(node=settings.node, store=self.store, sources=self.sources,
-                                   address=lambda: self.address, extra_status=self.extra_status)
+                                   address=lambda: self.address, extra_status=self.extra_status,
+                                   metrics=self.metrics)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="edge-rpc"))
         pxo_pb2_grpc.add_EdgeServicer_to_server(self.service, self.server)
         self.health = health.HealthServicer()
@@ -146,6 +152,8 @@ class Edge:
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.health.set("pxo.v1.Edge", health_pb2.HealthCheckResponse.SERVING)
         write_addr_file(self.settings.data_dir / "edge.addr", self.address)
+        if self.settings.metrics:
+            write_addr_file(self.settings.data_dir / "metrics.addr", self.metrics.serve(self.settings.metrics))
         if self.settings.collector:
             self.registration = Registration(collector=self.settings.collector,
                                              node_info=self.service.node_info)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import grpc
@@ -13,6 +14,7 @@ from pxo.common import arrowipc
 from pxo.common.timeutil import from_unix_us
 from pxo.common.version import pxo_version
 from pxo.edge.errors import FragmentError
+from pxo.edge.metrics import EdgeMetrics
 from pxo.edge.sources.base import Source, SourceStatus
 from pxo.edge.store import Store
 from pxo.v1 import pxo_pb2, pxo_pb2_grpc
@@ -22,7 +24,9 @@ log = logging.getLogger(__name__)
 class EdgeService(pxo_pb2_grpc.EdgeServicer):
     def __init__(self, *, node: str, store: Store, sources: Sequence[Source],
                  address: Callable[[], str], fragment_timeout: float = 30.0,
-                 extra_status: Callable[[], list[SourceStatus]] = list) -> None:
+                 extra_status: Callable[[], list[SourceStatus]] = list,
+                 metrics: EdgeMetrics | None = None) -> None:
+        self.metrics = metrics or EdgeMetrics()
         self.node = node
         self.store = store
         self.sources = sources
@@ -49,6 +53,8 @@ class EdgeService(pxo_pb2_grpc.EdgeServicer):
     def Execute(self, request: pxo_pb2.Fragment, context: grpc.ServicerContext) -> Iterator[pxo_pb2.ArrowBatch]:
         remaining = context.time_remaining()
         timeout = min(self.fragment_timeout, remaining) if remaining is not None else self.fragment_timeout
+        started = time.monotonic()
+        outcome = "ok"
         try:
             for batch in self.store.execute(
                 request.sql,
@@ -59,4 +65,8 @@ class EdgeService(pxo_pb2_grpc.EdgeServicer):
             ):
                 yield pxo_pb2.ArrowBatch(ipc_stream=arrowipc.encode(batch))
         except FragmentError as exc:
+            outcome = "refused" if str(exc).startswith("refused") else "failed"
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        finally:
+            self.metrics.fragments.labels(outcome).inc()
+            self.metrics.fragment_seconds.observe(time.monotonic() - started)

@@ -276,6 +276,7 @@ class OomSource(Source):
         self._reports_emitted: set[int] = set()
         self.bpf_error = ""
         self.kmsg_error = ""
+        self.kills_by_constraint: dict[str, int] = {}  # for the edge's metrics
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -447,6 +448,8 @@ class OomSource(Source):
                 if r.seq not in self._reports_emitted:
                     self._reports_emitted.add(r.seq)
                     self._emit_candidates(r, row["oom_id"], row["time"])
+        constraint = row.get("constraint") or "unknown"
+        self.kills_by_constraint[constraint] = self.kills_by_constraint.get(constraint, 0) + 1
         self.emit("oom_events", row)
 
     def _add_memcg_state(self, row: dict[str, Any], report: OomReport | None) -> None:

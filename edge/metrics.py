@@ -1,0 +1,77 @@
+"""Prometheus metrics of the edge (the official client library).
+
+Read at scrape time from the state the edge already keeps, so there is one
+truth: the sources' status (events seen and lost, state), the store (size,
+rows written and dropped), the OOM source's kills by constraint; and the query
+fragments the edge answered, counted and timed where they run (edge/service.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from pxo.common.addr import split_hostport
+from pxo.edge.sources.base import Source, SourceStatus
+from pxo.edge.store import Store
+
+STATES = ("running", "degraded", "failed", "stopped")
+
+
+class EdgeCollector(Collector):
+    def __init__(self, *, node: str, sources: Sequence[Source], store: Store,
+                 extra_status: Callable[[], list[SourceStatus]]) -> None:
+        self.node = node
+        self.sources = sources
+        self.store = store
+        self.extra_status = extra_status
+
+    def collect(self) -> Iterator[Any]:
+        statuses = [s.status for s in self.sources] + self.extra_status()
+        events = CounterMetricFamily("pxo_edge_source_events", "Events (rows) a source produced",
+                                     labels=["node", "source"])
+        lost = CounterMetricFamily("pxo_edge_source_lost", "Events a source had to drop", labels=["node", "source"])
+        state = GaugeMetricFamily("pxo_edge_source_state", "1 for the state a source is in",
+                                  labels=["node", "source", "state"])
+        for st in statuses:
+            events.add_metric([self.node, st.name], st.events)
+            lost.add_metric([self.node, st.name], st.lost)
+            for s in STATES:
+                state.add_metric([self.node, st.name, s], 1.0 if st.state == s else 0.0)
+        yield events
+        yield lost
+        yield state
+        kills = CounterMetricFamily("pxo_edge_oom_kills", "OOM kills recorded, by constraint",
+                                    labels=["node", "constraint"])
+        for src in self.sources:
+            for constraint, n in getattr(src, "kills_by_constraint", {}).items():
+                kills.add_metric([self.node, constraint], n)
+        yield kills
+        size = GaugeMetricFamily("pxo_edge_store_bytes", "Bytes the store holds", labels=["node"])
+        size.add_metric([self.node], self.store.used_bytes())
+        yield size
+
+
+class EdgeMetrics:
+    """The registry, the fragment counters, and the HTTP endpoint."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.fragments = Counter("pxo_edge_fragments", "Query fragments answered, by outcome", ["outcome"],
+                                 registry=self.registry)
+        self.fragment_seconds = Histogram("pxo_edge_fragment_seconds", "Time to answer a query fragment",
+                                          registry=self.registry,
+                                          buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+
+    def watch(self, collector: EdgeCollector) -> None:
+        self.registry.register(collector)
+
+    def serve(self, listen: str) -> str:
+        """Serve /metrics on host:port (port 0: any free one); returns the bound address."""
+        host, port = split_hostport(listen, what="metrics address")
+        server, _thread = start_http_server(port, host, registry=self.registry)
+        return f"{host}:{server.server_address[1]}"
