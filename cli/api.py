@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -25,7 +26,9 @@ class Api:
             raise CliError("no API key: set PXO_API_KEY, or run 'pxo deploy --local' to create one")
         return cls(cfg.api_url, cfg.api_key)
 
-    def call(self, method: str, path: str, body: Any = None) -> Any:
+    def call(self, method: str, path: str, body: Any = None, *, query: dict[str, str] | None = None) -> Any:
+        if query:
+            path += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v})
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method)
         req.add_header("Accept", "application/json")
@@ -43,6 +46,23 @@ class Api:
             raise Unreachable(f"cannot reach the pxo cloud at {self.url}: {reason}",
                               detail="is pxo deployed? try 'pxo deploy --local'") from None
 
+    def open(self, method: str, path: str, body: Any, *, accept: str) -> Any:
+        """Send a request and hand back the open response, to be read as a stream
+        (its headers carry the answer's summary)."""
+        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method=method)
+        req.add_header("Accept", accept)
+        req.add_header("Content-Type", "application/json")
+        if self.key:
+            req.add_header("Authorization", f"Bearer {self.key}")
+        try:
+            return urllib.request.urlopen(req, timeout=self.timeout)
+        except urllib.error.HTTPError as exc:
+            raise self._http_error(exc) from None
+        except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise Unreachable(f"cannot reach the pxo cloud at {self.url}: {reason}",
+                              detail="is pxo deployed? try 'pxo deploy --local'") from None
+
     def _http_error(self, exc: urllib.error.HTTPError) -> CliError:
         try:
             err = json.loads(exc.read()).get("error", {})
@@ -51,5 +71,11 @@ class Api:
         message = err.get("message") or f"the pxo cloud answered HTTP {exc.code}"
         if exc.code == 502:
             return Unreachable(message)
+        if exc.code == 401:
+            return CliError(message, detail="  sign in with 'pxo auth login', or set PXO_API_KEY")
+        if exc.code == 403:
+            return CliError(message, detail="  ask an admin of this pxo cloud, or use an admin key")
+        if exc.code == 429:
+            return CliError(message, detail=f"  retry after {exc.headers.get('Retry-After', '?')} s")
         return CliError(message, line=int(err.get("line", 0)), column=int(err.get("column", 0)),
                         hint=str(err.get("hint", "")))

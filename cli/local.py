@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -73,14 +74,15 @@ class LocalDeployment:
 
     # -- start -----------------------------------------------------------------
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         (self.dir / name).mkdir(parents=True, exist_ok=True)
         self.log_file(name).parent.mkdir(parents=True, exist_ok=True)
         addr = self.dir / name / f"{name}.addr"
         addr.unlink(missing_ok=True)
         log = open(self.log_file(name), "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen([self.python, "-m", f"pxo.{name}", *args], stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, **(env or {})})
         log.close()
         self.pid_file(name).write_text(f"{proc.pid}\n")
         return proc
@@ -114,11 +116,14 @@ class LocalDeployment:
         self.dir.mkdir(parents=True, exist_ok=True)
         node = node or socket.gethostname()
         started: list[str] = []
+        # A fresh cluster token each deploy, handed to the collector and the cloud in their
+        # environment (not on the command line, where any local user could read it in ps).
+        token = secrets.token_urlsafe(32)
         try:
             self.say("starting collector ...")
             collector = self._wait_addr("collector", self._spawn("collector", [
                 "--listen", f"127.0.0.1:{ports.collector}", "--data-dir", str(self.dir / "collector"),
-            ]), timeout)
+            ], env={"PXO_COLLECTOR_CLUSTER_TOKEN": token}), timeout)
             started.append("collector")
             self.say(f"  collector listening on {collector}")
 
@@ -136,7 +141,7 @@ class LocalDeployment:
             url = self._wait_addr("cloud", self._spawn("cloud", [
                 "serve", "--data-dir", str(cloud_dir), "--host", "127.0.0.1",
                 "--port", str(ports.cloud), "--collector", collector,
-            ]), timeout)
+            ], env={"PXO_CLOUD_CLUSTER_TOKEN": token}), timeout)
             started.append("cloud")
             self.say(f"  cloud API on {url}")
 

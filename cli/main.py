@@ -13,19 +13,27 @@ from typing import Any
 
 from pxo.cli.errors import EXIT_OK, EXIT_USAGE, CliError, PartialAnswer
 
-EXAMPLES = """\
+EXIT_CODES = """\
+exit codes: 0 ok, 1 error (bad query, refused, not signed in...), 2 usage,
+            3 partial answer (some nodes missing), 4 the pxo cloud is unreachable"""
+
+EXAMPLES = f"""\
 examples:
   pxo deploy --local                       start pxo on this machine (root)
   pxo query "oom_events | last 1h"         every OOM kill of the last hour
   pxo query "oom_events | last 7d | take 5" -o json
   pxo query --sql "SELECT comm, count(*) AS kills FROM oom_events GROUP BY comm"
+  pxo tables                               what can be asked, column by column
   pxo nodes                                the edges and their probes
+  pxo auth login --url http://pxo:8700     sign in with an API key
+  pxo keys create --user alice             a new API key (admins)
   pxo oom-drill                            cause one contained OOM kill to check pxo
   pxo delete --local                       stop the local deployment
+  source <(pxo completion bash)            tab completion
 
-exit codes: 0 ok, 1 error, 2 usage, 3 partial answer (some nodes missing),
-            4 the pxo cloud is unreachable
+{EXIT_CODES}
 environment: PXO_API_URL and PXO_API_KEY override the config file
+             ($XDG_CONFIG_HOME/pxo/config.json); NO_COLOR turns colour off
 """
 
 
@@ -92,14 +100,38 @@ def _render_query_error(text: str, exc: CliError) -> CliError:
     return exc
 
 
-def cmd_query(args: argparse.Namespace) -> int:
-    from pxo.cli import output
+def _api() -> Any:
     from pxo.cli.api import Api
     from pxo.cli.config import Config
 
-    api = Api.from_config(Config.load())
+    return Api.from_config(Config.load())
+
+
+def _print_table(args: argparse.Namespace, columns: list[str], rows: list[list[Any]], empty: str, *,
+                 shorten_last: bool = False) -> None:
+    from pxo.cli import output
+
+    if args.output == "json":
+        print(output.as_json([dict(zip(columns, r, strict=True)) for r in rows]))
+    elif args.output == "csv":
+        print(output.as_csv(columns, rows))
+    elif not rows:
+        print(empty)
+    else:
+        colour = output.use_colour(sys.stdout, disabled=args.no_color)
+        print(output.colour_table(output.table(columns, rows, shorten_last=shorten_last), colour))
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from pxo.cli import output
+
+    api = _api()
+    if args.output == "csv":
+        return _query_csv(api, args)
     try:
-        body = api.call("POST", "/api/v1/query", {"query": args.text, "sql": args.sql, "row_limit": args.limit})
+        with output.Progress("querying every node ..."):
+            body = api.call("POST", "/api/v1/query", {"query": args.text, "sql": args.sql, "row_limit": args.limit,
+                                                      "cluster": args.cluster})
     except CliError as exc:
         raise _render_query_error(args.text, exc) from None
     columns = [c["name"] for c in body["columns"]]
@@ -108,7 +140,8 @@ def cmd_query(args: argparse.Namespace) -> int:
     elif args.output == "csv":
         print(output.as_csv(columns, body["rows"]))
     else:
-        print(output.table(columns, body["rows"]) if body["rows"] else "(no rows)")
+        colour = output.use_colour(sys.stdout, disabled=args.no_color)
+        print(output.colour_table(output.table(columns, body["rows"]), colour) if body["rows"] else "(no rows)")
     if body.get("truncated"):
         _say(f"note: the answer was cut at {len(body['rows'])} rows")
     missing = [n for n in body["nodes"] if n["state"] not in ("ok", "skipped")]
@@ -121,12 +154,37 @@ def cmd_query(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _query_csv(api: Any, args: argparse.Namespace) -> int:
+    """CSV straight from the cloud's stream to stdout: a big answer is never held whole."""
+    import shutil
+
+    from pxo.cli import output
+
+    try:
+        with output.Progress("querying every node ..."):
+            resp = api.open("POST", "/api/v1/query", {"query": args.text, "sql": args.sql, "row_limit": args.limit,
+                                                      "cluster": args.cluster}, accept="text/csv")
+    except CliError as exc:
+        raise _render_query_error(args.text, exc) from None
+    with resp:
+        sys.stdout.flush()
+        shutil.copyfileobj(resp, sys.stdout.buffer, 1 << 16)
+        sys.stdout.buffer.flush()
+        headers = resp.headers
+    if headers.get("X-Pxo-Truncated") == "true":
+        _say(f"note: the answer was cut at {headers.get('X-Pxo-Rows')} rows")
+    nodes = [n.rpartition("=") for n in headers.get("X-Pxo-Nodes", "").split(", ") if n]
+    missing = [(node, state) for node, _, state in nodes if state not in ("ok", "skipped")]
+    if missing:
+        raise PartialAnswer(f"partial answer: {len(missing)} of {len(nodes)} nodes did not answer",
+                            detail="\n".join(f"  {node}: {state}" for node, state in missing))
+    return EXIT_OK
+
+
 def cmd_nodes(args: argparse.Namespace) -> int:
     from pxo.cli import output
-    from pxo.cli.api import Api
-    from pxo.cli.config import Config
 
-    body = Api.from_config(Config.load()).call("GET", "/api/v1/nodes")
+    body = _api().call("GET", "/api/v1/nodes", query={"cluster": args.cluster})
     if args.output == "json":
         print(output.as_json(body))
         return EXIT_OK
@@ -134,8 +192,203 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     rows = [[n["node"], n["state"], n["address"], n["edge_version"], n["kernel_release"],
              ", ".join(f"{s['name']}={s['state']}" + (f" ({s['detail']})" if s["detail"] else "")
                        for s in n["sources"])] for n in body["nodes"]]
-    print(output.as_csv(cols, rows) if args.output == "csv" else
-          (output.table(cols, rows) if rows else "(no nodes)"))
+    _print_table(args, cols, rows, "(no nodes)")
+    return EXIT_OK
+
+
+def cmd_tables(args: argparse.Namespace) -> int:
+    from pxo.cli import output
+
+    tables = _api().call("GET", "/api/v1/tables", query={"cluster": args.cluster})
+    if args.table:
+        found = [t for t in tables if t["name"] == args.table]
+        if not found:
+            names = ", ".join(t["name"] for t in tables) or "none"
+            raise CliError(f"no table named {args.table!r}", detail=f"  tables: {names}")
+        if args.output == "json":
+            print(output.as_json(found[0]))
+            return EXIT_OK
+        _print_table(args, ["column", "type", "description"],
+                     [[c["name"], c["type"], c["description"]] for c in found[0]["columns"]], "(no columns)",
+                     shorten_last=True)
+        return EXIT_OK
+    if args.output == "json":
+        print(output.as_json(tables))
+        return EXIT_OK
+    _print_table(args, ["table", "columns", "description"],
+                 [[t["name"], len(t["columns"]), t["description"]] for t in tables],
+                 "(no tables: no edge has registered yet)", shorten_last=True)
+    return EXIT_OK
+
+
+def _when(ts: float | None) -> str:
+    import datetime as dt
+
+    if ts is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def cmd_auth_login(args: argparse.Namespace) -> int:
+    import os
+
+    from pxo.cli.api import Api
+    from pxo.cli.config import Config
+
+    cfg = Config.load()
+    url = args.url or cfg.api_url
+    if not url:
+        raise CliError("which pxo cloud? give --url http://HOST:8700 (or set PXO_API_URL)")
+    if args.key_stdin:
+        key = sys.stdin.readline().strip()
+    elif os.environ.get("PXO_API_KEY"):
+        key = os.environ["PXO_API_KEY"]
+    elif sys.stdin.isatty():
+        import getpass
+
+        key = getpass.getpass("API key: ").strip()
+    else:
+        raise CliError("no API key: pipe it with --key-stdin, or set PXO_API_KEY")
+    if not key:
+        raise CliError("an empty API key")
+    who = Api(url, key).call("GET", "/api/v1/whoami")
+    saved = Config(api_url=url, api_key=key, local_data_dir=cfg.local_data_dir if url == cfg.api_url else "")
+    path = saved.save()
+    _say(f"signed in to {url} as {who['user']} ({who['role']}); key {who['key']} saved to {path}")
+    return EXIT_OK
+
+
+def cmd_auth_logout(args: argparse.Namespace) -> int:
+    from pxo.cli.config import Config, config_path
+
+    path = config_path()
+    cfg = Config.load(path)
+    if not path.exists():
+        _say("not signed in")
+        return EXIT_OK
+    import json
+
+    raw = json.loads(path.read_text() or "{}")
+    raw["api_key"] = ""
+    Config(**{k: str(v) for k, v in raw.items() if k in Config.__dataclass_fields__}).save(path)
+    _say(f"signed out of {cfg.api_url or 'pxo'}: the key was removed from {path} (it still works until "
+         "an admin revokes it: pxo keys revoke ID)")
+    return EXIT_OK
+
+
+def cmd_auth_whoami(args: argparse.Namespace) -> int:
+    from pxo.cli import output
+
+    who = _api().call("GET", "/api/v1/whoami")
+    if args.output == "json":
+        print(output.as_json(who))
+    else:
+        _print_table(args, ["user", "role", "key"], [[who["user"], who["role"], who["key"]]], "")
+    return EXIT_OK
+
+
+KEY_COLUMNS = ["id", "user", "role", "label", "created", "last_used"]
+
+
+def _key_row(k: dict[str, Any], revoked: bool = False) -> list[Any]:
+    row = [k["id"], k["user"], k["role"], k["label"], _when(k["created_at"]), _when(k["last_used_at"])]
+    return [*row, _when(k["revoked_at"])] if revoked else row
+
+
+def _show_new_key(args: argparse.Namespace, made: dict[str, Any]) -> None:
+    from pxo.cli import output
+
+    if args.output == "json":
+        print(output.as_json(made))
+    else:
+        print(made["key"])
+    _say(f"key {made['id']} for {made['user']} ({made['role']}): shown this once, store it now")
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    _show_new_key(args, _api().call("POST", "/api/v1/keys", {"user": args.user, "label": args.label}))
+    return EXIT_OK
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    keys = _api().call("GET", "/api/v1/keys", query={"user": args.user})
+    if not args.all:
+        keys = [k for k in keys if k["revoked_at"] is None]
+    if args.output == "json":
+        from pxo.cli import output
+
+        print(output.as_json(keys))
+        return EXIT_OK
+    _print_table(args, [*KEY_COLUMNS, "revoked"] if args.all else KEY_COLUMNS,
+                 [_key_row(k, args.all) for k in keys], "(no keys)")
+    return EXIT_OK
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    api = _api()
+    for key_id in args.ids:
+        api.call("DELETE", f"/api/v1/keys/{key_id[:12]}")
+        _say(f"revoked {key_id[:12]}")
+    return EXIT_OK
+
+
+def cmd_users_create(args: argparse.Namespace) -> int:
+    made = _api().call("POST", "/api/v1/users", {"name": args.name, "role": args.role})
+    _say(f"created user {args.name} ({args.role})")
+    _show_new_key(args, made["key"])
+    return EXIT_OK
+
+
+def cmd_users_list(args: argparse.Namespace) -> int:
+    users = _api().call("GET", "/api/v1/users")
+    if args.output == "json":
+        from pxo.cli import output
+
+        print(output.as_json(users))
+        return EXIT_OK
+    _print_table(args, ["user", "role", "keys", "created", "disabled"],
+                 [[u["name"], u["role"], u["active_keys"], _when(u["created_at"]), _when(u["disabled_at"])]
+                  for u in users], "(no users)")
+    return EXIT_OK
+
+
+def cmd_users_delete(args: argparse.Namespace) -> int:
+    _api().call("DELETE", f"/api/v1/users/{args.name}")
+    _say(f"disabled user {args.name}; its keys are revoked")
+    return EXIT_OK
+
+
+def cmd_clusters_list(args: argparse.Namespace) -> int:
+    clusters = _api().call("GET", "/api/v1/clusters")
+    if args.output == "json":
+        from pxo.cli import output
+
+        print(output.as_json(clusters))
+        return EXIT_OK
+    _print_table(args, ["cluster", "address", "default", "token"],
+                 [[c["name"], c["address"], "yes" if c["default"] else "", "yes" if c["authenticated"] else "no"]
+                  for c in clusters], "(no clusters)")
+    return EXIT_OK
+
+
+def cmd_clusters_add(args: argparse.Namespace) -> int:
+    token = sys.stdin.readline().strip() if args.token_stdin else ""
+    c = _api().call("POST", "/api/v1/clusters", {"name": args.name, "address": args.address, "token": token,
+                                                 "default": args.default})
+    _say(f"cluster {c['name']} at {c['address']}" + (" (the default)" if c["default"] else ""))
+    return EXIT_OK
+
+
+def cmd_clusters_remove(args: argparse.Namespace) -> int:
+    _api().call("DELETE", f"/api/v1/clusters/{args.name}")
+    _say(f"removed cluster {args.name}")
+    return EXIT_OK
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from pxo.cli.completion import script
+
+    print(script(build_parser(), args.shell))
     return EXIT_OK
 
 
@@ -164,18 +417,36 @@ def cmd_oom_drill(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pxo", description="Every OOM kill in your cluster, attributed and queryable.",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--no-color", action="store_true", help="no colour, even on a terminal (also: NO_COLOR=1)")
+    # every subcommand also takes --no-color, after its own name
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--no-color", action="store_true", default=argparse.SUPPRESS, help="no colour")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    def add(name: str, func: Any, help: str, example: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help, description=help, epilog=f"example:\n  {example}",
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    def add(where: Any, name: str, func: Any, help: str, *examples: str,
+            output: bool = False, cluster: bool = False) -> argparse.ArgumentParser:
+        epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples) + "\n\n" + EXIT_CODES
+        sp = where.add_parser(name, help=help, description=help, epilog=epilog, parents=[common],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
         sp.set_defaults(func=func)
+        if output:
+            sp.add_argument("-o", "--output", choices=("table", "json", "csv"), default="table",
+                            help="table (default; bytes human-readable), or json / csv with raw values")
+        if cluster:
+            sp.add_argument("--cluster", default="", help="the cluster to ask (default: the default cluster)")
         return sp
 
-    add("version", cmd_version, "print pxo's version", "pxo version")
+    def group(name: str, help: str, *examples: str) -> Any:
+        epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples) + "\n\n" + EXIT_CODES
+        gp = sub.add_parser(name, help=help, description=help, epilog=epilog, parents=[common],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        gp.set_defaults(func=None, group=gp)
+        return gp.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
 
-    d = add("deploy", cmd_deploy, "deploy pxo (locally: collector, edge and cloud on loopback)",
-            "sudo pxo deploy --local")
+    add(sub, "version", cmd_version, "print pxo's version", "pxo version")
+
+    d = add(sub, "deploy", cmd_deploy, "deploy pxo (locally: collector, edge and cloud on loopback)",
+            "sudo pxo deploy --local", "sudo pxo deploy --local --cloud-port 0 --data-dir /tmp/pxo")
     d.add_argument("--local", action="store_true", help="run the components as processes on this machine")
     d.add_argument("--data-dir", help="where the local deployment keeps its data (default: ~/.local/share/pxo/local)")
     d.add_argument("--node", default="", help="this node's name (default: the hostname)")
@@ -184,23 +455,80 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--cloud-port", type=int, default=8700, help="0 picks a free port")
     d.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for each step")
 
-    x = add("delete", cmd_delete, "stop a deployment (its data is kept)", "pxo delete --local")
+    x = add(sub, "delete", cmd_delete, "stop a deployment (its data is kept)", "pxo delete --local")
     x.add_argument("--local", action="store_true", help="stop the local deployment")
     x.add_argument("--data-dir", help="the local deployment's data directory")
 
-    q = add("query", cmd_query, "ask every node a question", 'pxo query "oom_events | last 1h"')
+    q = add(sub, "query", cmd_query, "ask every node of a cluster a question",
+            'pxo query "oom_events | last 1h"', 'pxo query "oom_events | last 7d | take 5" -o json',
+            'pxo query --sql "SELECT pod, count(*) AS kills FROM oom_events GROUP BY pod" -o csv',
+            output=True, cluster=True)
     q.add_argument("text", help="the query, e.g. 'oom_events | last 1h'")
     q.add_argument("--sql", action="store_true", help="the query is a read-only SQL SELECT")
-    q.add_argument("-o", "--output", choices=("table", "json", "csv"), default="table")
     q.add_argument("--limit", type=int, default=0, help="most rows to return (default: the collector's cap)")
 
-    n = add("nodes", cmd_nodes, "list the edges and the state of their probes", "pxo nodes")
-    n.add_argument("-o", "--output", choices=("table", "json", "csv"), default="table")
+    t = add(sub, "tables", cmd_tables, "list the tables, or one table's columns with their descriptions",
+            "pxo tables", "pxo tables oom_events", "pxo tables -o json", output=True, cluster=True)
+    t.add_argument("table", nargs="?", default="", help="a table to describe column by column")
 
-    o = add("oom-drill", cmd_oom_drill,
+    add(sub, "nodes", cmd_nodes, "list the edges and the state of their probes", "pxo nodes", "pxo nodes -o json",
+        output=True, cluster=True)
+
+    au = group("auth", "sign in to a pxo cloud with an API key, and out again",
+               "pxo auth login --url http://pxo.example:8700", "pxo auth whoami", "pxo auth logout")
+    li = add(au, "login", cmd_auth_login, "check an API key and save it (config file, mode 0600)",
+             "pxo auth login --url http://pxo.example:8700            (asks for the key)",
+             "echo \"$KEY\" | pxo auth login --url http://pxo.example:8700 --key-stdin")
+    li.add_argument("--url", default="", help="the pxo cloud's URL (default: the configured one)")
+    li.add_argument("--key-stdin", action="store_true", help="read the key from standard input")
+    add(au, "logout", cmd_auth_logout, "forget the saved API key", "pxo auth logout")
+    add(au, "whoami", cmd_auth_whoami, "the user and role behind the key in use", "pxo auth whoami", output=True)
+
+    ks = group("keys", "API keys: create (shown once), list, revoke (admins)",
+               "pxo keys create --label ci", "pxo keys list", "pxo keys revoke pxo_3fa9c2d1")
+    kc = add(ks, "create", cmd_keys_create, "create an API key; it is printed once, on stdout",
+             "pxo keys create --label ci", "pxo keys create --user alice --label laptop", output=True)
+    kc.add_argument("--user", default="", help="whose key (default: yours)")
+    kc.add_argument("--label", default="", help="what the key is for")
+    kl = add(ks, "list", cmd_keys_list, "list keys by their visible prefix (never the keys themselves)",
+             "pxo keys list", "pxo keys list --user alice --all", output=True)
+    kl.add_argument("--user", default="", help="only this user's keys")
+    kl.add_argument("--all", action="store_true", help="revoked keys too")
+    kr = add(ks, "revoke", cmd_keys_revoke, "revoke keys: they are refused from the next request on",
+             "pxo keys revoke pxo_3fa9c2d1")
+    kr.add_argument("ids", nargs="+", metavar="ID", help="a key's prefix (pxo_xxxxxxxx) or the whole key")
+
+    us = group("users", "users and their roles: admin (manage) or viewer (query)",
+               "pxo users create alice --role viewer", "pxo users list", "pxo users delete alice")
+    uc = add(us, "create", cmd_users_create, "create a user; its first API key is printed once",
+             "pxo users create alice", "pxo users create bob --role admin", output=True)
+    uc.add_argument("name", help="lower case letters, digits, '.', '_' or '-'")
+    uc.add_argument("--role", choices=("viewer", "admin"), default="viewer")
+    add(us, "list", cmd_users_list, "list the users", "pxo users list", output=True)
+    ud = add(us, "delete", cmd_users_delete, "disable a user and revoke all its keys", "pxo users delete alice")
+    ud.add_argument("name")
+
+    cl = group("clusters", "the collectors this pxo cloud fronts",
+               "pxo clusters list", "pxo clusters add prod 10.0.0.5:50700 --token-stdin < token")
+    add(cl, "list", cmd_clusters_list, "list the clusters", "pxo clusters list", output=True)
+    ca = add(cl, "add", cmd_clusters_add, "add a cluster, or change one (admins)",
+             "pxo clusters add prod 10.0.0.5:50700 --token-stdin --default < token")
+    ca.add_argument("name")
+    ca.add_argument("address", help="the collector's host:port")
+    ca.add_argument("--token-stdin", action="store_true", help="read the collector's cluster token from stdin")
+    ca.add_argument("--default", action="store_true", help="make it the default cluster")
+    cr = add(cl, "remove", cmd_clusters_remove, "forget a cluster (not the default one)", "pxo clusters remove prod")
+    cr.add_argument("name")
+
+    o = add(sub, "oom-drill", cmd_oom_drill,
             "cause one real, contained OOM kill in a throw-away cgroup (to check pxo end to end)",
             "sudo pxo oom-drill && pxo query 'oom_events | last 5m'")
     o.add_argument("--limit-mib", type=int, default=64, help="the cgroup's memory limit (MiB)")
+
+    c = add(sub, "completion", cmd_completion, "print a shell completion script",
+            "source <(pxo completion bash)          # in ~/.bashrc",
+            "source <(pxo completion zsh)           # in ~/.zshrc, after compinit")
+    c.add_argument("shell", choices=("bash", "zsh"))
     return p
 
 
@@ -211,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         return int(exc.code or 0)
     if not getattr(args, "func", None):
-        parser.print_help(sys.stderr)
+        (getattr(args, "group", None) or parser).print_help(sys.stderr)
         return EXIT_USAGE
     try:
         return int(args.func(args))
@@ -223,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pxo: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `pxo query ... | head`
+        return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -35,10 +35,18 @@ def cell(name: str, value: Any) -> str:
     return str(value)
 
 
-def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, width: int | None = None) -> str:
+def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, width: int | None = None,
+          shorten_last: bool = False) -> str:
+    """``shorten_last``: a prose last column (descriptions) is cut to fit, ending in '…'."""
     width = width or shutil.get_terminal_size((80, 24)).columns
     text = [[cell(c, v) for c, v in zip(columns, r, strict=True)] for r in rows]
     widths = [max([len(c)] + [len(r[i]) for r in text]) for i, c in enumerate(columns)]
+    room = width - sum(widths[:-1]) - 2 * (len(columns) - 1)
+    if shorten_last and widths and widths[-1] > room >= 20:
+        for r in text:
+            if len(r[-1]) > room:
+                r[-1] = r[-1][:room - 1] + "…"
+        widths[-1] = room
     if sum(widths) + 2 * (len(columns) - 1) > width and len(columns) > 1:
         return records(columns, text)
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
@@ -69,3 +77,85 @@ def as_csv(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     for r in rows:
         w.writerow(["" if v is None else v for v in r])
     return buf.getvalue().rstrip("\n")
+
+
+# -- colour and progress ---------------------------------------------------------
+
+_COLOURS = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33"}
+STATE_COLOURS = {"ok": "green", "live": "green", "running": "green", "down": "red", "failed": "red",
+                 "timed_out": "red", "degraded": "yellow", "skipped": "dim", "stopped": "yellow"}
+
+
+def use_colour(stream: Any, *, disabled: bool = False) -> bool:
+    """Colour only on a terminal, and never with --no-color or NO_COLOR (https://no-color.org)."""
+    import os
+
+    if disabled or os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def paint(text: str, colour: str, enabled: bool) -> str:
+    code = _COLOURS.get(colour)
+    return f"\033[{code}m{text}\033[0m" if enabled and code else text
+
+
+def colour_table(rendered: str, enabled: bool) -> str:
+    """Bold header and coloured state words in a rendered table (alignment is kept: the
+    escape codes are added after padding)."""
+    if not enabled or not rendered:
+        return rendered
+    lines = rendered.split("\n")
+    if not lines[0].startswith("-[ row"):
+        lines[0] = paint(lines[0], "bold", True)
+    out = []
+    for ln in lines:
+        for word, colour in STATE_COLOURS.items():
+            ln = ln.replace(f" {word} ", f" {paint(word, colour, True)} ").replace(
+                f"={word}", f"={paint(word, colour, True)}")
+        out.append(ln)
+    return "\n".join(out)
+
+
+class Progress:
+    """A spinner with elapsed seconds on stderr while slow work runs; only on a terminal,
+    and only once the work has taken longer than ``after`` seconds."""
+
+    def __init__(self, message: str, *, stream: Any = None, after: float = 0.5) -> None:
+        import sys
+
+        self.message = message
+        self.stream = stream or sys.stderr
+        self.after = after
+        self._stop: Any = None
+        self._thread: Any = None
+
+    def __enter__(self) -> Progress:
+        import threading
+
+        if not getattr(self.stream, "isatty", lambda: False)():
+            return self
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        import time
+
+        start = time.monotonic()
+        frames = "|/-\\"
+        i = 0
+        if self._stop.wait(self.after):
+            return
+        while not self._stop.wait(0.1):
+            self.stream.write(f"\r{frames[i % 4]} {self.message} {time.monotonic() - start:.1f} s")
+            self.stream.flush()
+            i += 1
+        self.stream.write("\r\033[K")
+        self.stream.flush()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stop is not None:
+            self._stop.set()
+            self._thread.join()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import decimal
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,8 @@ NODE_STATES = {v: k.lower() for k, v in pxo_pb2.NodeStatus.State.items()}
 
 
 def _json_value(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None  # JSON has no NaN or infinity
     if isinstance(v, dt.datetime):
         return iso(v)
     if isinstance(v, (dt.date, dt.time)):
@@ -38,27 +41,42 @@ def _json_value(v: Any) -> Any:
     return v
 
 
+TOKEN_METADATA = "x-pxo-cluster-token"  # keep in sync with collector/auth.py
+
+
 class CollectorClient:
-    def __init__(self, address: str, *,
+    def __init__(self, address: str, *, token: str = "",
                  channel_factory: Callable[[str], grpc.Channel] = grpc.insecure_channel,
                  timeout: float = 60.0) -> None:
         self.address = address
+        self.token = token
+        self._metadata = ((TOKEN_METADATA, token),) if token else ()
         self._channel = channel_factory(address)
         self._stub = pxo_pb2_grpc.CollectorStub(self._channel)
         self.timeout = timeout
 
     def _unavailable(self, exc: grpc.RpcError) -> CollectorUnavailable:
+        if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+            return CollectorUnavailable(f"the collector at {self.address} refused the cluster token "
+                                        f"({exc.details()})")
         return CollectorUnavailable(
             f"the collector at {self.address} did not answer ({exc.code().name.lower()})")
 
     def query(self, text: str, *, sql: bool = False, row_limit: int = 0) -> dict[str, Any]:
+        table, meta = self.query_arrow(text, sql=sql, row_limit=row_limit)
+        names = table.column_names
+        rows = [[_json_value(r[n]) for n in names] for r in table.to_pylist()]
+        return {"columns": [{"name": f.name, "type": str(f.type)} for f in table.schema], "rows": rows, **meta}
+
+    def query_arrow(self, text: str, *, sql: bool = False, row_limit: int = 0) -> tuple[pa.Table, dict[str, Any]]:
+        """The answer as one Arrow table, and its summary (nodes, partial, truncated, range)."""
         request = pxo_pb2.QueryRequest(
             text=text, syntax=pxo_pb2.SYNTAX_SQL if sql else pxo_pb2.SYNTAX_PIPE, row_limit=row_limit)
         schema: pa.Schema | None = None
         batches: list[pa.RecordBatch] = []
         summary = None
         try:
-            for reply in self._stub.Query(request, timeout=self.timeout):
+            for reply in self._stub.Query(request, timeout=self.timeout, metadata=self._metadata):
                 part = reply.WhichOneof("part")
                 if part == "error":
                     e = reply.error
@@ -76,11 +94,7 @@ class CollectorClient:
         if summary is None or schema is None:
             raise CollectorUnavailable("the collector's answer ended early")
         table = pa.Table.from_batches(batches, schema=schema)
-        names = table.column_names
-        rows = [[_json_value(r[n]) for n in names] for r in table.to_pylist()]
-        return {
-            "columns": [{"name": f.name, "type": str(f.type)} for f in schema],
-            "rows": rows,
+        return table, {
             "nodes": [{"node": s.node, "state": NODE_STATES.get(s.state, "unknown"),
                        "detail": s.detail, "rows": s.rows} for s in summary.nodes],
             "partial": summary.partial,
@@ -91,7 +105,7 @@ class CollectorClient:
 
     def nodes(self) -> list[dict[str, Any]]:
         try:
-            reply = self._stub.ListNodes(pxo_pb2.ListNodesRequest(), timeout=10)
+            reply = self._stub.ListNodes(pxo_pb2.ListNodesRequest(), timeout=10, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise self._unavailable(exc) from exc
         return [{
@@ -104,6 +118,15 @@ class CollectorClient:
             "sources": [{"name": s.name, "state": s.state, "detail": s.detail,
                          "events": s.events, "lost": s.lost} for s in n.info.sources],
         } for n in reply.nodes]
+
+    def tables(self) -> list[dict[str, Any]]:
+        try:
+            reply = self._stub.ListTables(pxo_pb2.ListTablesRequest(), timeout=10, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise self._unavailable(exc) from exc
+        return [{"name": t.name, "description": t.description,
+                 "columns": [{"name": c.name, "type": c.type, "description": c.description} for c in t.columns]}
+                for t in reply.tables]
 
     def close(self) -> None:
         self._channel.close()

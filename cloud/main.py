@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import sys
 
@@ -38,11 +39,18 @@ def serve(settings: CloudSettings) -> int:
         return 1
     host, port = sock.getsockname()[:2]
     url = f"http://{host}:{port}"
-    config = uvicorn.Config(app, log_level=settings.log_level.lower(), timeout_keep_alive=5,
-                            limit_concurrency=200)
+    # Slow or idle clients cost no worker: idle keep-alive connections are closed after
+    # timeout_keep_alive, headers are capped by h11 (16 KiB), bodies are read within
+    # read_timeout by BodyLimitMiddleware, and connections over limit_concurrency get 503.
+    config = uvicorn.Config(app, log_level=settings.log_level.lower(),
+                            timeout_keep_alive=int(max(1, settings.timeout_keep_alive)),
+                            limit_concurrency=settings.limit_concurrency, h11_max_incomplete_event_size=16 * 1024,
+                            timeout_graceful_shutdown=5, server_header=False)
     server = uvicorn.Server(config)
     write_addr_file(settings.data_dir / "cloud.addr", url)
-    log.info("pxo cloud %s serving on %s (collector %s)", pxo_version(), url, settings.collector)
+    log.info("pxo cloud %s serving on %s (%s; cluster %r at %s, cluster token %s)", pxo_version(), url,
+             settings.environment, settings.cluster_name, settings.collector,
+             "set" if settings.cluster_token else "not set")
     server.run(sockets=[sock])
     return 0
 
@@ -70,4 +78,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pxo-cloud: error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    os.umask(0o077)  # the metadata store and its WAL hold key digests and cluster tokens
     return serve(settings) if argv[0] == "serve" else bootstrap(settings)

@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pxo.collector.auth import ClusterTokenInterceptor
 from pxo.collector.executor import Executor
 from pxo.collector.registry import Registry
 from pxo.collector.service import CollectorService
@@ -40,6 +41,15 @@ class CollectorSettings(BaseSettings):
     edge_timeout: float = Field(10.0, gt=0, description="default deadline of each edge's part of a query, seconds")
     row_cap: int = Field(100_000, gt=0, description="most rows an answer may hold")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    cluster_token: str = Field("", description="token the cloud must send (gRPC metadata x-pxo-cluster-token); "
+                               "empty: not checked. Prefer the env var PXO_COLLECTOR_CLUSTER_TOKEN to a flag")
+
+    @field_validator("cluster_token")
+    @classmethod
+    def _token(cls, v: str) -> str:
+        if v and len(v) < 16:
+            raise ValueError("a cluster token needs at least 16 characters")
+        return v
 
     @field_validator("listen")
     @classmethod
@@ -51,7 +61,9 @@ class CollectorSettings(BaseSettings):
 def serve(settings: CollectorSettings) -> tuple[grpc.Server, str, Executor, health.HealthServicer]:
     registry = Registry(expire_after=settings.expire_after, forget_after=settings.forget_after)
     executor = Executor(registry, edge_timeout=settings.edge_timeout, row_cap=settings.row_cap)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="collector-rpc"))
+    interceptors = [ClusterTokenInterceptor(settings.cluster_token)] if settings.cluster_token else []
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="collector-rpc"),
+                         interceptors=interceptors)
     pxo_pb2_grpc.add_CollectorServicer_to_server(
         CollectorService(registry, executor, heartbeat_interval=settings.heartbeat_interval), server)
     healthz = health.HealthServicer()
@@ -80,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"pxo-collector: error: {exc}", file=sys.stderr)
         return 1
-    log.info("pxo collector %s serving on %s", pxo_version(), address)
+    log.info("pxo collector %s serving on %s (cluster token %s)", pxo_version(), address,
+             "checked" if settings.cluster_token else "not configured: cloud calls are not authenticated")
     wait_for_shutdown()
     healthz.enter_graceful_shutdown()
     server.stop(grace=2).wait()

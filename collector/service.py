@@ -37,3 +37,8 @@ class CollectorService(pxo_pb2_grpc.CollectorServicer):
                               last_heartbeat_unix_us=int(e.last_seen_wall * 1_000_000))
             for e in self.registry.snapshot()
         ])
+
+    def ListTables(self, request: pxo_pb2.ListTablesRequest,
+                   context: grpc.ServicerContext) -> pxo_pb2.ListTablesReply:
+        catalog = self.registry.catalog()
+        return pxo_pb2.ListTablesReply(tables=[catalog[name].to_proto() for name in sorted(catalog)])

@@ -14,7 +14,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${PXO_VENV:-$ROOT/.venv}
-APT_PACKAGES=(bpfcc-tools python3-bpfcc python3 python3-venv python3-pip linux-headers-amd64)
+APT_PACKAGES=(bpfcc-tools python3-bpfcc python3 python3-venv python3-pip linux-headers-amd64 chromium)
 
 log() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }

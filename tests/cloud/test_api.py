@@ -66,7 +66,7 @@ def test_keys_are_stored_hashed(stack: Stack) -> None:
     raw = b"".join(p.read_bytes() for p in (stack.root / "cloud").glob("cloud.sqlite*"))
     assert secret not in raw and stack.key.encode() not in raw
     status, who, _ = http("GET", stack.url + "/api/v1/whoami", key=stack.key)
-    assert status == 200 and who == {"user": "admin", "role": "admin"}
+    assert status == 200 and who == {"user": "admin", "role": "admin", "key": key_id}
 
 
 def test_dead_collector_is_502(stack: Stack) -> None:
