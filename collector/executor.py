@@ -1,6 +1,8 @@
 """Runs a planned query: fans the fragment out to every live edge concurrently,
-each with its own deadline, merges the partial answers in an in-memory DuckDB
-(adding the ``node`` column) and runs the final step there.
+each with its own deadline (every node gets its own SQL: its name is a literal
+in it), merges the partial answers in an in-memory DuckDB and runs the final
+step there (``merge_and_finish``, callable on its own with per-node Arrow
+tables: the exactness tests drive it directly).
 
 Every known edge gets a status in the answer: ok, failed, timed out, down (it
 stopped heartbeating, so it was not asked) or skipped. Nothing is dropped
@@ -85,18 +87,15 @@ class Executor:
         except QueryError as exc:
             yield pxo_pb2.QueryReply(error=exc.to_proto())
             return
+        except Exception:  # a planner bug must still answer in one sentence
+            log.exception("planning %r failed", request.text)
+            yield pxo_pb2.QueryReply(error=pxo_pb2.QueryError(
+                message="internal error while planning the query (the collector's log has the details)"))
+            return
         cap = min(request.row_limit or self.row_cap, self.row_cap)
         timeout = request.timeout_ms / 1000 if request.timeout_ms else self.edge_timeout
         results = self._fan_out(plan, cap, timeout)
-        if request.syntax == pxo_pb2.SYNTAX_SQL:
-            for r in results:
-                if r.state == State.OK and any(t.num_rows > cap for t in r.tables.values()):
-                    yield pxo_pb2.QueryReply(error=pxo_pb2.QueryError(
-                        message=f"node {r.node} holds more than {cap} matching rows, more than "
-                                "a SQL query may ship to the collector; narrow it with WHERE "
-                                "or use the pipe form"))
-                    return
-        yield from self._merge(plan, catalog, results, cap)
+        yield from self._merge(plan, results, cap)
 
     def _fan_out(self, plan: planner.Plan, cap: int, timeout: float) -> list[NodeResult]:
         results: list[NodeResult] = []
@@ -109,9 +108,13 @@ class Executor:
                 r.state, r.detail = State.DOWN, f"edge down: no heartbeat for {silent:.0f} s"
                 continue
             tables = {t.name for t in entry.info.tables}
-            missing = [t for t in plan.fragments if t not in tables]
+            missing = sorted({f.table for f in plan.fragments.values() if f.table not in tables})
             if missing:
                 r.state, r.detail = State.SKIPPED, f"no table {', '.join(missing)} on this node"
+                continue
+            reason = plan.skip_reason(entry.node)
+            if reason:
+                r.state, r.detail = State.SKIPPED, reason
                 continue
             pending[self._pool.submit(self._ask, entry, plan, cap, timeout, r)] = r
         futures.wait(pending)
@@ -121,17 +124,18 @@ class Executor:
              r: NodeResult) -> NodeResult:
         deadline = time.monotonic() + timeout
         stub = self._stub(entry.address)
-        row_limit = plan.edge_row_limit or cap + 1  # one more than the cap reveals truncation
+        # one more than the cap reveals truncation
+        row_limit = plan.edge_row_limit if 0 < plan.edge_row_limit <= cap else cap + 1
         try:
-            for table, sql in plan.fragments.items():
-                frag = pxo_pb2.Fragment(sql=sql, start_unix_us=to_unix_us(plan.start),
+            for name, fragment in plan.fragments.items():
+                frag = pxo_pb2.Fragment(sql=fragment.sql(entry.node), start_unix_us=to_unix_us(plan.start),
                                         end_unix_us=to_unix_us(plan.end), row_limit=row_limit)
                 schema, batches = None, []
                 for msg in stub.Execute(frag, timeout=max(deadline - time.monotonic(), 0.001)):
                     schema, bs = arrowipc.decode(msg.ipc_stream)
                     batches.extend(bs)
                 tbl = pa.Table.from_batches(batches, schema=schema)
-                r.tables[table] = tbl
+                r.tables[name] = tbl
                 r.rows += tbl.num_rows
         except grpc.RpcError as exc:
             code = exc.code()
@@ -150,61 +154,27 @@ class Executor:
             r.rows = 0
         return r
 
-    def _merge(self, plan: planner.Plan, catalog: Mapping[str, Table], results: list[NodeResult],
-               cap: int) -> Iterator[pxo_pb2.QueryReply]:
-        con = duckdb.connect(":memory:", config={
-            "enable_external_access": False,
-            "autoload_known_extensions": False,
-            "autoinstall_known_extensions": False,
-            "threads": 2,
-            "memory_limit": "1GB",
-        })
+    def _merge(self, plan: planner.Plan, results: list[NodeResult], cap: int) -> Iterator[pxo_pb2.QueryReply]:
         try:
-            for name in plan.fragments:
-                t = catalog[name]
-                cols = ", ".join(f'"{c.name}" {c.type}' for c in t.columns)
-                con.execute(f'CREATE TABLE "{name}" ("node" VARCHAR, {cols})')
-                known = set(t.column_names)
-                for r in results:
-                    part = r.tables.get(name)
-                    if part is None or part.num_rows == 0:
-                        continue
-                    part = part.select([c for c in part.column_names if c in known])
-                    part = part.add_column(0, "node", pa.array([r.node] * part.num_rows, pa.string()))
-                    con.register("pxo_part", part)
-                    con.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM pxo_part')
-                    con.unregister("pxo_part")
-            con.execute("SET lock_configuration = true")
-            try:
-                reader = con.sql(f"SELECT * FROM ({plan.final_sql}) LIMIT {cap + 1}").to_arrow_reader(8192)
-            except duckdb.Error as exc:
-                yield pxo_pb2.QueryReply(error=pxo_pb2.QueryError(message=str(exc).splitlines()[0]))
-                return
-            rows, truncated, sent_schema = 0, False, False
-            for batch in reader:
-                if rows + batch.num_rows > cap:
-                    batch = batch.slice(0, cap - rows)
-                    truncated = True
-                rows += batch.num_rows
-                if batch.num_rows or not sent_schema:
-                    yield pxo_pb2.QueryReply(batch=pxo_pb2.ArrowBatch(ipc_stream=arrowipc.encode(batch)))
-                    sent_schema = True
-                if truncated:
-                    break
-            if not sent_schema:
-                yield pxo_pb2.QueryReply(batch=pxo_pb2.ArrowBatch(
-                    ipc_stream=arrowipc.encode_schema(reader.schema)))
-            if any(r.state == State.OK and r.rows > cap for r in results):
-                truncated = True
-        finally:
-            con.close()
+            answer, truncated = merge_and_finish(plan, [(r.node, r.tables) for r in results if r.state == State.OK],
+                                                 cap)
+        except QueryError as exc:
+            yield pxo_pb2.QueryReply(error=exc.to_proto())
+            return
+        sent_schema = False
+        for batch in answer.to_batches(max_chunksize=8192):
+            if batch.num_rows:
+                yield pxo_pb2.QueryReply(batch=pxo_pb2.ArrowBatch(ipc_stream=arrowipc.encode(batch)))
+                sent_schema = True
+        if not sent_schema:
+            yield pxo_pb2.QueryReply(batch=pxo_pb2.ArrowBatch(ipc_stream=arrowipc.encode_schema(answer.schema)))
         statuses = [r.status() for r in results]
         yield pxo_pb2.QueryReply(summary=pxo_pb2.QuerySummary(
             nodes=statuses,
             partial=any(s.state not in (State.OK, State.SKIPPED) for s in statuses),
             start_unix_us=to_unix_us(plan.start),
             end_unix_us=to_unix_us(plan.end),
-            rows=rows,
+            rows=answer.num_rows,
             truncated=truncated,
         ))
 
@@ -214,3 +184,55 @@ class Executor:
             for ch in self._channels.values():
                 ch.close()
             self._channels.clear()
+
+
+def merge_and_finish(plan: planner.Plan, parts: list[tuple[str, Mapping[str, pa.Table]]],
+                     cap: int) -> tuple[pa.Table, bool]:
+    """The collector's half of a query: the partial answers of the nodes that answered
+    (node name, merge table name -> Arrow table) go into one in-memory DuckDB, and the
+    plan's final step runs over them. Returns at most ``cap`` rows and whether the cap
+    cut the answer; QueryError when a node's partial answer was cut but must be complete."""
+    for node, tables in parts:
+        if any(t.num_rows > cap for t in tables.values()) and plan.complete:
+            raise QueryError(f"node {node} holds more than {cap} matching rows or groups, more than a "
+                             "query may ship to the collector; narrow it (a shorter range, a where, "
+                             "fewer 'by' keys)")
+    con = duckdb.connect(":memory:", config={
+        "enable_external_access": False,
+        "autoload_known_extensions": False,
+        "autoinstall_known_extensions": False,
+        "threads": 2,
+        "memory_limit": "1GB",
+    })
+    try:
+        _fill(con, plan, parts)
+        con.execute("SET lock_configuration = true")
+        try:
+            answer = con.sql(f"SELECT * FROM ({plan.final_sql}) LIMIT {cap + 1}").to_arrow_table()
+        except duckdb.Error as exc:
+            raise QueryError(str(exc).splitlines()[0]) from exc
+    finally:
+        con.close()
+    truncated = answer.num_rows > cap or any(t.num_rows > cap for _, ts in parts for t in ts.values())
+    return answer.slice(0, cap), truncated
+
+
+def _fill(con: duckdb.DuckDBPyConnection, plan: planner.Plan, parts: list[tuple[str, Mapping[str, pa.Table]]]) -> None:
+    """One table per fragment holding every node's partial answer (cast to the planned types)."""
+    try:
+        for name, fragment in plan.fragments.items():
+            cols = ", ".join(f'"{n}" {t}' for n, t in fragment.columns)
+            con.execute(f'CREATE TABLE "{name}" ({cols})')
+            known = {n for n, _ in fragment.columns}
+            for node, tables in parts:
+                part = tables.get(name)
+                if part is None or part.num_rows == 0:
+                    continue
+                part = part.select([c for c in part.column_names if c in known])
+                if fragment.add_node and "node" not in part.column_names:
+                    part = part.add_column(0, "node", pa.array([node] * part.num_rows, pa.string()))
+                con.register("pxo_part", part)
+                con.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM pxo_part')
+                con.unregister("pxo_part")
+    except duckdb.Error as exc:
+        raise QueryError(f"the nodes' partial answers do not merge: {str(exc).splitlines()[0]}") from exc

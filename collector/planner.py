@@ -3,28 +3,140 @@ collector runs over the merged partial answers.
 
 The time range is resolved here, once, into absolute UTC bounds that every
 edge receives as $start and $end: edges never call now().
+
+A pipe query compiles to a chain of SQL stages (one CTE per operator). The
+chain is split at the first operator that needs every node's rows (summarize,
+distinct, sort, take, top):
+
+- the edge runs the row-local prefix (range, where, project, extend) and then
+  the split operator's partial form: partial aggregates per group, distinct
+  rows, or its own first N rows in the query's total order (top-N pushdown);
+- the collector merges the partial answers and runs the rest of the chain.
+
+Exactness: every partial is exact and complete, so the distributed answer is
+the answer of the same query over one database holding every row (see
+docs/query-language.md "How a query runs" and tests/collector/test_exactness.py):
+count, sum, min, max merge directly; avg is sum and count; dcount, stdev and
+percentiles ship each group's distinct values with their counts and finish at
+the collector. Every ORDER BY ends with every column of the relation, so "the
+first N rows" is a total order and does not depend on how rows are spread.
+
+No user text is pasted into SQL: names are checked against the catalog (or the
+relation built so far) and double-quoted, literals go through ``sql_literal``,
+and the node's own name reaches its fragment the same way.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import difflib
-from collections.abc import Mapping
-from dataclasses import dataclass
+import re
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import duckdb
 
 from pxo.collector import query
 from pxo.collector.errors import QueryError
+from pxo.collector.query import (
+    Between,
+    Binary,
+    Call,
+    Col,
+    Distinct,
+    Expr,
+    Extend,
+    InList,
+    Last,
+    Lit,
+    Project,
+    ProjectAway,
+    Since,
+    Sort,
+    SortKey,
+    Summarize,
+    Take,
+    Top,
+    Unary,
+    Where,
+)
 from pxo.common import sqlgate
 from pxo.common.schema import Table
+
+NODE = "node"
+_INTERNAL = "__pxo_"
+# Where a stage's SQL reads the stage before it. A NUL can never be in a rendered
+# literal (sql_literal refuses it), so replacing it cannot touch a user's value.
+PREV = "\x00prev\x00"
+
+
+@dataclass(frozen=True)
+class Fragment:
+    """What every edge runs for one merge table of the final step."""
+
+    table: str  # the edge table it reads: an edge without it is skipped
+    parts: tuple[str, ...]  # SQL, joined by the node's name as a SQL literal (see sql())
+    columns: tuple[tuple[str, str], ...]  # the merge table at the collector: (name, DuckDB type)
+    add_node: bool = False  # the collector adds the node column (the SQL form)
+
+    def sql(self, node: str) -> str:
+        """This node's SQL: its name enters only as a rendered literal."""
+        return sql_literal(node).join(self.parts)
 
 
 @dataclass(frozen=True)
 class Plan:
-    fragments: dict[str, str]  # table -> SQL each edge runs (may use $start, $end)
-    final_sql: str  # runs at the collector over tables of the same names (+ a node column)
+    fragments: dict[str, Fragment]  # merge table name -> what each edge runs to fill it
+    final_sql: str  # runs at the collector over the merge tables
     start: dt.datetime | None = None  # UTC, inclusive
     end: dt.datetime | None = None  # UTC, exclusive
     edge_row_limit: int = 0  # pushed-down limit (0: none)
+    # The partial answers must be complete for the answer to be right (aggregates,
+    # and rows the collector still has to aggregate or cut): a node holding more
+    # than the row cap fails the query instead of truncating it.
+    complete: bool = False
+    only_nodes: frozenset[str] | None = None  # where node == ...: only these can contribute
+    excluded_nodes: frozenset[str] = frozenset()  # where node != ...
+    reference_sql: str = ""  # the same query over one table holding every row (node column included)
+    columns: tuple[str, ...] = field(default=())  # the answer's columns, in order
+
+    def skip_reason(self, node: str) -> str:
+        """Why this node cannot contribute ('' when it can)."""
+        if (self.only_nodes is not None and node not in self.only_nodes) or node in self.excluded_nodes:
+            return "the query's where clause excludes this node"
+        return ""
+
+
+# -- rendering -----------------------------------------------------------------
+
+
+def ident(name: str) -> str:
+    """A checked name, double-quoted."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ValueError(f"not a plain name: {name!r}")
+    return f'"{name}"'
+
+
+def sql_literal(value: object) -> str:
+    """A value as a SQL literal: the only way a user's value reaches SQL text."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value) if value == value and abs(value) != float("inf") else "NULL"
+    if isinstance(value, dt.datetime):
+        return f"TIMESTAMP '{value.strftime('%Y-%m-%d %H:%M:%S.%f')}'"
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("NUL in a string literal")
+        if "$" in value:  # never let the text "$start" or "$end" appear: the edge binds those
+            return "(" + " || '$' || ".join(sql_literal(p) for p in value.split("$")) + ")"
+        return "'" + value.replace("'", "''") + "'"
+    raise TypeError(f"no SQL literal for {type(value).__name__}")
 
 
 def unknown_table(text: str, pos: int | None, name: str, catalog: Mapping[str, Table]) -> QueryError:
@@ -36,32 +148,722 @@ def unknown_table(text: str, pos: int | None, name: str, catalog: Mapping[str, T
     return QueryError.at(text, pos, f"unknown table {name!r}", hint)
 
 
+# -- expressions -----------------------------------------------------------------
+
+AGGREGATES = {"count": (0, 1), "countif": (1, 1), "sum": (1, 1), "min": (1, 1), "max": (1, 1), "avg": (1, 1),
+              "dcount": (1, 1), "stdev": (1, 1), "percentile": (2, 2), "p50": (1, 1), "p90": (1, 1),
+              "p95": (1, 1), "p99": (1, 1)}
+HOLISTIC = {"dcount", "stdev", "percentile", "p50", "p90", "p95", "p99"}
+# name -> (arity range, SQL function); isnull, isnotnull, bin and tostring are special
+SCALARS: dict[str, tuple[tuple[int, int], str]] = {
+    "isnull": ((1, 1), ""), "isnotnull": ((1, 1), ""), "bin": ((2, 2), ""), "tostring": ((1, 1), ""),
+    "lower": ((1, 1), "lower"), "upper": ((1, 1), "upper"), "strlen": ((1, 1), "length"),
+    "abs": ((1, 1), "abs"), "floor": ((1, 1), "floor"), "ceil": ((1, 1), "ceil"), "round": ((1, 2), "round"),
+    "sqrt": ((1, 1), "sqrt"), "coalesce": ((1, 16), "coalesce"), "strcat": ((1, 16), "concat"),
+    "format_bytes": ((1, 1), "format_bytes"),
+}
+_CMP = {"==": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+
+
+def _quantile(call: Call) -> float:
+    """The quantile (0..1) of a percentile call, checked."""
+    if call.name != "percentile":
+        return int(call.name[1:]) / 100
+    q = call.args[1]
+    if not isinstance(q, Lit) or q.kind not in ("int", "float") or not 0 <= float(q.value) <= 100:  # type: ignore[arg-type]
+        raise _Err("percentile(x, q) takes q as a number from 0 to 100", q.pos)
+    return float(q.value) / 100  # type: ignore[arg-type]
+
+
+class _Err(Exception):
+    """A compile error at an offset; turned into QueryError with the query text."""
+
+    def __init__(self, message: str, pos: int | None, hint: str = "") -> None:
+        super().__init__(message)
+        self.message, self.pos, self.hint = message, pos, hint
+
+
+def _columns_hint(name: str, cols: list[str]) -> str:
+    close = difflib.get_close_matches(name, cols, n=1) or difflib.get_close_matches(
+        name.lower(), [c.lower() for c in cols], n=1)
+    listed = ", ".join(cols) if len(cols) <= 40 else ", ".join(cols[:40]) + ", ..."
+    return (f"did you mean {close[0]}? " if close else "") + "columns: " + listed
+
+
+def resolve(name: str, pos: int, cols: list[str]) -> str:
+    for c in cols:
+        if c == name:
+            return c
+    for c in cols:
+        if c.lower() == name.lower():
+            return c
+    raise _Err(f"unknown column {name!r}", pos, _columns_hint(name, cols))
+
+
+AggRender = Callable[[Call], str]
+
+
+def compile_expr(e: Expr, cols: list[str], agg: AggRender | None = None, *, in_agg: bool = False) -> str:
+    """``e`` as SQL over a relation with columns ``cols``. ``agg`` renders aggregate
+    calls (None: aggregates are not allowed here)."""
+    if isinstance(e, Lit):
+        if e.kind == "duration":
+            return f"to_microseconds({int(e.value)})"  # type: ignore[call-overload]
+        return sql_literal(e.value)
+    if isinstance(e, Col):
+        return ident(resolve(e.name, e.pos, cols))
+    if isinstance(e, Unary):
+        inner = compile_expr(e.operand, cols, agg, in_agg=in_agg)
+        return f"(NOT {inner})" if e.op == "not" else f"(- {inner})"
+    if isinstance(e, InList):
+        left = compile_expr(e.operand, cols, agg, in_agg=in_agg)
+        items = ", ".join(compile_expr(i, cols, agg, in_agg=in_agg) for i in e.items)
+        return f"({'NOT ' if e.negate else ''}({left} IN ({items})))"
+    if isinstance(e, Binary):
+        if e.op in ("==", "!=") and isinstance(e.right, Lit) and e.right.kind == "null":
+            return f"({compile_expr(e.left, cols, agg, in_agg=in_agg)} IS {'' if e.op == '==' else 'NOT '}NULL)"
+        if e.op in ("==", "!=") and isinstance(e.left, Lit) and e.left.kind == "null":
+            return f"({compile_expr(e.right, cols, agg, in_agg=in_agg)} IS {'' if e.op == '==' else 'NOT '}NULL)"
+        left = compile_expr(e.left, cols, agg, in_agg=in_agg)
+        if e.op == "=~":
+            assert isinstance(e.right, Lit)
+            _check_regex(str(e.right.value), e.right.pos)
+            return f"regexp_matches({left}, {sql_literal(e.right.value)})"
+        right = compile_expr(e.right, cols, agg, in_agg=in_agg)
+        if e.op in ("contains", "!contains"):
+            test = f"contains(lower({left}), lower({right}))"
+            return f"(NOT {test})" if e.op == "!contains" else test
+        if e.op in ("and", "or"):
+            return f"({left} {e.op.upper()} {right})"
+        return f"({left} {_CMP.get(e.op, e.op)} {right})"
+    assert isinstance(e, Call)
+    if e.name in AGGREGATES:
+        if agg is None:
+            raise _Err(f"{e.name}() is an aggregation: use it in summarize", e.pos)
+        if in_agg:
+            raise _Err(f"{e.name}() inside another aggregation", e.pos)
+        lo, hi = AGGREGATES[e.name]
+        if not lo <= len(e.args) <= hi:
+            raise _Err(f"{e.name}() takes {_arity(lo, hi)}", e.pos)
+        if e.name in HOLISTIC and e.name not in ("dcount", "stdev"):
+            _quantile(e)
+        return agg(e)
+    if e.name not in SCALARS:
+        raise _Err(f"unknown function {e.name}()", e.pos,
+                   _hint_list(e.name, sorted(set(SCALARS) | set(AGGREGATES)), "functions"))
+    (lo, hi), fn = SCALARS[e.name]
+    if not lo <= len(e.args) <= hi:
+        raise _Err(f"{e.name}() takes {_arity(lo, hi)}", e.pos)
+    args = [compile_expr(a, cols, agg, in_agg=in_agg) for a in e.args]
+    if e.name == "isnull":
+        return f"({args[0]} IS NULL)"
+    if e.name == "isnotnull":
+        return f"({args[0]} IS NOT NULL)"
+    if e.name == "tostring":
+        return f"CAST({args[0]} AS VARCHAR)"
+    if e.name == "bin":
+        width = e.args[1]
+        if isinstance(width, Lit) and width.kind == "duration":
+            if int(width.value) <= 0:  # type: ignore[call-overload]
+                raise _Err("the bin width must be positive", width.pos)
+            # Buckets start at the Unix epoch, so every node cuts time the same way.
+            return f"time_bucket({args[1]}, {args[0]}, TIMESTAMP '1970-01-01 00:00:00')"
+        if isinstance(width, Lit) and width.kind in ("int", "float") and float(width.value) > 0:  # type: ignore[arg-type]
+            return f"(floor({args[0]} / {args[1]}) * {args[1]})"
+        raise _Err("bin(x, width) takes a positive number or a duration (e.g. 5m) as its width", width.pos)
+    return f"{fn}({', '.join(args)})"
+
+
+_regex_local = threading.local()
+
+
+def _check_regex(pattern: str, pos: int) -> None:
+    """Refuse a pattern DuckDB (RE2) cannot compile, now rather than on every edge."""
+    con = getattr(_regex_local, "con", None)
+    if con is None:
+        con = _regex_local.con = _probe_con()
+    try:
+        con.execute("SELECT regexp_matches('', $1::VARCHAR)", [pattern]).fetchall()
+    except duckdb.Error as exc:
+        raise _Err(f"bad regular expression: {_first_line(exc)}", pos) from None
+
+
+def _arity(lo: int, hi: int) -> str:
+    if lo == hi:
+        return f"{lo} argument{'s' if lo != 1 else ''}"
+    return f"{lo} to {hi} arguments"
+
+
+def _hint_list(name: str, choices: list[str], what: str) -> str:
+    close = difflib.get_close_matches(name, choices, n=1)
+    return (f"did you mean {close[0]}? " if close else "") + f"{what}: " + ", ".join(choices)
+
+
+def _agg_calls(e: Expr) -> list[Call]:
+    if isinstance(e, Call):
+        if e.name in AGGREGATES:
+            return [e]
+        return [c for a in e.args for c in _agg_calls(a)]
+    if isinstance(e, Unary):
+        return _agg_calls(e.operand)
+    if isinstance(e, Binary):
+        return _agg_calls(e.left) + _agg_calls(e.right)
+    if isinstance(e, InList):
+        return _agg_calls(e.operand) + [c for i in e.items for c in _agg_calls(i)]
+    return []
+
+
+def _refs_outside_aggs(e: Expr) -> list[Col]:
+    if isinstance(e, Col):
+        return [e]
+    if isinstance(e, Call):
+        return [] if e.name in AGGREGATES else [c for a in e.args for c in _refs_outside_aggs(a)]
+    if isinstance(e, Unary):
+        return _refs_outside_aggs(e.operand)
+    if isinstance(e, Binary):
+        return _refs_outside_aggs(e.left) + _refs_outside_aggs(e.right)
+    if isinstance(e, InList):
+        return _refs_outside_aggs(e.operand) + [c for i in e.items for c in _refs_outside_aggs(i)]
+    return []
+
+
+def _default_name(e: Expr) -> str | None:
+    if isinstance(e, Col):
+        return e.name
+    if isinstance(e, Call):
+        first = e.args[0] if e.args else None
+        if e.name == "bin" and isinstance(first, Col):
+            return first.name
+        if e.name in AGGREGATES:
+            if first is None:
+                return f"{e.name}_"
+            if isinstance(first, Col):
+                if e.name == "percentile" and isinstance(e.args[1], Lit):
+                    return f"percentile_{first.name}_{str(e.args[1].value).replace('.', '_')}"
+                return f"{e.name}_{first.name}"
+    return None
+
+
+# -- the chain of stages ---------------------------------------------------------
+
+
+@dataclass
+class _Rel:
+    """The relation after some stages: its columns (internal ones last) and whether
+    it carries the row order of a sort in its __pxo_o column."""
+
+    cols: list[str]
+    ordered: bool = False
+
+    @property
+    def user(self) -> list[str]:
+        return [c for c in self.cols if not c.startswith(_INTERNAL)]
+
+
+ORD = _INTERNAL + "o"
+
+
+def _all_cols_order(rel: _Rel) -> list[str]:
+    return [f"{ident(c)} ASC NULLS LAST" for c in rel.user]
+
+
+def _default_order(rel: _Rel) -> list[str]:
+    """The order of an unsorted relation: by time when it has one, then every column."""
+    if rel.ordered:
+        return [ident(ORD)]
+    lead = [f'{ident("time")} ASC NULLS LAST'] if "time" in rel.user else []
+    return lead + _all_cols_order(rel)
+
+
+def _take_order(rel: _Rel) -> list[str]:
+    """take on an unsorted relation keeps the newest rows (then, every column decides)."""
+    if rel.ordered:
+        return [ident(ORD)]
+    lead = [f'{ident("time")} DESC NULLS LAST'] if "time" in rel.user else []
+    return lead + _all_cols_order(rel)
+
+
+def _sort_order(keys: tuple[SortKey, ...], rel: _Rel) -> list[str]:
+    return [f"{compile_expr(k.expr, rel.user)} {'DESC' if k.desc else 'ASC'} NULLS LAST" for k in keys] \
+        + _all_cols_order(rel)
+
+
+def _new_name(name: str, pos: int) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name.lower().startswith("__"):
+        raise _Err(f"{name!r} cannot be a column name (names start with a letter and are not "
+                   "reserved)", pos)
+    return name
+
+
+def _check_unique(names: list[tuple[str, int]]) -> None:
+    seen: set[str] = set()
+    for name, pos in names:
+        if name.lower() in seen:
+            raise _Err(f"the column name {name!r} is used twice; name it: other = ...", pos)
+        seen.add(name.lower())
+
+
+def _select_list(items: list[tuple[str, str]]) -> str:
+    return ", ".join(f"{sql} AS {ident(name)}" for name, sql in items)
+
+
+def _local_stage(op: query.Op, rel: _Rel) -> tuple[str, _Rel]:
+    """SQL (a SELECT over the previous stage, PREV) of a row-local operator."""
+    keep = [ORD] if rel.ordered else []
+    if isinstance(op, Where):
+        return f"SELECT * FROM {PREV} WHERE {compile_expr(op.predicate, rel.user)}", rel
+    if isinstance(op, Project):
+        items = []
+        for it in op.items:
+            if it.name is None and not isinstance(it.expr, Col):
+                raise _Err("name this column: project name = expression", it.pos)
+            name = resolve(it.expr.name, it.pos, rel.user) if it.name is None else _new_name(it.name, it.pos)  # type: ignore[union-attr]
+            items.append((name, compile_expr(it.expr, rel.user), it.pos))
+        _check_unique([(n, p) for n, _, p in items])
+        return (f"SELECT {_select_list([(n, s) for n, s, _ in items] + [(k, ident(k)) for k in keep])} FROM {PREV}",
+                _Rel([n for n, _, _ in items] + keep, rel.ordered))
+    if isinstance(op, ProjectAway):
+        drop = {resolve(c.name, c.pos, rel.user) for c in op.names}
+        cols = [c for c in rel.cols if c not in drop]
+        if not [c for c in cols if not c.startswith(_INTERNAL)]:
+            raise _Err("project-away would leave no column", op.pos)
+        return f"SELECT {', '.join(ident(c) for c in cols)} FROM {PREV}", _Rel(cols, rel.ordered)
+    assert isinstance(op, Extend)
+    cols = list(rel.user)
+    exprs = {c: ident(c) for c in cols}
+    _check_unique([(it.name or "", it.pos) for it in op.items])
+    for it in op.items:
+        assert it.name is not None
+        name = _new_name(it.name, it.pos)
+        sql = compile_expr(it.expr, rel.user)  # refers to the columns before this extend
+        existing = next((c for c in cols if c.lower() == name.lower()), None)
+        if existing is not None:
+            exprs[existing] = sql
+        else:
+            cols.append(name)
+            exprs[name] = sql
+    items = [(c, exprs[c]) for c in cols] + [(k, ident(k)) for k in keep]
+    return f"SELECT {_select_list(items)} FROM {PREV}", _Rel(cols + keep, rel.ordered)
+
+
+@dataclass
+class _Agg:
+    """One aggregate call of a summarize."""
+
+    call: Call
+    arg: str  # SQL of its first argument over the input ('' for count())
+    index: int
+
+
+@dataclass
+class _SummarizeSpec:
+    keys: list[tuple[str, str]]  # (output name, SQL over the input)
+    aggs: list[_Agg]
+    outputs: list[tuple[str, Expr]]  # (output name, expression over aggregate calls)
+    holistic: list[str]  # distinct SQL of the arguments of dcount/stdev/percentile
+
+
+def _summarize_spec(op: Summarize, rel: _Rel) -> _SummarizeSpec:
+    keys = []
+    for i, it in enumerate(op.keys):
+        if _agg_calls(it.expr):
+            raise _Err("a 'by' key cannot be an aggregation", it.pos)
+        name = it.name or _default_name(it.expr) or f"key{i + 1}"
+        name = _new_name(resolve(name, it.pos, rel.user) if it.name is None and isinstance(it.expr, Col)
+                         else name, it.pos)
+        keys.append((name, compile_expr(it.expr, rel.user), it.pos))
+    aggs: list[_Agg] = []
+    outputs = []
+    for it in op.aggs:
+        calls = _agg_calls(it.expr)
+        if not calls:
+            raise _Err("expected an aggregation such as count(), sum(x), avg(x)", it.pos)
+        for col in _refs_outside_aggs(it.expr):
+            raise _Err(f"column {col.name!r} must be inside an aggregation, e.g. max({col.name}), "
+                       "or among the 'by' keys", col.pos)
+        for c in calls:
+            compile_expr(c, rel.user, lambda _c: "")  # checks arity and the quantile
+            arg = compile_expr(c.args[0], rel.user, lambda _c: "", in_agg=True) if c.args else ""
+            aggs.append(_Agg(c, arg, len(aggs)))
+        name = it.name or _default_name(it.expr) or f"agg{len(outputs) + 1}"
+        outputs.append((_new_name(name, it.pos), it.expr, it.pos))
+    _check_unique([(n, p) for n, _, p in keys] + [(n, p) for n, _, p in outputs])
+    holistic = []
+    for a in aggs:
+        if a.call.name in HOLISTIC and a.arg not in holistic:
+            holistic.append(a.arg)
+    return _SummarizeSpec([(n, s) for n, s, _ in keys], aggs, [(n, e) for n, e, _ in outputs], holistic)
+
+
+def _naive_agg(a: _Agg) -> str:
+    """An aggregate call as one DuckDB aggregate (the single-database form)."""
+    n, x = a.call.name, a.arg
+    if n == "count":
+        return f"count({x or '*'})"
+    if n == "countif":
+        return f"count(CASE WHEN {x} THEN 1 END)"
+    if n in ("sum", "min", "max", "avg"):
+        return f"{n}({x})"
+    if n == "dcount":
+        return f"count(DISTINCT {x})"
+    if n == "stdev":
+        return f"stddev_samp({x})"
+    return f"quantile_disc({x}, {sql_literal(_quantile(a.call))})"
+
+
+def _outputs_sql(spec: _SummarizeSpec, cols: list[str], render: Callable[[_Agg], str]) -> list[tuple[str, str]]:
+    by_call = {id(a.call): a for a in spec.aggs}
+    return [(name, compile_expr(e, cols, lambda c: render(by_call[id(c)]))) for name, e in spec.outputs]
+
+
+def _summarize_single(spec: _SummarizeSpec, rel: _Rel) -> tuple[str, _Rel]:
+    items = spec.keys + _outputs_sql(spec, rel.user, _naive_agg)
+    group = f" GROUP BY {', '.join(str(i + 1) for i in range(len(spec.keys)))}" if spec.keys else ""
+    return f"SELECT {_select_list(items)} FROM {PREV}{group}", _Rel([n for n, _ in items])
+
+
+def _k(i: int) -> str:
+    return ident(f"{_INTERNAL}k{i}")
+
+
+def _h(i: int) -> str:
+    return ident(f"{_INTERNAL}h{i}")
+
+
+def _p(i: int, part: str = "") -> str:
+    return ident(f"{_INTERNAL}a{i}{part}")
+
+
+W = ident(_INTERNAL + "w")
+
+
+def _summarize_edge(spec: _SummarizeSpec) -> str:
+    """The partial aggregate each edge computes (over PREV): per group, or per group and
+    distinct value of the holistic arguments (with the row count as weight)."""
+    items = [(f"{_INTERNAL}k{i}", sql) for i, (_, sql) in enumerate(spec.keys)]
+    items += [(f"{_INTERNAL}h{i}", sql) for i, sql in enumerate(spec.holistic)]
+    if spec.holistic:
+        items.append((_INTERNAL + "w", "count(*)"))
+    for a in spec.aggs:
+        n, x, base = a.call.name, a.arg, f"{_INTERNAL}a{a.index}"
+        if n in ("count", "countif", "sum", "min", "max"):
+            items.append((base, _naive_agg(a)))
+        elif n == "avg":
+            items += [(base + "s", f"sum({x})"), (base + "c", f"count({x})")]
+    groups = len(spec.keys) + len(spec.holistic)
+    group = f" GROUP BY {', '.join(str(i + 1) for i in range(groups))}" if groups else ""
+    return f"SELECT {_select_list(items)} FROM {PREV}{group}"
+
+
+def _summarize_final(spec: _SummarizeSpec, merged: str) -> tuple[list[tuple[str, str]], str, _Rel]:
+    """CTEs finishing the partials in ``merged``, and the SELECT of the summarize's result."""
+    nk = len(spec.keys)
+    keys = [_k(i) for i in range(nk)]
+    group = f" GROUP BY {', '.join(keys)}" if keys else ""
+    part = f"PARTITION BY {', '.join(keys)} " if keys else ""
+    keysel = "".join(f"{k}, " for k in keys)
+    m_items = [(f"{_INTERNAL}k{i}", _k(i)) for i in range(nk)]
+    ctes: list[tuple[str, str]] = []
+    joins: list[str] = []
+    finished: dict[int, str] = {}  # aggregate index -> its finished value in the last SELECT
+    for a in spec.aggs:
+        n, p, out = a.call.name, _p(a.index), f"{_INTERNAL}a{a.index}"
+        if n in ("count", "countif"):
+            m_items.append((out, f"CAST(coalesce(sum({p}), 0) AS BIGINT)"))
+        elif n == "sum":
+            m_items.append((out, f"sum({p})"))
+        elif n in ("min", "max"):
+            m_items.append((out, f"{n}({p})"))
+        elif n == "avg":
+            m_items.append((out, f"(sum({_p(a.index, 's')}) / nullif(sum({_p(a.index, 'c')}), 0))"))
+        elif n == "dcount":
+            m_items.append((out, f"count(DISTINCT {_h(spec.holistic.index(a.arg))})"))
+        if n not in HOLISTIC or n == "dcount":
+            finished[a.index] = f"m.{ident(out)}"
+            continue
+        # stdev and percentiles: from each group's distinct values and their counts
+        h = _h(spec.holistic.index(a.arg))
+        name = f"{_INTERNAL}x{a.index}"
+        hist = (f"SELECT {keysel}{h} AS v, sum({W}) AS w FROM {merged} WHERE {h} IS NOT NULL "
+                f"GROUP BY {', '.join([*keys, h])}")
+        if n == "stdev":  # two passes over exact values: mean, then squared deviations
+            ctes.append((name + "h", f"SELECT {keysel}CAST(v AS DOUBLE) AS v, w, sum(w) OVER ({part}) AS n, "
+                                     f"sum(w * CAST(v AS DOUBLE)) OVER ({part}) / sum(w) OVER ({part}) AS mean "
+                                     f"FROM ({hist})"))
+            ctes.append((name, f"SELECT {keysel}CASE WHEN max(n) > 1 THEN sqrt(sum(w * (v - mean) * (v - mean)) "
+                               f"/ (max(n) - 1)) END AS v FROM {ident(name + 'h')}{group}"))
+        else:  # the value at DuckDB's quantile_disc index, max(1, n - floor(n - q * n)) - 1, of the weighted values
+            q = sql_literal(_quantile(a.call))
+            ctes.append((name + "h", f"SELECT {keysel}v, sum(w) OVER ({part}ORDER BY v ROWS BETWEEN UNBOUNDED "
+                                     f"PRECEDING AND CURRENT ROW) AS cum, sum(w) OVER ({part}) AS n "
+                                     f"FROM ({hist})"))
+            ctes.append((name, f"SELECT {keysel}min(v) AS v FROM {ident(name + 'h')} WHERE cum > "
+                               f"greatest(1, CAST(n AS DOUBLE) - floor(CAST(n AS DOUBLE) - CAST({q} AS DOUBLE) "
+                               f"* CAST(n AS DOUBLE))) - 1{group}"))
+        on = " AND ".join(f"m.{k} IS NOT DISTINCT FROM {ident(name)}.{k}" for k in keys) or "TRUE"
+        joins.append(f" LEFT JOIN {ident(name)} ON {on}")
+        finished[a.index] = f"{ident(name)}.v"
+    if not m_items:  # only stdev and percentiles, no keys: one row to join them to
+        m_items.append((_INTERNAL + "n", "count(*)"))
+    ctes.insert(0, (_INTERNAL + "m", f"SELECT {_select_list(m_items)} FROM {merged}{group}"))
+    by_call = {id(a.call): a for a in spec.aggs}
+    outs = [(name, compile_expr(e, [], lambda c: finished[by_call[id(c)].index])) for name, e in spec.outputs]
+    select = [(name, f"m.{_k(i)}") for i, (name, _) in enumerate(spec.keys)] + outs
+    sql = f"SELECT {_select_list(select)} FROM {ident(_INTERNAL + 'm')} AS m{''.join(joins)}"
+    return ctes, sql, _Rel([n for n, _ in select])
+
+
+# -- the whole query ---------------------------------------------------------------
+
+LOCAL = (Where, Project, ProjectAway, Extend)
+
+
+def _node_filter(ops: list[query.Op]) -> tuple[frozenset[str] | None, frozenset[str]]:
+    """Nodes a where clause before any redefinition of `node` allows or excludes."""
+    only: set[str] | None = None
+    excluded: set[str] = set()
+    for op in ops:
+        if isinstance(op, Last | Since | Between):
+            continue
+        if not isinstance(op, Where):
+            break
+        for c in _conjuncts(op.predicate):
+            if isinstance(c, Binary) and c.op in ("==", "!="):
+                col, lit = (c.left, c.right) if isinstance(c.left, Col) else (c.right, c.left)
+                if isinstance(col, Col) and col.name.lower() == NODE and isinstance(lit, Lit) and lit.kind == "str":
+                    if c.op == "==":
+                        only = {str(lit.value)} if only is None else only & {str(lit.value)}
+                    else:
+                        excluded.add(str(lit.value))
+            elif isinstance(c, InList) and not c.negate and isinstance(c.operand, Col) \
+                    and c.operand.name.lower() == NODE and all(isinstance(i, Lit) and i.kind == "str" for i in c.items):
+                names = {str(i.value) for i in c.items if isinstance(i, Lit)}
+                only = names if only is None else only & names
+    return (None if only is None else frozenset(only)), frozenset(excluded)
+
+
+def _conjuncts(e: Expr) -> list[Expr]:
+    if isinstance(e, Binary) and e.op == "and":
+        return _conjuncts(e.left) + _conjuncts(e.right)
+    return [e]
+
+
+def _with(ctes: list[tuple[str, str]], select: str) -> str:
+    if not ctes:
+        return select
+    return "WITH " + ", ".join(f"{ident(n)} AS ({s})" for n, s in ctes) + " " + select
+
+
+def _collector_stages(ops: list[query.Op], rel: _Rel, ctes: list[tuple[str, str]],
+                      prev: str) -> tuple[str, _Rel]:
+    """Chain ``ops`` after ``prev`` (all of them run where every row is); returns the last name."""
+    for op in ops:
+        name = f"{_INTERNAL}s{len(ctes)}"
+        sql, rel = _stage(op, rel)
+        ctes.append((name, sql.replace(PREV, ident(prev))))
+        prev = name
+    return prev, rel
+
+
+def _stage(op: query.Op, rel: _Rel) -> tuple[str, _Rel]:
+    """Any operator's single-database SQL over PREV."""
+    try:
+        if isinstance(op, LOCAL):
+            return _local_stage(op, rel)
+        if isinstance(op, Summarize):
+            return _summarize_single(_summarize_spec(op, rel), rel)
+        if isinstance(op, Distinct):
+            cols = rel.user if not op.names else [resolve(c.name, c.pos, rel.user) for c in op.names]
+            return f"SELECT DISTINCT {', '.join(ident(c) for c in cols)} FROM {PREV}", _Rel(cols)
+        if isinstance(op, Sort | Top):
+            keys = op.keys if isinstance(op, Sort) else (op.key,)
+            order = ", ".join(_sort_order(keys, rel))
+            cols = ", ".join(ident(c) for c in rel.user)
+            limit = f" QUALIFY {ident(ORD)} <= {op.count}" if isinstance(op, Top) else ""
+            return (f"SELECT {cols}, row_number() OVER (ORDER BY {order}) AS {ident(ORD)} FROM {PREV}{limit}",
+                    _Rel([*rel.user, ORD], True))
+        if isinstance(op, Take):
+            return f"SELECT * FROM {PREV} ORDER BY {', '.join(_take_order(rel))} LIMIT {op.count}", rel
+        if isinstance(op, Last | Since | Between):
+            raise _Err("the time range ('last', 'since', 'between') must come before summarize, sort, take, "
+                       "top and distinct", op.pos)
+    except ValueError as exc:  # a name that is not plain cannot reach SQL
+        raise _Err(str(exc), getattr(op, "pos", None)) from exc
+    raise AssertionError(op)
+
+
+def _final_select(rel: _Rel, prev: str) -> str:
+    cols = ", ".join(ident(c) for c in rel.user)
+    return f"SELECT {cols} FROM {ident(prev)} ORDER BY {', '.join(_default_order(rel))}"
+
+
+def _probe_types(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, object]) -> list[tuple[str, str]]:
+    rel = con.sql(f"SELECT * FROM ({sql}) LIMIT 0", params=params or None)
+    return [(n, str(t)) for n, t in zip(rel.columns, rel.types, strict=True)]
+
+
+def _probe_con() -> duckdb.DuckDBPyConnection:
+    return duckdb.connect(":memory:", config={"enable_external_access": False, "autoload_known_extensions": False,
+                                              "autoinstall_known_extensions": False, "threads": 1})
+
+
+def _first_line(exc: Exception) -> str:
+    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return re.sub(r"^[A-Za-z ]+ Error: ", "", msg)
+
+
 def plan_pipe(text: str, catalog: Mapping[str, Table], *, now: dt.datetime) -> Plan:
     p = query.parse(text)
-    if p.table not in catalog:
-        raise unknown_table(text, p.table_pos, p.table, catalog)
-    table = catalog[p.table]
-    seconds = p.range_seconds
+    table_name = p.table
+    if table_name not in catalog:
+        lowered = {t.lower(): t for t in catalog}
+        if table_name.lower() not in lowered:
+            raise unknown_table(text, p.table_pos, table_name, catalog)
+        table_name = lowered[table_name.lower()]
+    try:
+        return _plan(text, p, catalog[table_name], now)
+    except _Err as exc:
+        raise QueryError.at(text, exc.pos, exc.message, exc.hint) from None
+
+
+def _plan(text: str, p: query.Pipeline, table: Table, now: dt.datetime) -> Plan:
+    cols = [NODE, *[c for c in table.column_names if c != NODE]]
     start = end = None
+    rng = p.range_op
     where = ""
-    if seconds is not None:
-        end = now
-        start = now - dt.timedelta(seconds=seconds)
-        where = ' WHERE "time" >= $start AND "time" < $end'
-    takes = [op.count for op in p.ops if isinstance(op, query.Take)]
-    limit = min(takes) if takes else 0
-    has_time = "time" in table.column_names
-    order = ' ORDER BY "time"' if has_time else ""
-    # With a limit, each edge sends at most its newest `limit` rows: the
-    # overall newest `limit` rows are among them, so the answer is exact.
-    newest_first = ' ORDER BY "time" DESC' if has_time else ""
-    edge_sql = f'SELECT * FROM "{p.table}"{where}'
-    if limit:
-        edge_sql += f"{newest_first} LIMIT {limit}"
-        final = f'SELECT * FROM (SELECT * FROM "{p.table}"{newest_first} LIMIT {limit}){order}'
+    if rng is not None:
+        if "time" not in table.column_names:
+            raise _Err(f"table {table.name} has no time column to take a range of", rng.pos)
+        if isinstance(rng, Last):
+            start, end = now - dt.timedelta(seconds=rng.seconds), now
+        elif isinstance(rng, Since):
+            start, end = rng.start, now
+            if start >= end:
+                raise _Err("'since' is in the future", rng.pos)
+        else:
+            start, end = rng.start, rng.end
+        where = f' WHERE {ident("time")} >= $start AND {ident("time")} < $end'
+    ops = [op for op in p.ops if not isinstance(op, Last | Since | Between)]
+    # A range written after a global operator is refused (it filters the table, so it
+    # belongs before anything that needs every node's rows).
+    first_global = next((i for i, op in enumerate(p.ops) if not isinstance(op, (*LOCAL, Last, Since, Between))), None)
+    if rng is not None and first_global is not None and p.ops.index(rng) > first_global:
+        raise _Err("the time range ('last', 'since', 'between') must come before summarize, sort, take, top "
+                   "and distinct", rng.pos)
+    table_cols = ", ".join(ident(c) for c in cols[1:])
+    base_single = f"SELECT {ident(NODE)}, {table_cols} FROM {ident(table.name)}{where}"
+    base_edge = ("SELECT ", f" AS {ident(NODE)}, {table_cols} FROM {ident(table.name)}{where}")
+
+    # The single-database form: every operator in order (the reference, and the answer's shape).
+    single: list[tuple[str, str]] = [(_INTERNAL + "s0", base_single)]
+    last, out_rel = _collector_stages(ops, _Rel(list(cols)), single, _INTERNAL + "s0")
+    reference_sql = _with(single, _final_select(out_rel, last))
+
+    # The edge: the row-local prefix, then the split operator's partial form.
+    split = next((i for i, op in enumerate(ops) if not isinstance(op, LOCAL)), len(ops))
+    edge_ctes: list[tuple[str, str]] = []
+    rel = _Rel(list(cols))
+    prev = _INTERNAL + "s0"
+    for op in ops[:split]:
+        name = f"{_INTERNAL}s{len(edge_ctes) + 1}"
+        sql, rel = _stage(op, rel)
+        edge_ctes.append((name, sql.replace(PREV, ident(prev))))
+        prev = name
+    rest = ops[split:]
+    merged = ident(table.name)
+    final_ctes: list[tuple[str, str]] = []
+    edge_limit = 0
+    complete = True
+    head = rest[0] if rest else None
+    if isinstance(head, Summarize):
+        spec = _summarize_spec(head, rel)
+        edge_select = _summarize_edge(spec).replace(PREV, ident(prev))
+        ctes, sql, srel = _summarize_final(spec, merged)
+        final_ctes += [*ctes, (_INTERNAL + "f0", sql)]
+        last, frel = _collector_stages(rest[1:], srel, final_ctes, _INTERNAL + "f0")
     else:
-        final = f'SELECT * FROM "{p.table}"{order}'
-    return Plan({p.table: edge_sql}, final, start, end, limit)
+        if isinstance(head, Distinct):
+            sql, _ = _stage(head, rel)
+            edge_select = sql.replace(PREV, ident(prev))
+        elif isinstance(head, (Take, Top)) or (
+                isinstance(head, Sort) and len(rest) > 1 and isinstance(rest[1], Take)):
+            # top-N pushdown: each edge sends its own first N rows in the query's total order
+            if isinstance(head, Take):
+                n, order = head.count, _take_order(rel)
+            elif isinstance(head, Top):
+                n, order = head.count, _sort_order((head.key,), rel)
+            else:
+                assert isinstance(head, Sort) and isinstance(rest[1], Take)
+                n, order = rest[1].count, _sort_order(head.keys, rel)
+            edge_select = f"SELECT * FROM {ident(prev)} ORDER BY {', '.join(order)} LIMIT {n}"
+            edge_limit = n
+        else:
+            edge_select = f"SELECT * FROM {ident(prev)}"
+            # Rows the collector only sorts may be cut at the cap (the answer says truncated);
+            # rows it still has to aggregate or cut must all arrive.
+            complete = any(not isinstance(op, (*LOCAL, Sort)) for op in rest)
+        if edge_limit:
+            complete = any(not isinstance(op, (*LOCAL, Sort, Take, Top)) for op in rest)
+        last, frel = _collector_stages(rest, _Rel(list(rel.user)), final_ctes, table.name)
+    final_sql = _with(final_ctes, _final_select(frel, last))
+    edge_sql = _with([(_INTERNAL + "s0", ""), *edge_ctes], edge_select)
+    # the node literal goes into s0: split the SQL around it
+    head_sql, tail_sql = edge_sql.split(f"{ident(_INTERNAL + 's0')} AS ()", 1)
+    parts = (f"{head_sql}{ident(_INTERNAL + 's0')} AS ({base_edge[0]}", f"{base_edge[1]}){tail_sql}")
+    params: dict[str, object] = {"start": start, "end": end} if where else {}
+
+    # Bind both halves on empty tables: type errors surface now, with a position.
+    con = _probe_con()
+    try:
+        con.execute(table.ddl())
+        try:
+            columns = _probe_types(con, sql_literal("probe").join(parts), params)
+        except duckdb.Error as exc:
+            raise _locate(con, text, ops, cols, table, params, exc) from None
+    finally:
+        con.close()
+    fragment = Fragment(table.name, parts, tuple(columns))
+    con = _probe_con()
+    try:
+        con.execute(f"CREATE TABLE {merged} ({', '.join(f'{ident(n)} {t}' for n, t in columns)})")
+        try:
+            con.sql(final_sql).limit(0).fetchall()
+        except duckdb.Error as exc:
+            pos = next((op.pos for op in rest), None) if rest else None
+            raise _Err(_first_line(exc), pos) from None
+    finally:
+        con.close()
+    for sql in (fragment.sql("probe"), final_sql):
+        try:
+            sqlgate.check(sql, [table.name])
+        except sqlgate.SqlRefused as exc:  # a planner bug, never user input
+            raise _Err(f"internal error: the planned SQL was refused ({exc.message})", None) from exc
+    only, excluded = _node_filter(ops)
+    return Plan({table.name: fragment}, final_sql, start, end, edge_limit, complete, only, excluded,
+                reference_sql, tuple(out_rel.user))
+
+
+def _locate(con: duckdb.DuckDBPyConnection, text: str, ops: list[query.Op], cols: list[str], table: Table,
+            params: dict[str, object], exc: duckdb.Error) -> _Err:
+    """The first operator whose stage does not bind, as a positioned error."""
+    base = f"SELECT 'probe' AS {ident(NODE)}, {', '.join(ident(c) for c in cols[1:])} FROM {ident(table.name)}"
+    base += ' WHERE "time" >= $start AND "time" < $end' if params else ""
+    ctes = [(_INTERNAL + "s0", base)]
+    rel = _Rel(list(cols))
+    prev = _INTERNAL + "s0"
+    for op in ops:
+        try:
+            sql, rel = _stage(op, rel)
+        except _Err as err:
+            return err
+        name = f"{_INTERNAL}s{len(ctes)}"
+        ctes.append((name, sql.replace(PREV, ident(prev))))
+        prev = name
+        try:
+            _probe_types(con, _with(ctes, f"SELECT * FROM {ident(prev)}"), params)
+        except duckdb.Error as inner:
+            return _Err(_first_line(inner), op.pos)
+    return _Err(_first_line(exc), None)
 
 
 def plan_sql(text: str, catalog: Mapping[str, Table]) -> Plan:
@@ -73,4 +875,12 @@ def plan_sql(text: str, catalog: Mapping[str, Table]) -> Plan:
             name = exc.message.split("'")[1] if "'" in exc.message else "?"
             raise unknown_table(text, exc.position, name, catalog) from exc
         raise QueryError.at(text, exc.position, exc.message, exc.hint) from exc
-    return Plan({t: f'SELECT * FROM "{t}"' for t in sorted(used)}, text)
+    fragments = {}
+    for t in sorted(used):
+        table = catalog[t]
+        cols = ((NODE, "VARCHAR"), *[(c.name, c.type) for c in table.columns if c.name != NODE])
+        fragments[t] = Fragment(t, (f"SELECT * FROM {ident(t)}",), cols, add_node=True)
+    return Plan(fragments, text, complete=True)
+
+
+__all__ = ["Fragment", "Plan", "plan_pipe", "plan_sql", "sql_literal"]

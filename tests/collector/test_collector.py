@@ -134,3 +134,49 @@ def test_a_dead_edge_is_named_not_dropped(cluster: tuple[str, dict[str, Service]
     wait_nodes(addr, 1, state="down")
     b = next(n for n in query(addr, "oom_events | last 1h")["summary"].nodes if n.node == "node-b")
     assert b.state == State.DOWN and "no heartbeat" in b.detail
+
+
+def test_summarize_over_real_edges(cluster: tuple[str, dict[str, Service]]) -> None:
+    addr, _ = cluster
+    t = query(addr, "oom_events | last 1h | summarize kills = count(), rss = sum(anon_rss_bytes), "
+                    "p50 = p50(pid), sd = stdev(pid), pods = dcount(cgroup_path) by node")["table"]
+    assert t.column_names == ["node", "kills", "rss", "p50", "sd", "pods"]
+    rows = {r["node"]: r for r in t.to_pylist()}
+    assert rows["node-a"]["kills"] == 3 and rows["node-b"]["kills"] == 2
+    assert int(rows["node-a"]["rss"]) == 3 << 29
+    assert rows["node-a"]["p50"] == 2 and rows["node-b"]["p50"] == 10
+    assert rows["node-b"]["sd"] == pytest.approx(7.0710678118654755)
+    assert rows["node-a"]["pods"] == 3
+    overall = query(addr, "oom_events | summarize n = count(), p = percentile(pid, 75), avg_pid = avg(pid)")
+    assert overall["table"].to_pylist() == [{"n": 5, "p": 10, "avg_pid": 7.2}]
+
+
+def test_top_n_is_exact_across_nodes(cluster: tuple[str, dict[str, Service]]) -> None:
+    addr, _ = cluster
+    t = query(addr, "oom_events | top 3 by pid | project node, pid")["table"]
+    assert t.to_pylist() == [{"node": "node-b", "pid": 20}, {"node": "node-b", "pid": 10},
+                             {"node": "node-a", "pid": 3}]
+    t = query(addr, "oom_events | sort by pid asc | take 2 | project pid")["table"]
+    assert t["pid"].to_pylist() == [1, 2]
+
+
+def test_where_node_skips_the_other_nodes(cluster: tuple[str, dict[str, Service]]) -> None:
+    addr, _ = cluster
+    ans = query(addr, 'oom_events | where node == "node-b" | project node, pid')
+    assert sorted(ans["table"]["pid"].to_pylist()) == [10, 20]
+    s = ans["summary"]
+    a = next(n for n in s.nodes if n.node == "node-a")
+    assert a.state == State.SKIPPED and "where" in a.detail and not s.partial
+
+
+def test_unknown_columns_are_suggested(cluster: tuple[str, dict[str, Service]]) -> None:
+    addr, _ = cluster
+    err = query(addr, "oom_events | where comn == 'x'")["error"]
+    assert err.message == "unknown column 'comn'" and (err.line, err.column) == (1, 20)
+    assert err.hint.startswith("did you mean comm?")
+
+
+def test_too_many_groups_is_an_error_not_a_wrong_answer(cluster: tuple[str, dict[str, Service]]) -> None:
+    addr, _ = cluster
+    err = query(addr, "oom_events | summarize count() by pid", row_limit=2)["error"]
+    assert "node-a holds more than 2" in err.message

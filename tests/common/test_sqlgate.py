@@ -73,3 +73,17 @@ def test_refusals_say_what_and_where() -> None:
         check("SELECT getenv('X') FROM oom_events", TABLES)
     with pytest.raises(SqlRefused, match="limit"):
         check("SELECT " + "1+" * 10_000 + "1", TABLES)
+
+
+def test_what_the_planner_generates_passes() -> None:
+    # The constructs the pipe language compiles to: a node literal, epoch-aligned buckets,
+    # windows with QUALIFY, exact holistic finishing, NULL-safe joins.
+    check("WITH s AS (SELECT 'n1' AS node, * FROM oom_events WHERE time >= $start AND time < $end) "
+          "SELECT time_bucket(to_microseconds(300000000), time, TIMESTAMP '1970-01-01 00:00:00') AS k, "
+          "count(*) AS w FROM s WHERE regexp_matches(comm, 'java.*') AND contains(lower(comm), lower('J')) "
+          "GROUP BY 1", TABLES)
+    check("WITH m AS (SELECT pid, CAST(coalesce(sum(pid), 0) AS BIGINT) AS c FROM oom_events GROUP BY pid), "
+          "h AS (SELECT pid, sum(pid) OVER (PARTITION BY pid ORDER BY pid ROWS BETWEEN UNBOUNDED PRECEDING "
+          "AND CURRENT ROW) AS cum FROM oom_events) "
+          "SELECT m.pid, h.cum, row_number() OVER (ORDER BY m.c DESC NULLS LAST) AS o FROM m "
+          "LEFT JOIN h ON m.pid IS NOT DISTINCT FROM h.pid QUALIFY o <= 3", TABLES)
