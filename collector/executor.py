@@ -26,6 +26,7 @@ import pyarrow as pa
 from pxo.collector import planner
 from pxo.collector.errors import QueryError
 from pxo.collector.registry import EdgeEntry, Registry
+from pxo.collector.scratch import scratch
 from pxo.common import arrowipc
 from pxo.common.schema import Table
 from pxo.common.timeutil import to_unix_us, utc_now
@@ -197,22 +198,12 @@ def merge_and_finish(plan: planner.Plan, parts: list[tuple[str, Mapping[str, pa.
             raise QueryError(f"node {node} holds more than {cap} matching rows or groups, more than a "
                              "query may ship to the collector; narrow it (a shorter range, a where, "
                              "fewer 'by' keys)")
-    con = duckdb.connect(":memory:", config={
-        "enable_external_access": False,
-        "autoload_known_extensions": False,
-        "autoinstall_known_extensions": False,
-        "threads": 2,
-        "memory_limit": "1GB",
-    })
-    try:
+    with scratch(threads=2) as con:
         _fill(con, plan, parts)
-        con.execute("SET lock_configuration = true")
         try:
             answer = con.sql(f"SELECT * FROM ({plan.final_sql}) LIMIT {cap + 1}").to_arrow_table()
         except duckdb.Error as exc:
             raise QueryError(str(exc).splitlines()[0]) from exc
-    finally:
-        con.close()
     truncated = answer.num_rows > cap or any(t.num_rows > cap for _, ts in parts for t in ts.values())
     return answer.slice(0, cap), truncated
 

@@ -61,6 +61,7 @@ from pxo.collector.query import (
     Unary,
     Where,
 )
+from pxo.collector.scratch import scratch
 from pxo.common import sqlgate
 from pxo.common.schema import Table
 
@@ -813,26 +814,20 @@ def _plan(text: str, p: query.Pipeline, table: Table, now: dt.datetime) -> Plan:
     params: dict[str, object] = {"start": start, "end": end} if where else {}
 
     # Bind both halves on empty tables: type errors surface now, with a position.
-    con = _probe_con()
-    try:
+    with scratch() as con:
         con.execute(table.ddl())
         try:
             columns = _probe_types(con, sql_literal("probe").join(parts), params)
         except duckdb.Error as exc:
             raise _locate(con, text, ops, cols, table, params, exc) from None
-    finally:
-        con.close()
     fragment = Fragment(table.name, parts, tuple(columns))
-    con = _probe_con()
-    try:
+    with scratch() as con:
         con.execute(f"CREATE TABLE {merged} ({', '.join(f'{ident(n)} {t}' for n, t in columns)})")
         try:
             con.sql(final_sql).limit(0).fetchall()
         except duckdb.Error as exc:
             pos = next((op.pos for op in rest), None) if rest else None
             raise _Err(_first_line(exc), pos) from None
-    finally:
-        con.close()
     for sql in (fragment.sql("probe"), final_sql):
         try:
             sqlgate.check(sql, [table.name])
