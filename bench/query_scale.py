@@ -1,0 +1,162 @@
+"""Query latency at 1..64 edges, against one DuckDB holding all the rows.
+
+Edges are real `pxo.edge` processes on loopback (no probes: `--sources []`),
+each serving its own DuckDB file of synthetic oom_events rows made by
+`generate()` below (documented there; deterministic per edge). A real
+collector fans each query out; this script asks it over gRPC, as the cloud
+does. The reference is one DuckDB file holding every edge's rows, answering
+the same question in SQL, timed in the same run, interleaved.
+
+    .venv/bin/python bench/query_scale.py [--edges 1,4,16,64] [--rows 1000000] [--repeat 15]
+
+This machine has 2 cores: all edges share them, where a real cluster gives
+each edge its own node. The figures say how the design scales on one box,
+not how fast a 64-node cluster answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+import grpc
+
+from pxo.common.addr import read_addr_file
+from pxo.edge.sources import all_tables
+from pxo.v1 import pxo_pb2, pxo_pb2_grpc
+
+QUERIES = {
+    # name: (pipe query for pxo, the same question in SQL over one DuckDB)
+    "count by pod": (
+        "oom_events | last 7d | summarize kills = count() by pod",
+        "SELECT pod, count(*) AS kills FROM oom_events WHERE time >= $start GROUP BY pod",
+    ),
+    "top 10 by anon_rss": (
+        "oom_events | last 7d | top 10 by anon_rss_bytes",
+        "SELECT * FROM oom_events WHERE time >= $start ORDER BY anon_rss_bytes DESC LIMIT 10",
+    ),
+    "p99 by container": (
+        "oom_events | last 7d | summarize p99 = percentile(anon_rss_bytes, 99) by container",
+        "SELECT container, quantile_disc(anon_rss_bytes, 0.99) AS p99 FROM oom_events "
+        "WHERE time >= $start GROUP BY container",
+    ),
+}
+
+
+def generate(path: Path, rows: int, seed: int) -> None:
+    """oom_events rows for one edge: times spread over the last 6 days, 500 pods in
+    20 namespaces, 3 containers a pod, anon RSS 1 MiB..8 GiB; other columns filled
+    plausibly. Deterministic for a (rows, seed)."""
+    con = duckdb.connect(str(path))
+    t = next(t for t in all_tables() if t.name == "oom_events")
+    con.execute(t.ddl())
+    con.execute(f"SELECT setseed({(seed % 1000) / 1000})")
+    con.execute(f"""
+        INSERT INTO oom_events BY NAME
+        SELECT now()::TIMESTAMP - to_seconds((random() * 6 * 86400)::BIGINT) AS "time",
+               (100000 + i)::INTEGER AS pid, (100000 + i)::INTEGER AS tid,
+               'app' || (i % 50) AS comm, 1000 AS uid, 0 AS oom_score_adj,
+               (1 << 20) + (random() * (8::UBIGINT << 30))::UBIGINT AS anon_rss_bytes,
+               (random() * (1 << 28))::UBIGINT AS file_rss_bytes,
+               'ns' || (i % 20) AS namespace, 'pod' || (i % 500) AS pod, 'c' || (i % 3) AS container,
+               'memcg' AS "constraint", 'bench' AS origin
+        FROM range({rows}) r(i)
+    """)
+    con.close()
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--edges", default="1,4,16,64")
+    ap.add_argument("--rows", type=int, default=1_000_000, help="rows per edge")
+    ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument("--row-cap", type=int, default=20_000_000,
+                    help="the collector's row cap: exact percentiles ship every distinct value per group")
+    args = ap.parse_args()
+    counts = [int(x) for x in args.edges.split(",")]
+    root = Path(tempfile.mkdtemp(prefix="pxo-bench-scale-"))
+    print(f"generating {max(counts)} edge stores of {args.rows:,} rows ...", flush=True)
+    for i in range(max(counts)):
+        (root / f"e{i}").mkdir()
+        generate(root / f"e{i}" / "edge.duckdb", args.rows, seed=i)
+
+    print(f"{'edges':>5}  {'query':<20} {'pxo p50':>9} {'pxo p99':>9} {'1 DuckDB p50':>13} {'ratio p50':>9}")
+    for n in counts:
+        single = root / f"single-{n}.duckdb"
+        con = duckdb.connect(str(single))
+        for i in range(n):
+            con.execute(f"ATTACH '{root / f'e{i}' / 'edge.duckdb'}' AS e (READ_ONLY)")
+            if i == 0:
+                con.execute("CREATE TABLE oom_events AS SELECT * FROM e.oom_events")
+            else:
+                con.execute("INSERT INTO oom_events SELECT * FROM e.oom_events")
+            con.execute("DETACH e")
+        con.close()
+        ref = duckdb.connect(str(single), read_only=True, config={"threads": 2})
+
+        procs: list[subprocess.Popen[bytes]] = []
+        cdir = root / f"collector-{n}"
+        cdir.mkdir()
+        procs.append(subprocess.Popen([sys.executable, "-m", "pxo.collector", "--listen", "127.0.0.1:0",
+                                       "--data-dir", str(cdir), "--log-level", "WARNING",
+                                       "--row-cap", str(args.row_cap), "--edge-timeout", "120"]))
+        while (caddr := read_addr_file(cdir / "collector.addr")) is None:
+            time.sleep(0.05)
+        for i in range(n):
+            (root / f"e{i}" / "edge.addr").unlink(missing_ok=True)
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "pxo.edge", "--listen", "127.0.0.1:0", "--data-dir", str(root / f"e{i}"),
+                 "--node", f"node-{i:02d}", "--collector", caddr, "--sources", "[]", "--log-level", "WARNING",
+                 "--retention-days", "3650"], stdout=subprocess.DEVNULL))
+        stub = pxo_pb2_grpc.CollectorStub(grpc.insecure_channel(caddr))
+        end = time.monotonic() + 300
+        while time.monotonic() < end:
+            live = [e for e in stub.ListNodes(pxo_pb2.ListNodesRequest(), timeout=10).nodes if e.state == "live"]
+            if len(live) == n:
+                break
+            time.sleep(0.2)
+        try:
+            for name, (pipe, sql) in QUERIES.items():
+                pxo_t, ref_t = [], []
+                start = duckdb.connect().execute("SELECT now()::TIMESTAMP - INTERVAL 7 DAY").fetchall()[0][0]
+                for _ in range(args.repeat):  # interleaved: pxo, then the reference
+                    t0 = time.perf_counter()
+                    replies = list(stub.Query(pxo_pb2.QueryRequest(text=pipe, timeout_ms=60_000), timeout=120))
+                    pxo_t.append(time.perf_counter() - t0)
+                    errs = [r.error.message for r in replies if r.WhichOneof("part") == "error"]
+                    if errs:
+                        raise SystemExit(f"{name}: {errs[0]}")
+                    summary = replies[-1].summary
+                    if summary.partial:
+                        raise SystemExit(f"{name}: partial answer at {n} edges: {summary.nodes}")
+                    t0 = time.perf_counter()
+                    ref.execute(sql, {"start": start}).fetchall()
+                    ref_t.append(time.perf_counter() - t0)
+                p50, p99, r50 = statistics.median(pxo_t), pct(pxo_t, 0.99), statistics.median(ref_t)
+                print(f"{n:>5}  {name:<20} {p50 * 1000:>7.0f}ms {p99 * 1000:>7.0f}ms {r50 * 1000:>11.0f}ms "
+                      f"{p50 / r50:>8.2f}x", flush=True)
+        finally:
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
+            for p in procs:
+                p.wait(timeout=60)
+            ref.close()
+            os.unlink(single)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
