@@ -41,7 +41,7 @@ ALLOWED_FUNCTIONS = frozenset(
     strftime strptime try_strptime date_trunc datetrunc date_part datepart extract epoch epoch_ms
     epoch_us epoch_ns to_timestamp make_timestamp time_bucket date_diff datediff date_sub
     datesub age to_seconds to_minutes to_hours to_days to_milliseconds to_microseconds
-    abs round floor ceil ceiling sign sqrt cbrt exp ln log log2 log10 pow power greatest least
+    abs round trunc floor ceil ceiling sign sqrt cbrt exp ln log log2 log10 pow power greatest least
     coalesce ifnull nullif if hash md5 isnan isinf isfinite
     row_number rank dense_rank percent_rank cume_dist ntile lag lead first_value last_value
     nth_value
