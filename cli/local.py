@@ -5,6 +5,8 @@ loopback, sharing one data directory; `pxo delete --local` stops them.
     <data_dir>/edge/        edge.duckdb, edge.addr
     <data_dir>/cloud/       cloud.sqlite, cloud.addr
     <data_dir>/logs/        one log per component
+    <data_dir>/tls/         the cluster CA and one certificate and key per component (0600,
+                            the directory 0700), made anew on every deploy
     <data_dir>/<name>.pid   one pid file per component
 """
 
@@ -23,11 +25,15 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pxo.cli.api import Api
 from pxo.cli.config import Config
 from pxo.cli.errors import CliError
 from pxo.common.addr import read_addr_file
+
+if TYPE_CHECKING:
+    from pxo.common.tls import TlsFiles
 
 COMPONENTS = ("collector", "edge", "cloud")  # start order; stopped in reverse
 
@@ -119,10 +125,18 @@ class LocalDeployment:
         # A fresh cluster token each deploy, handed to the collector and the cloud in their
         # environment (not on the command line, where any local user could read it in ps).
         token = secrets.token_urlsafe(32)
+        # A fresh cluster CA each deploy too (rotation is re-deploying): every gRPC hop is mutual TLS.
+        tls = self._make_tls()
+
+        def tls_args(role: str) -> list[str]:
+            f = tls[role]
+            return ["--tls-ca", str(f.ca), "--tls-cert", str(f.cert), "--tls-key", str(f.key)]
+
         try:
             self.say("starting collector ...")
             collector = self._wait_addr("collector", self._spawn("collector", [
                 "--listen", f"127.0.0.1:{ports.collector}", "--data-dir", str(self.dir / "collector"),
+                *tls_args("collector"),
             ], env={"PXO_COLLECTOR_CLUSTER_TOKEN": token}), timeout)
             started.append("collector")
             self.say(f"  collector listening on {collector}")
@@ -130,7 +144,7 @@ class LocalDeployment:
             self.say("starting edge (compiling and loading eBPF programs) ...")
             edge = self._wait_addr("edge", self._spawn("edge", [
                 "--listen", f"127.0.0.1:{ports.edge}", "--data-dir", str(self.dir / "edge"),
-                "--collector", collector, "--node", node,
+                "--collector", collector, "--node", node, *tls_args("edge"),
             ]), timeout)
             started.append("edge")
             self.say(f"  edge for node {node} listening on {edge}")
@@ -140,7 +154,7 @@ class LocalDeployment:
             cloud_dir.mkdir(parents=True, exist_ok=True)
             url = self._wait_addr("cloud", self._spawn("cloud", [
                 "serve", "--data-dir", str(cloud_dir), "--host", "127.0.0.1",
-                "--port", str(ports.cloud), "--collector", collector,
+                "--port", str(ports.cloud), "--collector", collector, *tls_args("cloud"),
             ], env={"PXO_CLOUD_CLUSTER_TOKEN": token}), timeout)
             started.append("cloud")
             self.say(f"  cloud API on {url}")
@@ -154,6 +168,15 @@ class LocalDeployment:
             raise
         cfg = Config(api_url=url, api_key=key, local_data_dir=str(self.dir))
         return cfg
+
+    def _make_tls(self) -> dict[str, TlsFiles]:
+        from pxo.common.tls import generate_cluster
+
+        self.say("creating the cluster CA and certificates ...")
+        try:
+            return generate_cluster(self.dir / "tls")
+        except OSError as exc:
+            raise CliError(f"cannot write the TLS certificates to {self.dir / 'tls'}: {exc.strerror}") from None
 
     def _bootstrap_key(self, cloud_dir: Path) -> str:
         out = subprocess.run([self.python, "-m", "pxo.cloud", "bootstrap", "--data-dir", str(cloud_dir)],

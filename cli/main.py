@@ -20,6 +20,7 @@ exit codes: 0 ok, 1 error (bad query, refused, not signed in...), 2 usage,
 EXAMPLES = f"""\
 examples:
   pxo deploy --local                       start pxo on this machine (root)
+  pxo deploy --kubernetes --image IMG      deploy to the kubeconfig's cluster
   pxo query "oom_events | last 1h"         every OOM kill of the last hour
   pxo query "oom_events | last 7d | take 5" -o json
   pxo query --sql "SELECT comm, count(*) AS kills FROM oom_events GROUP BY comm"
@@ -61,9 +62,26 @@ def _local(args: argparse.Namespace) -> Any:
     return cfg, LocalDeployment(data_dir)
 
 
+def _kubeconfig_present() -> bool:
+    import os
+
+    paths = [*os.environ.get("KUBECONFIG", "").split(os.pathsep), str(Path.home() / ".kube" / "config")]
+    return any(p and Path(p).is_file() for p in paths)
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
+    if args.local and args.kubernetes:
+        raise CliError("--local or --kubernetes: one deployment at a time")
+    if args.kubernetes or (not args.local and (args.dry_run or _kubeconfig_present())):
+        from pxo.cli import kube
+        from pxo.common.version import pxo_version
+
+        return kube.deploy(image=args.image or f"pxo:{pxo_version()}", timeout=args.timeout or 300.0,
+                           context=args.context, dry_run=args.dry_run,
+                           manifests=Path(args.manifests) if args.manifests else kube.MANIFESTS)
     if not args.local:
-        raise CliError("only local deployments are available in this release: use 'pxo deploy --local'")
+        raise CliError("where to? 'pxo deploy --local' (this machine) or 'pxo deploy --kubernetes' "
+                       "(no kubeconfig was found: set KUBECONFIG or ~/.kube/config)")
     import os
 
     from pxo.cli.local import LocalPorts
@@ -72,7 +90,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         raise CliError("the edge loads eBPF programs and needs root: run 'sudo pxo deploy --local'")
     cfg, local = _local(args)
     ports = LocalPorts(args.collector_port, args.edge_port, args.cloud_port)
-    cfg = local.deploy(cfg, ports=ports, node=args.node, timeout=args.timeout)
+    cfg = local.deploy(cfg, ports=ports, node=args.node, timeout=args.timeout or 90.0)
     path = cfg.save()
     _say(f"pxo is running locally (data in {local.dir}); API {cfg.api_url}")
     _say(f"admin API key saved to {path}")
@@ -81,8 +99,15 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
+    if args.kubernetes:
+        from pxo.cli import kube
+
+        gone = kube.delete(timeout=args.timeout, context=args.context,
+                           manifests=Path(args.manifests) if args.manifests else kube.MANIFESTS)
+        _say(f"deleted {', '.join(gone)}" if gone else "pxo was not deployed in this cluster")
+        return EXIT_OK
     if not args.local:
-        raise CliError("only local deployments are available in this release: use 'pxo delete --local'")
+        raise CliError("which deployment? 'pxo delete --local' or 'pxo delete --kubernetes'")
     _cfg, local = _local(args)
     stopped = local.delete()
     _say(f"stopped {', '.join(stopped)}" if stopped else f"nothing was running from {local.dir}")
@@ -445,18 +470,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     add(sub, "version", cmd_version, "print pxo's version", "pxo version")
 
-    d = add(sub, "deploy", cmd_deploy, "deploy pxo (locally: collector, edge and cloud on loopback)",
+    d = add(sub, "deploy", cmd_deploy, "deploy pxo: to a Kubernetes cluster, or locally (collector, edge and cloud "
+            "on loopback)", "pxo deploy --kubernetes --image registry.example/pxo:0.1.0",
+            "pxo deploy --kubernetes --dry-run > pxo.yaml   (print the manifests, apply nothing)",
             "sudo pxo deploy --local", "sudo pxo deploy --local --cloud-port 0 --data-dir /tmp/pxo")
     d.add_argument("--local", action="store_true", help="run the components as processes on this machine")
+    d.add_argument("--kubernetes", action="store_true",
+                   help="deploy to the kubeconfig's cluster (the default when a kubeconfig exists, without --local)")
+    d.add_argument("--image", default="", help="the pxo image (default: pxo:<version>)")
+    d.add_argument("--context", default=None, help="the kubeconfig context (default: the current one)")
+    d.add_argument("--manifests", default="", help="the manifests' folder (default: deploy/kubernetes)")
+    d.add_argument("--dry-run", action="store_true", help="print the manifests that would be applied, apply nothing")
     d.add_argument("--data-dir", help="where the local deployment keeps its data (default: ~/.local/share/pxo/local)")
     d.add_argument("--node", default="", help="this node's name (default: the hostname)")
     d.add_argument("--collector-port", type=int, default=50700, help="0 picks a free port")
     d.add_argument("--edge-port", type=int, default=50701, help="0 picks a free port")
     d.add_argument("--cloud-port", type=int, default=8700, help="0 picks a free port")
-    d.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for each step")
+    d.add_argument("--timeout", type=float, default=None,
+                   help="seconds to wait: for each local step (90), for the cluster to be ready (300)")
 
-    x = add(sub, "delete", cmd_delete, "stop a deployment (its data is kept)", "pxo delete --local")
+    x = add(sub, "delete", cmd_delete, "stop a deployment (locally its data is kept; in a cluster everything goes)",
+            "pxo delete --local", "pxo delete --kubernetes")
     x.add_argument("--local", action="store_true", help="stop the local deployment")
+    x.add_argument("--kubernetes", action="store_true",
+                   help="delete namespace pxo and pxo's cluster roles from the kubeconfig's cluster")
+    x.add_argument("--context", default=None, help="the kubeconfig context (default: the current one)")
+    x.add_argument("--manifests", default="", help="the manifests' folder (default: deploy/kubernetes)")
+    x.add_argument("--timeout", type=float, default=120.0, help="seconds to wait until everything is gone")
     x.add_argument("--data-dir", help="the local deployment's data directory")
 
     q = add(sub, "query", cmd_query, "ask every node of a cluster a question",

@@ -44,6 +44,7 @@ from pxo.cloud.errors import (
     Unauthorized,
 )
 from pxo.cloud.limits import BodyLimitMiddleware, RateLimiter, retry_after
+from pxo.cloud.metrics import CloudMetrics, MetricsMiddleware
 from pxo.cloud.settings import CloudSettings
 from pxo.common.version import pxo_version
 
@@ -368,6 +369,8 @@ def create_app(settings: CloudSettings, *, db: Database | None = None,
     app.state.limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,  # type: ignore[arg-type]
                        read_timeout=settings.read_timeout)
+    metrics = app.state.metrics = CloudMetrics()  # outermost: counts what the body limit refuses too
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # type: ignore[arg-type]
 
     @app.exception_handler(CloudError)
     async def _cloud_error(request: Request, exc: CloudError) -> JSONResponse:
@@ -543,6 +546,11 @@ def create_app(settings: CloudSettings, *, db: Database | None = None,
         if not keys.KEY_ID_RE.match(key_id) or not db.revoke_key(key_id):
             raise NotFound(f"no active key {key_id!r}")
         return Response(status_code=204)
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus() -> Response:
+        """Prometheus metrics (no key: counts and timings only; see cloud/metrics.py)."""
+        return Response(metrics.render(), media_type=metrics.content_type)
 
     # -- the web page
 

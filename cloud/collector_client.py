@@ -59,8 +59,10 @@ class CollectorClient:
         if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
             return CollectorUnavailable(f"the collector at {self.address} refused the cluster token "
                                         f"({exc.details()})")
-        return CollectorUnavailable(
-            f"the collector at {self.address} did not answer ({exc.code().name.lower()})")
+        detail = exc.code().name.lower()
+        if exc.code() == grpc.StatusCode.UNAVAILABLE and "handshake" in (exc.details() or "").lower():
+            detail += ": the TLS handshake failed (its certificate is not of our cluster CA, or it speaks no TLS)"
+        return CollectorUnavailable(f"the collector at {self.address} did not answer ({detail})")
 
     def query(self, text: str, *, sql: bool = False, row_limit: int = 0) -> dict[str, Any]:
         table, meta = self.query_arrow(text, sql=sql, row_limit=row_limit)

@@ -25,9 +25,20 @@ def serve(settings: CloudSettings) -> int:
     import uvicorn
 
     from pxo.cloud.app import create_app
+    from pxo.cloud.collector_client import CollectorClient
+    from pxo.common.tls import TlsError, channel_factory
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app = create_app(settings)
+    try:
+        dial = channel_factory(settings.tls, peer="collector")
+    except TlsError as exc:
+        print(f"pxo-cloud: error: TLS: {exc}", file=sys.stderr)
+        return 1
+    # With TLS, the deploy-time collector is dialed with the cluster certificate (clusters added
+    # later through the API are dialed in plain text: their CA is not this one).
+    collector = CollectorClient(settings.collector, token=settings.cluster_token, channel_factory=dial,
+                                timeout=settings.query_timeout) if settings.tls else None
+    app = create_app(settings, collector=collector)
     # Bind first, so port 0 works and the bound address can be published.
     sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -48,9 +59,10 @@ def serve(settings: CloudSettings) -> int:
                             timeout_graceful_shutdown=5, server_header=False)
     server = uvicorn.Server(config)
     write_addr_file(settings.data_dir / "cloud.addr", url)
-    log.info("pxo cloud %s serving on %s (%s; cluster %r at %s, cluster token %s)", pxo_version(), url,
+    log.info("pxo cloud %s serving on %s (%s; cluster %r at %s, cluster token %s, %s)", pxo_version(), url,
              settings.environment, settings.cluster_name, settings.collector,
-             "set" if settings.cluster_token else "not set")
+             "set" if settings.cluster_token else "not set",
+             "mutual TLS" if settings.tls else "plain gRPC")
     server.run(sockets=[sock])
     return 0
 

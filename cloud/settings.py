@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pxo.common.addr import split_hostport
+from pxo.common.tls import TlsError, TlsFiles
 
 
 class CloudSettings(BaseSettings):
@@ -42,6 +43,23 @@ class CloudSettings(BaseSettings):
     read_timeout: float = Field(15.0, gt=0, description="seconds a client may take to send its request body")
     limit_concurrency: int = Field(200, ge=1, description="connections served at once; more get 503")
     timeout_keep_alive: float = Field(5.0, gt=0, description="seconds an idle keep-alive connection is kept")
+    # -- mutual TLS to the deploy-time collector
+    tls_ca: Path | None = Field(None, description="cluster CA certificate (PEM): with --tls-cert and --tls-key, "
+                                "dial the deploy-time collector with mutual TLS; unset: plain gRPC")
+    tls_cert: Path | None = Field(None, description="the cloud's certificate (PEM), signed by --tls-ca")
+    tls_key: Path | None = Field(None, description="the cloud's private key (PEM, mode 0600)")
+
+    @model_validator(mode="after")
+    def _tls_together(self) -> CloudSettings:
+        try:
+            TlsFiles.from_settings(self.tls_ca, self.tls_cert, self.tls_key)
+        except TlsError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    @property
+    def tls(self) -> TlsFiles | None:
+        return TlsFiles.from_settings(self.tls_ca, self.tls_cert, self.tls_key)
 
     @field_validator("collector")
     @classmethod

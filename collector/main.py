@@ -12,15 +12,25 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pxo.collector.auth import ClusterTokenInterceptor
 from pxo.collector.executor import Executor
+from pxo.collector.metrics import CollectorMetrics
 from pxo.collector.registry import Registry
 from pxo.collector.service import CollectorService
 from pxo.common.addr import split_hostport, write_addr_file
 from pxo.common.settings import SettingsError, configure_logging, load_settings, wait_for_shutdown
+from pxo.common.tls import (
+    COLLECTOR_CALLERS,
+    TlsError,
+    TlsFiles,
+    add_port,
+    channel_factory,
+    role_interceptors,
+    serve_health,
+)
 from pxo.common.version import pxo_version
 from pxo.v1 import pxo_pb2_grpc
 
@@ -41,6 +51,8 @@ class CollectorSettings(BaseSettings):
     edge_timeout: float = Field(10.0, gt=0, description="default deadline of each edge's part of a query, seconds")
     row_cap: int = Field(100_000, gt=0, description="most rows an answer may hold")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    metrics: str = Field("", description="host:port to serve Prometheus /metrics on (empty: off; port 0: any; "
+                         "the bound address goes to metrics.addr)")
     cluster_token: str = Field("", description="token the cloud must send (gRPC metadata x-pxo-cluster-token); "
                                "empty: not checked. Prefer the env var PXO_COLLECTOR_CLUSTER_TOKEN to a flag")
 
@@ -51,25 +63,68 @@ class CollectorSettings(BaseSettings):
             raise ValueError("a cluster token needs at least 16 characters")
         return v
 
+    tls_ca: Path | None = Field(None, description="cluster CA certificate (PEM): with --tls-cert and --tls-key, "
+                                "serve mutual TLS (edges and the cloud need a certificate of this CA) and dial "
+                                "edges with TLS; unset: plain gRPC")
+    tls_cert: Path | None = Field(None, description="this collector's certificate (PEM), signed by --tls-ca")
+    tls_key: Path | None = Field(None, description="this collector's private key (PEM, mode 0600)")
+    health_listen: str = Field("", description="host:port of a plain-text server answering only grpc.health.v1 "
+                               "(for Kubernetes gRPC probes when TLS is on; empty: off)")
+
     @field_validator("listen")
     @classmethod
     def _hostport(cls, v: str) -> str:
         split_hostport(v)
         return v
 
+    @field_validator("metrics")
+    @classmethod
+    def _metrics_hostport(cls, v: str) -> str:
+        if v:
+            split_hostport(v, what="metrics address")
+        return v
+
+    @field_validator("health_listen")
+    @classmethod
+    def _optional_hostport(cls, v: str) -> str:
+        if v:
+            split_hostport(v)
+        return v
+
+    @model_validator(mode="after")
+    def _tls_together(self) -> CollectorSettings:
+        try:
+            TlsFiles.from_settings(self.tls_ca, self.tls_cert, self.tls_key)
+        except TlsError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    @property
+    def tls(self) -> TlsFiles | None:
+        return TlsFiles.from_settings(self.tls_ca, self.tls_cert, self.tls_key)
+
 
 def serve(settings: CollectorSettings) -> tuple[grpc.Server, str, Executor, health.HealthServicer]:
     registry = Registry(expire_after=settings.expire_after, forget_after=settings.forget_after)
-    executor = Executor(registry, edge_timeout=settings.edge_timeout, row_cap=settings.row_cap)
+    # TlsError (a missing or unreadable file) is reported by main() in one line.
+    executor = Executor(registry, edge_timeout=settings.edge_timeout, row_cap=settings.row_cap,
+                        channel_factory=channel_factory(settings.tls, peer="edge"))
     interceptors = [ClusterTokenInterceptor(settings.cluster_token)] if settings.cluster_token else []
+    interceptors += role_interceptors(settings.tls, COLLECTOR_CALLERS)  # with TLS: edges register, the cloud asks
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="collector-rpc"),
                          interceptors=interceptors)
+    metrics = CollectorMetrics()
+    metrics.watch(registry)
     pxo_pb2_grpc.add_CollectorServicer_to_server(
-        CollectorService(registry, executor, heartbeat_interval=settings.heartbeat_interval), server)
+        CollectorService(registry, executor, heartbeat_interval=settings.heartbeat_interval, metrics=metrics),
+        server)
+    if settings.metrics:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        write_addr_file(settings.data_dir / "metrics.addr", metrics.serve(settings.metrics))
     healthz = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(healthz, server)
     host, _ = split_hostport(settings.listen)
-    port = server.add_insecure_port(settings.listen)
+    port = add_port(server, settings.listen, settings.tls)
     if port == 0:
         raise OSError(f"cannot listen on {settings.listen} (address in use?)")
     server.start()
@@ -88,15 +143,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         server, address, executor, healthz = serve(settings)
+        if settings.health_listen:
+            health_server, health_address = serve_health(healthz, settings.health_listen)
+            write_addr_file(settings.data_dir / "health.addr", health_address)
         write_addr_file(settings.data_dir / "collector.addr", address)
     except OSError as exc:
         print(f"pxo-collector: error: {exc}", file=sys.stderr)
         return 1
+    except TlsError as exc:
+        print(f"pxo-collector: error: TLS: {exc}", file=sys.stderr)
+        return 1
     log.info("pxo collector %s serving on %s (cluster token %s)", pxo_version(), address,
              "checked" if settings.cluster_token else "not configured: cloud calls are not authenticated")
+    tls = settings.tls
+    log.info("gRPC %s%s", f"with mutual TLS (cluster CA {tls.ca})" if tls else
+             "in plain text: edges and the cloud are not authenticated by certificate",
+             f"; plain-text health checks on {health_address}" if settings.health_listen else "")
     wait_for_shutdown()
     healthz.enter_graceful_shutdown()
     server.stop(grace=2).wait()
+    if settings.health_listen:
+        health_server.stop(grace=None)
     executor.close()
     log.info("pxo collector stopped")
     return 0

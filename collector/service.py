@@ -7,15 +7,18 @@ from collections.abc import Iterator
 import grpc
 
 from pxo.collector.executor import Executor
+from pxo.collector.metrics import CollectorMetrics
 from pxo.collector.registry import Registry
 from pxo.v1 import pxo_pb2, pxo_pb2_grpc
 
 
 class CollectorService(pxo_pb2_grpc.CollectorServicer):
-    def __init__(self, registry: Registry, executor: Executor, *, heartbeat_interval: float) -> None:
+    def __init__(self, registry: Registry, executor: Executor, *, heartbeat_interval: float,
+                 metrics: CollectorMetrics | None = None) -> None:
         self.registry = registry
         self.executor = executor
         self.heartbeat_interval = heartbeat_interval
+        self.metrics = metrics
 
     def Register(self, request: pxo_pb2.RegisterRequest, context: grpc.ServicerContext) -> pxo_pb2.RegisterReply:
         info = request.node
@@ -29,7 +32,8 @@ class CollectorService(pxo_pb2_grpc.CollectorServicer):
         return pxo_pb2.HeartbeatReply(known=known)
 
     def Query(self, request: pxo_pb2.QueryRequest, context: grpc.ServicerContext) -> Iterator[pxo_pb2.QueryReply]:
-        yield from self.executor.run(request)
+        replies = self.executor.run(request)
+        yield from (self.metrics.observe(replies) if self.metrics else replies)
 
     def ListNodes(self, request: pxo_pb2.ListNodesRequest, context: grpc.ServicerContext) -> pxo_pb2.ListNodesReply:
         return pxo_pb2.ListNodesReply(nodes=[

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pxo.common.addr import split_hostport, write_addr_file
 from pxo.common.settings import SettingsError, configure_logging, load_settings, wait_for_shutdown
+from pxo.common.tls import EDGE_CALLERS, TlsError, TlsFiles, add_port, channel_factory, role_interceptors, serve_health
 from pxo.common.version import pxo_version
 from pxo.edge.attribution import AttributingSink, Attributor, KubePodWatcher
 from pxo.edge.bpf import release_compiler_memory
@@ -60,8 +61,27 @@ class EdgeSettings(BaseSettings):
                                                          "(bigger queries spill to disk)")
     metrics: str = Field("", description="host:port to serve Prometheus /metrics on (empty: off; port 0: any)")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    tls_ca: Path | None = Field(None, description="cluster CA certificate (PEM): with --tls-cert and --tls-key, "
+                                "serve mutual TLS (only holders of a certificate of this CA may query) and "
+                                "register with the collector over TLS; unset: plain gRPC")
+    tls_cert: Path | None = Field(None, description="this edge's certificate (PEM), signed by --tls-ca")
+    tls_key: Path | None = Field(None, description="this edge's private key (PEM, mode 0600)")
+    health_listen: str = Field("", description="host:port of a plain-text server answering only grpc.health.v1 "
+                               "(for Kubernetes gRPC probes when TLS is on; empty: off)")
 
-    @field_validator("listen", "collector", "advertise", "metrics")
+    @model_validator(mode="after")
+    def _tls_together(self) -> EdgeSettings:
+        try:
+            TlsFiles.from_settings(self.tls_ca, self.tls_cert, self.tls_key)
+        except TlsError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    @property
+    def tls(self) -> TlsFiles | None:
+        return TlsFiles.from_settings(self.tls_ca, self.tls_cert, self.tls_key)
+
+    @field_validator("listen", "collector", "advertise", "metrics", "health_listen")
     @classmethod
     def _hostport(cls, v: str) -> str:
         if v:
@@ -104,11 +124,14 @@ class Edge:
         self.service = EdgeService(node=settings.node, store=self.store, sources=self.sources,
                                    address=lambda: self.address, extra_status=self.extra_status,
                                    metrics=self.metrics)
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="edge-rpc"))
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="edge-rpc"),
+                                  # with TLS, only the collector's certificate may ask this node anything
+                                  interceptors=role_interceptors(settings.tls, EDGE_CALLERS))
         pxo_pb2_grpc.add_EdgeServicer_to_server(self.service, self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.registration: Registration | None = None
+        self.health_server: grpc.Server | None = None
         self._started = time.time()
 
     def extra_status(self) -> list[SourceStatus]:
@@ -122,6 +145,11 @@ class Edge:
         return out
 
     def start(self) -> None:
+        tls = self.settings.tls
+        try:  # before any source starts: a missing certificate is one line, and nothing to undo
+            dial = channel_factory(tls, peer="collector")  # reads and checks the three files
+        except TlsError as exc:
+            raise EdgeError(f"TLS: {exc}") from None
         self._started = time.time()
         self.store.start()
         self.attributor.start()
@@ -144,23 +172,35 @@ class Edge:
         if problems:
             log.warning("edge is DEGRADED: %s", "; ".join(f"{s.name}: {s.status.detail}" for s in problems))
         host, _ = split_hostport(self.settings.listen)
-        port = self.server.add_insecure_port(self.settings.listen)
+        try:
+            port = add_port(self.server, self.settings.listen, tls)
+        except TlsError as exc:
+            raise EdgeError(f"TLS: {exc}") from None
         if port == 0:
             raise EdgeError(f"cannot listen on {self.settings.listen} (address in use?)")
         self.address = self.settings.advertise or f"{host}:{port}"
         self.server.start()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.health.set("pxo.v1.Edge", health_pb2.HealthCheckResponse.SERVING)
-        write_addr_file(self.settings.data_dir / "edge.addr", self.address)
         if self.settings.metrics:
             write_addr_file(self.settings.data_dir / "metrics.addr", self.metrics.serve(self.settings.metrics))
+        if self.settings.health_listen:
+            try:
+                self.health_server, health_address = serve_health(self.health, self.settings.health_listen)
+            except OSError as exc:
+                raise EdgeError(str(exc)) from None
+            write_addr_file(self.settings.data_dir / "health.addr", health_address)
+        # edge.addr last: whoever waits for it (tests, the local deploy) finds the other files written
+        write_addr_file(self.settings.data_dir / "edge.addr", self.address)
         if self.settings.collector:
             self.registration = Registration(collector=self.settings.collector,
-                                             node_info=self.service.node_info)
+                                             node_info=self.service.node_info, channel_factory=dial)
             self.registration.start()
         running = ", ".join(f"{s.name} ({s.status.state})" for s in self.sources) or "none"
         log.info("pxo edge %s on node %s: serving on %s, store %s, sources: %s",
                  pxo_version(), self.settings.node, self.address, self.store.path, running)
+        log.info("gRPC %s", f"with mutual TLS (cluster CA {tls.ca})" if tls else
+                 "in plain text: anyone who reaches the port may query this node")
 
     def stop(self) -> None:
         self.health.enter_graceful_shutdown()
@@ -170,6 +210,8 @@ class Edge:
             s.stop()
         self.attributor.stop()
         self.server.stop(grace=2).wait()
+        if self.health_server is not None:
+            self.health_server.stop(grace=None)
         self.store.close()
         log.info("pxo edge stopped; store closed")
 

@@ -51,6 +51,15 @@ class EdgeCollector(Collector):
             for constraint, n in getattr(src, "kills_by_constraint", {}).items():
                 kills.add_metric([self.node, constraint], n)
         yield kills
+        # One series per (namespace, pod, container) that had an OOM kill since the edge started:
+        # the cardinality is bounded by the pods that OOM on this node, not by all pods.
+        pod_kills = CounterMetricFamily("pxo_edge_pod_oom_kills", "OOM kills recorded, by Kubernetes pod "
+                                        "(pods the API server named)",
+                                        labels=["node", "namespace", "pod", "container"])
+        for src in self.sources:
+            for (namespace, pod, container), n in getattr(src, "kills_by_pod", {}).items():
+                pod_kills.add_metric([self.node, namespace, pod, container], n)
+        yield pod_kills
         size = GaugeMetricFamily("pxo_edge_store_bytes", "Bytes the store holds", labels=["node"])
         size.add_metric([self.node], self.store.used_bytes())
         yield size

@@ -53,8 +53,10 @@ class Registration:
             except grpc.RpcError as exc:
                 known = False
                 if not self._complained:  # one line per outage, not one per attempt
-                    log.warning("collector %s unreachable (%s); retrying every %.0f s",
-                                self.collector, exc.code().name, self.interval)
+                    # with TLS, a refused or unverifiable certificate shows here as UNAVAILABLE
+                    # with the handshake failure in the details
+                    log.warning("collector %s unreachable (%s: %s); retrying every %.0f s",
+                                self.collector, exc.code().name, exc.details(), self.interval)
                     self._complained = True
             self._stop.wait(self.interval)
 

@@ -103,9 +103,10 @@ def start_edge(services: list[Service], data_dir: Path, collector: str, node: st
     return s, s.wait_addr()
 
 
-def start_cloud(services: list[Service], data_dir: Path, collector: str) -> tuple[Service, str]:
+def start_cloud(services: list[Service], data_dir: Path, collector: str, *extra: str,
+                env: dict[str, str] | None = None) -> tuple[Service, str]:
     s = Service("cloud", ["serve", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", "0",
-                          "--collector", collector], data_dir)
+                          "--collector", collector, *extra], data_dir, env=env)
     services.append(s)
     return s, s.wait_addr()
 

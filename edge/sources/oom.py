@@ -277,6 +277,8 @@ class OomSource(Source):
         self.bpf_error = ""
         self.kmsg_error = ""
         self.kills_by_constraint: dict[str, int] = {}  # for the edge's metrics
+        # (namespace, pod, container) -> kills, for the edge's metrics: only pods that OOMed get a key
+        self.kills_by_pod: dict[tuple[str, str, str], int] = {}
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -450,6 +452,12 @@ class OomSource(Source):
                     self._emit_candidates(r, row["oom_id"], row["time"])
         constraint = row.get("constraint") or "unknown"
         self.kills_by_constraint[constraint] = self.kills_by_constraint.get(constraint, 0) + 1
+        attributor = getattr(self._sink, "attributor", None)  # AttributingSink: the pod's names, at the kill
+        if attributor is not None and row.get("cgroup_path"):
+            who = attributor.attribute(row["cgroup_path"])
+            if who.get("pod"):
+                key = (who.get("namespace") or "", who["pod"], who.get("container") or "")
+                self.kills_by_pod[key] = self.kills_by_pod.get(key, 0) + 1
         self.emit("oom_events", row)
 
     def _add_memcg_state(self, row: dict[str, Any], report: OomReport | None) -> None:

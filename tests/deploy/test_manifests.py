@@ -103,3 +103,15 @@ def test_services_reach_the_ports_the_components_listen_on() -> None:
         assert s["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
         names = {p["name"] for c in pod["spec"]["containers"] for p in c["ports"]}
         assert {p["targetPort"] for p in s["spec"]["ports"]} <= names
+
+
+def test_cloud_and_collector_share_the_cluster_token_secret() -> None:
+    from pxo.cli.kube import TOKEN_SECRET
+
+    refs = {}
+    for name, var in (("pxo-collector", "PXO_COLLECTOR_CLUSTER_TOKEN"), ("pxo-cloud", "PXO_CLOUD_CLUSTER_TOKEN")):
+        (c,) = one("Deployment", name)["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e for e in c["env"]}
+        assert "value" not in env[var]  # never in the manifest itself
+        refs[name] = env[var]["valueFrom"]["secretKeyRef"]
+    assert refs["pxo-collector"] == refs["pxo-cloud"] == {"name": TOKEN_SECRET, "key": "token"}

@@ -1,0 +1,247 @@
+"""`pxo deploy --kubernetes` and `pxo delete --kubernetes` as a user runs them:
+the CLI as a subprocess, pointed by KUBECONFIG at a real HTTP server on
+loopback that speaks the API calls the deploy makes (tests/kubeapi_apply.py).
+The test plays the controllers: it sets the DaemonSet's and Deployments'
+status and the edge pods. No real cluster is involved (deploy/README.md)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pxo.cli.kube import TOKEN_SECRET, render
+from tests.kubeapi_apply import ApplyAPI, edge_pod
+
+IMAGE = "registry.example/pxo:9.9.9"
+PXO = [sys.executable, "-m", "pxo.cli.main"]
+
+
+@pytest.fixture
+def api() -> Iterator[ApplyAPI]:
+    with ApplyAPI() as a:
+        yield a
+
+
+def pxo(api: ApplyAPI, tmp_path: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KUBECONFIG": str(api.kubeconfig(tmp_path)), "HOME": str(tmp_path)}
+    return subprocess.run([*PXO, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def all_ready(api: ApplyAPI, nodes: list[str]) -> None:
+    api.set_status("daemonsets", "pxo-edge", {"desiredNumberScheduled": len(nodes), "numberReady": len(nodes)})
+    for name in ("pxo-collector", "pxo-cloud"):
+        api.set_status("deployments", name, {"availableReplicas": 1, "readyReplicas": 1})
+    for n in nodes:
+        api.put_pod(edge_pod(n))
+
+
+def cluster(api: ApplyAPI, *kernels: str) -> list[str]:
+    names = [f"node-{i + 1}" for i in range(len(kernels))]
+    for name, kernel in zip(names, kernels, strict=True):
+        api.add_node(name, kernel=kernel)
+    return names
+
+
+def created(api: ApplyAPI) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(o["kind"], o["metadata"]["name"]): o for o in api.objects() if o["kind"] not in ("Node", "Pod")}
+
+
+def test_deploy_preflight_apply_and_ready(api: ApplyAPI, tmp_path: Path) -> None:
+    nodes = cluster(api, "6.18.1-amd64", "6.12.0-1-cloud-amd64", "5.15.0-91-generic")
+    all_ready(api, nodes)
+    r = pxo(api, tmp_path, "deploy", "--kubernetes", "--image", IMAGE)
+    assert r.returncode == 0, r.stderr
+    err = r.stderr
+    assert f"✓ API server at {api.url} is reachable (Kubernetes v1.33.1)" in err
+    assert "✓ you may create the namespace" in err and "✓ you may create the edge's ClusterRole" in err
+    assert "✓ node node-1: kernel 6.18.1-amd64; BTF unknown, cgroup unknown" in err
+    assert "✓ node node-2: kernel 6.12.0-1-cloud-amd64 (OOM eBPF ok; process_exits needs 6.16)" in err
+    assert "✗ node node-3: kernel 5.15.0-91-generic is older than 6.9" in err  # a warning: the deploy goes on
+    assert "edges ready 3/3; collector 1/1, cloud 1/1" in err and "pxo is running: 3 edges" in err
+
+    # every manifest object was created as written, the image substituted
+    objs = created(api)
+    for doc in render(IMAGE):
+        got = objs.pop((doc["kind"], doc["metadata"]["name"]))
+        for k, v in doc.items():
+            if k != "metadata":
+                assert got[k] == v, (doc["kind"], k)
+        assert doc["metadata"]["labels"].items() <= got["metadata"]["labels"].items()
+    # ... and the one object that is not in the manifests: the cluster token they reference
+    secret = objs.pop(("Secret", TOKEN_SECRET))
+    assert not objs
+    assert len(secret["stringData"]["token"]) >= 32
+    ds = api.objects("daemonsets")[0]
+    assert ds["spec"]["template"]["spec"]["containers"][0]["image"] == IMAGE
+
+
+def test_default_image_and_no_flag_with_a_kubeconfig(api: ApplyAPI, tmp_path: Path) -> None:
+    from pxo.common.version import pxo_version
+
+    all_ready(api, cluster(api, "6.18.0"))
+    r = pxo(api, tmp_path, "deploy")  # no --local, a kubeconfig: Kubernetes
+    assert r.returncode == 0, r.stderr
+    (dep,) = [d for d in api.objects("deployments") if d["metadata"]["name"] == "pxo-cloud"]
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == f"pxo:{pxo_version()}"
+
+
+def test_wait_names_the_bad_node_and_times_out(api: ApplyAPI, tmp_path: Path) -> None:
+    nodes = cluster(api, "6.18.0", "6.18.0", "6.18.0")
+    all_ready(api, nodes)
+    api.set_status("daemonsets", "pxo-edge", {"desiredNumberScheduled": 3, "numberReady": 2})
+    api.put_pod(edge_pod("node-2", ready=False, waiting=("CrashLoopBackOff", "back-off 40s restarting failed "
+                                                         "container=edge"),
+                         last_terminated=(1, "Error", "pxo-edge: error: no BTF at /sys/kernel/btf/vmlinux"),
+                         restarts=4))
+    started = time.monotonic()
+    r = pxo(api, tmp_path, "deploy", "--kubernetes", "--image", IMAGE, "--timeout", "3")
+    elapsed = time.monotonic() - started
+    assert r.returncode == 1
+    assert elapsed < 3 + 10  # the timeout, plus the CLI's start and the apply; never hangs
+    last = r.stderr.strip().splitlines()
+    assert "pxo: pxo was not ready within 3 s (edges ready 2/3; collector 1/1, cloud 1/1)" in r.stderr
+    (line,) = [ln for ln in last if ln.startswith("  node ")]
+    assert line.startswith("  node node-2: pod pxo-edge-node-2: Running: CrashLoopBackOff")
+    assert "last exit 1 (Error): pxo-edge: error: no BTF at /sys/kernel/btf/vmlinux" in line
+    assert "4 restarts" in line
+
+
+def test_image_pull_and_missing_pod_are_named(api: ApplyAPI, tmp_path: Path) -> None:
+    nodes = cluster(api, "6.18.0", "6.18.0", "6.18.0")
+    all_ready(api, nodes[:1])
+    api.set_status("daemonsets", "pxo-edge", {"desiredNumberScheduled": 3, "numberReady": 1})
+    api.put_pod(edge_pod("node-2", ready=False, waiting=("ImagePullBackOff", f'Back-off pulling image "{IMAGE}"')))
+    r = pxo(api, tmp_path, "deploy", "--kubernetes", "--image", IMAGE, "--timeout", "1")
+    assert r.returncode == 1
+    assert f'node node-2: pod pxo-edge-node-2: Running: ImagePullBackOff: Back-off pulling image "{IMAGE}"' in r.stderr
+    assert "node node-3: no edge pod on this node yet" in r.stderr
+
+
+def test_succeeds_when_everything_becomes_ready(api: ApplyAPI, tmp_path: Path) -> None:
+    nodes = cluster(api, "6.18.0", "6.18.0")
+    api.set_status("daemonsets", "pxo-edge", {"desiredNumberScheduled": 2, "numberReady": 0})
+    api.put_pod(edge_pod("node-1", ready=False, waiting=("ContainerCreating", "")))
+
+    def controllers() -> None:
+        time.sleep(2.5)
+        all_ready(api, nodes)
+
+    t = threading.Thread(target=controllers)
+    t.start()
+    r = pxo(api, tmp_path, "deploy", "--kubernetes", "--image", IMAGE, "--timeout", "30")
+    t.join()
+    assert r.returncode == 0, r.stderr
+    assert "edges ready 0/2; collector 0/1, cloud 0/1" in r.stderr  # progress while waiting
+    assert "node-1: pod pxo-edge-node-1: Running: ContainerCreating" in r.stderr
+    assert "edges ready 2/2; collector 1/1, cloud 1/1" in r.stderr
+
+
+def test_redeploy_replaces_and_keeps_the_token(api: ApplyAPI, tmp_path: Path) -> None:
+    all_ready(api, cluster(api, "6.18.0"))
+    assert pxo(api, tmp_path, "deploy", "--kubernetes", "--image", IMAGE).returncode == 0
+    token = created(api)[("Secret", TOKEN_SECRET)]["stringData"]["token"]
+    # as a real server keeps it: base64 in data
+    secret = created(api)[("Secret", TOKEN_SECRET)]
+    secret["data"] = {"token": base64.b64encode(token.encode()).decode()}
+    del secret["stringData"]
+    api.put(f"/api/v1/namespaces/pxo/secrets/{TOKEN_SECRET}", secret)
+    r = pxo(api, tmp_path, "deploy", "--kubernetes", "--image", "registry.example/pxo:10.0.0")
+    assert r.returncode == 0, r.stderr
+    assert "DaemonSet/pxo-edge replaced" in r.stderr and f"Secret/{TOKEN_SECRET} exists, kept" in r.stderr
+    assert "PersistentVolumeClaim/pxo-cloud exists, kept" in r.stderr
+    assert created(api)[("Secret", TOKEN_SECRET)]["data"]["token"] == secret["data"]["token"]
+    ds = api.objects("daemonsets")[0]
+    assert ds["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/pxo:10.0.0"
+
+
+def test_dry_run_prints_the_manifests_and_creates_nothing(api: ApplyAPI, tmp_path: Path) -> None:
+    r = pxo(api, tmp_path, "deploy", "--kubernetes", "--dry-run", "--image", IMAGE)
+    assert r.returncode == 0, r.stderr
+    docs = [d for d in yaml.safe_load_all(r.stdout) if d]
+    assert [(d["kind"], d["metadata"]["name"]) for d in docs if d["kind"] != "Secret"] == \
+        [(d["kind"], d["metadata"]["name"]) for d in render(IMAGE)]
+    assert "PXO_IMAGE" not in r.stdout and IMAGE in r.stdout
+    assert api.requests == []  # not even a read
+
+
+def test_preflight_refusal_applies_nothing(api: ApplyAPI, tmp_path: Path) -> None:
+    cluster(api, "6.18.0")
+    api.denied = {"clusterroles"}
+    r = pxo(api, tmp_path, "deploy", "--kubernetes", "--image", IMAGE)
+    assert r.returncode == 1
+    assert "✗ you may not create the edge's ClusterRole (clusterroles)" in r.stderr
+    assert "pxo: the preflight checks failed: nothing was applied" in r.stderr
+    assert api.mutations() == []
+
+
+def test_unreachable_api_server_fails_fast(tmp_path: Path) -> None:
+    with ApplyAPI() as api:
+        kubeconfig = api.kubeconfig(tmp_path)
+    started = time.monotonic()
+    r = subprocess.run([*PXO, "deploy", "--kubernetes"], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "KUBECONFIG": str(kubeconfig)})
+    assert r.returncode == 1 and time.monotonic() - started < 30
+    assert "the Kubernetes API server at http://127.0.0.1:" in r.stderr and "cannot be reached" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_delete_removes_everything_and_waits(api: ApplyAPI, tmp_path: Path) -> None:
+    all_ready(api, cluster(api, "6.18.0", "6.18.0"))
+    assert pxo(api, tmp_path, "deploy", "--kubernetes", "--image", IMAGE).returncode == 0
+    api.linger = 1.5  # the namespace terminates for a while, as its pods stop
+    started = time.monotonic()
+    r = pxo(api, tmp_path, "delete", "--kubernetes")
+    assert r.returncode == 0, r.stderr
+    assert time.monotonic() - started >= 1.5  # it waited until gone
+    assert "deleted ClusterRoleBinding/pxo-edge, ClusterRole/pxo-edge, Namespace/pxo" in r.stderr
+    assert [o["kind"] for o in api.objects()] == ["Node", "Node"]
+    r = pxo(api, tmp_path, "delete", "--kubernetes")
+    assert r.returncode == 0 and "pxo was not deployed in this cluster" in r.stderr
+
+
+def test_delete_times_out(api: ApplyAPI, tmp_path: Path) -> None:
+    all_ready(api, cluster(api, "6.18.0"))
+    assert pxo(api, tmp_path, "deploy", "--kubernetes", "--image", IMAGE).returncode == 0
+    api.linger = 60
+    r = pxo(api, tmp_path, "delete", "--kubernetes", "--timeout", "1")
+    assert r.returncode == 1
+    assert "pxo: still there after 1 s: " in r.stderr and "Namespace/pxo" in r.stderr
+
+
+def test_an_unschedulable_edge_says_why(api: ApplyAPI, tmp_path: Path) -> None:
+    all_ready(api, cluster(api, "6.18.0"))
+    api.set_status("daemonsets", "pxo-edge", {"desiredNumberScheduled": 2, "numberReady": 1})
+    pending = edge_pod("", ready=False)
+    pending["metadata"]["name"] = "pxo-edge-x7k2p"
+    pending["status"] = {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+         "message": "0/2 nodes are available: 1 Insufficient memory."}]}
+    api.put_pod(pending)
+    r = pxo(api, tmp_path, "deploy", "--kubernetes", "--image", IMAGE, "--timeout", "1")
+    assert r.returncode == 1
+    assert ("(unscheduled) pxo-edge-x7k2p: Pending: Unschedulable: 0/2 nodes are available: 1 Insufficient "
+            "memory.") in r.stderr
+
+
+def test_no_kubeconfig_and_no_flag_is_a_clear_error(tmp_path: Path) -> None:
+    env = {**os.environ, "HOME": str(tmp_path), "KUBECONFIG": ""}
+    r = subprocess.run([*PXO, "deploy"], capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 1 and "'pxo deploy --local'" in r.stderr and "'pxo deploy --kubernetes'" in r.stderr
+    r = subprocess.run([*PXO, "deploy", "--kubernetes"], capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 1 and r.stderr.startswith("pxo: cannot load the kubeconfig") and "Traceback" not in r.stderr
+
+
+def test_unknown_context_is_a_clear_error(api: ApplyAPI, tmp_path: Path) -> None:
+    r = pxo(api, tmp_path, "deploy", "--kubernetes", "--context", "nope")
+    assert r.returncode == 1 and "pxo: cannot load the kubeconfig" in r.stderr and "nope" in r.stderr
+    assert api.requests == []
