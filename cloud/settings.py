@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from pxo.common.addr import split_hostport
-from pxo.common.tls import TlsError, TlsFiles
+from pxo.common.tls import TlsSettings
 
 
-class CloudSettings(BaseSettings):
+class CloudSettings(TlsSettings):
     model_config = SettingsConfigDict(env_prefix="PXO_CLOUD_", cli_prog_name="pxo-cloud",
                                       cli_kebab_case=True, cli_implicit_flags=True)
 
@@ -44,22 +44,6 @@ class CloudSettings(BaseSettings):
     limit_concurrency: int = Field(200, ge=1, description="connections served at once; more get 503")
     timeout_keep_alive: float = Field(5.0, gt=0, description="seconds an idle keep-alive connection is kept")
     # -- mutual TLS to the deploy-time collector
-    tls_ca: Path | None = Field(None, description="cluster CA certificate (PEM): with --tls-cert and --tls-key, "
-                                "dial the deploy-time collector with mutual TLS; unset: plain gRPC")
-    tls_cert: Path | None = Field(None, description="the cloud's certificate (PEM), signed by --tls-ca")
-    tls_key: Path | None = Field(None, description="the cloud's private key (PEM, mode 0600)")
-
-    @model_validator(mode="after")
-    def _tls_together(self) -> CloudSettings:
-        try:
-            TlsFiles.from_settings(self.tls_ca, self.tls_cert, self.tls_key)
-        except TlsError as exc:
-            raise ValueError(str(exc)) from None
-        return self
-
-    @property
-    def tls(self) -> TlsFiles | None:
-        return TlsFiles.from_settings(self.tls_ca, self.tls_cert, self.tls_key)
 
     @field_validator("collector")
     @classmethod

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
 
 from pxo.collector.auth import ClusterTokenInterceptor
 from pxo.collector.executor import Executor
@@ -25,7 +25,7 @@ from pxo.common.settings import SettingsError, configure_logging, load_settings,
 from pxo.common.tls import (
     COLLECTOR_CALLERS,
     TlsError,
-    TlsFiles,
+    TlsSettings,
     add_port,
     channel_factory,
     role_interceptors,
@@ -37,7 +37,7 @@ from pxo.v1 import pxo_pb2_grpc
 log = logging.getLogger("pxo.collector")
 
 
-class CollectorSettings(BaseSettings):
+class CollectorSettings(TlsSettings):
     """Settings of the collector; each can be given as --flag or PXO_COLLECTOR_<NAME>."""
 
     model_config = SettingsConfigDict(env_prefix="PXO_COLLECTOR_", cli_prog_name="pxo-collector",
@@ -63,11 +63,6 @@ class CollectorSettings(BaseSettings):
             raise ValueError("a cluster token needs at least 16 characters")
         return v
 
-    tls_ca: Path | None = Field(None, description="cluster CA certificate (PEM): with --tls-cert and --tls-key, "
-                                "serve mutual TLS (edges and the cloud need a certificate of this CA) and dial "
-                                "edges with TLS; unset: plain gRPC")
-    tls_cert: Path | None = Field(None, description="this collector's certificate (PEM), signed by --tls-ca")
-    tls_key: Path | None = Field(None, description="this collector's private key (PEM, mode 0600)")
     health_listen: str = Field("", description="host:port of a plain-text server answering only grpc.health.v1 "
                                "(for Kubernetes gRPC probes when TLS is on; empty: off)")
 
@@ -90,18 +85,6 @@ class CollectorSettings(BaseSettings):
         if v:
             split_hostport(v)
         return v
-
-    @model_validator(mode="after")
-    def _tls_together(self) -> CollectorSettings:
-        try:
-            TlsFiles.from_settings(self.tls_ca, self.tls_cert, self.tls_key)
-        except TlsError as exc:
-            raise ValueError(str(exc)) from None
-        return self
-
-    @property
-    def tls(self) -> TlsFiles | None:
-        return TlsFiles.from_settings(self.tls_ca, self.tls_cert, self.tls_key)
 
 
 def serve(settings: CollectorSettings) -> tuple[grpc.Server, str, Executor, health.HealthServicer]:

@@ -35,6 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings
+
 if TYPE_CHECKING:  # grpc and cryptography are imported where they are used (the CLI starts fast)
     import grpc
     from cryptography import x509
@@ -354,3 +357,25 @@ def role_interceptors(files: TlsFiles | None, callers: Mapping[str, frozenset[st
     if files is None:
         return []
     return [_role_interceptor_class()(callers)]
+
+
+class TlsSettings(BaseSettings):
+    """The three TLS settings every component has (--tls-ca, --tls-cert, --tls-key):
+    all three or none; none means plain gRPC."""
+
+    tls_ca: Path | None = Field(None, description="cluster CA certificate (PEM): with --tls-cert and --tls-key, "
+                                "mutual TLS on every gRPC connection; unset: plain gRPC")
+    tls_cert: Path | None = Field(None, description="this component's certificate (PEM), signed by --tls-ca")
+    tls_key: Path | None = Field(None, description="this component's private key (PEM, mode 0600)")
+
+    @model_validator(mode="after")
+    def _tls_together(self) -> TlsSettings:
+        try:
+            TlsFiles.from_settings(self.tls_ca, self.tls_cert, self.tls_key)
+        except TlsError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    @property
+    def tls(self) -> TlsFiles | None:
+        return TlsFiles.from_settings(self.tls_ca, self.tls_cert, self.tls_key)

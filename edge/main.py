@@ -15,12 +15,20 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
 
 from pxo.common.addr import split_hostport, write_addr_file
 from pxo.common.settings import SettingsError, configure_logging, load_settings, wait_for_shutdown
-from pxo.common.tls import EDGE_CALLERS, TlsError, TlsFiles, add_port, channel_factory, role_interceptors, serve_health
+from pxo.common.tls import (
+    EDGE_CALLERS,
+    TlsError,
+    TlsSettings,
+    add_port,
+    channel_factory,
+    role_interceptors,
+    serve_health,
+)
 from pxo.common.version import pxo_version
 from pxo.edge.attribution import AttributingSink, Attributor, KubePodWatcher
 from pxo.edge.bpf import release_compiler_memory
@@ -36,7 +44,7 @@ from pxo.v1 import pxo_pb2_grpc
 log = logging.getLogger("pxo.edge")
 
 
-class EdgeSettings(BaseSettings):
+class EdgeSettings(TlsSettings):
     """Settings of the edge; each can be given as --flag or PXO_EDGE_<NAME>."""
 
     model_config = SettingsConfigDict(env_prefix="PXO_EDGE_", cli_prog_name="pxo-edge",
@@ -61,25 +69,8 @@ class EdgeSettings(BaseSettings):
                                                          "(bigger queries spill to disk)")
     metrics: str = Field("", description="host:port to serve Prometheus /metrics on (empty: off; port 0: any)")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
-    tls_ca: Path | None = Field(None, description="cluster CA certificate (PEM): with --tls-cert and --tls-key, "
-                                "serve mutual TLS (only holders of a certificate of this CA may query) and "
-                                "register with the collector over TLS; unset: plain gRPC")
-    tls_cert: Path | None = Field(None, description="this edge's certificate (PEM), signed by --tls-ca")
-    tls_key: Path | None = Field(None, description="this edge's private key (PEM, mode 0600)")
     health_listen: str = Field("", description="host:port of a plain-text server answering only grpc.health.v1 "
                                "(for Kubernetes gRPC probes when TLS is on; empty: off)")
-
-    @model_validator(mode="after")
-    def _tls_together(self) -> EdgeSettings:
-        try:
-            TlsFiles.from_settings(self.tls_ca, self.tls_cert, self.tls_key)
-        except TlsError as exc:
-            raise ValueError(str(exc)) from None
-        return self
-
-    @property
-    def tls(self) -> TlsFiles | None:
-        return TlsFiles.from_settings(self.tls_ca, self.tls_cert, self.tls_key)
 
     @field_validator("listen", "collector", "advertise", "metrics", "health_listen")
     @classmethod
