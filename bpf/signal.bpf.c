@@ -31,7 +31,7 @@
 
 /* User space passes the size of its mirror of struct kill_event: if the two
  * ever disagree, the program fails to compile instead of being misread. */
-_Static_assert(sizeof(struct kill_event) == KILL_EVENT_SIZE,
+_Static_assert(sizeof(struct kill_event) == SIGNAL_EVENT_SIZE,
 	       "bpf/signal.h and the mirror in edge/sources/signal.py disagree");
 
 /* uapi values, the same on every architecture Linux supports */

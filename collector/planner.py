@@ -443,8 +443,8 @@ def _local_stage(op: query.Op, rel: _Rel) -> tuple[str, _Rel]:
         else:
             cols.append(name)
             exprs[name] = sql
-    items = [(c, exprs[c]) for c in cols] + [(k, ident(k)) for k in keep]
-    return f"SELECT {_select_list(items)} FROM {PREV}", _Rel(cols + keep, rel.ordered)
+    selected = [(c, exprs[c]) for c in cols] + [(k, ident(k)) for k in keep]
+    return f"SELECT {_select_list(selected)} FROM {PREV}", _Rel(cols + keep, rel.ordered)
 
 
 @dataclass
@@ -474,7 +474,7 @@ def _summarize_spec(op: Summarize, rel: _Rel) -> _SummarizeSpec:
                          else name, it.pos)
         keys.append((name, compile_expr(it.expr, rel.user), it.pos))
     aggs: list[_Agg] = []
-    outputs = []
+    outputs: list[tuple[str, Expr, int | None]] = []  # (name, expression, position)
     for it in op.aggs:
         calls = _agg_calls(it.expr)
         if not calls:
@@ -679,9 +679,9 @@ def _stage(op: query.Op, rel: _Rel) -> tuple[str, _Rel]:
         if isinstance(op, Sort | Top):
             keys = op.keys if isinstance(op, Sort) else (op.key,)
             order = ", ".join(_sort_order(keys, rel))
-            cols = ", ".join(ident(c) for c in rel.user)
+            col_list = ", ".join(ident(c) for c in rel.user)
             limit = f" QUALIFY {ident(ORD)} <= {op.count}" if isinstance(op, Top) else ""
-            return (f"SELECT {cols}, row_number() OVER (ORDER BY {order}) AS {ident(ORD)} FROM {PREV}{limit}",
+            return (f"SELECT {col_list}, row_number() OVER (ORDER BY {order}) AS {ident(ORD)} FROM {PREV}{limit}",
                     _Rel([*rel.user, ORD], True))
         if isinstance(op, Take):
             return f"SELECT * FROM {PREV} ORDER BY {', '.join(_take_order(rel))} LIMIT {op.count}", rel

@@ -596,10 +596,10 @@ class _Parser:
                 raise self.error(f"{tok.text} is not a time", tok) from None
         if kind == "string":
             self.next()
-            value = _unescape(tok.text[1:-1])
-            if "\x00" in value:
+            text = _unescape(tok.text[1:-1])
+            if "\x00" in text:
                 raise self.error("a string may not contain a NUL character", tok)
-            return Lit("str", value, tok.pos)
+            return Lit("str", text, tok.pos)
         if kind == "numword":
             raise self.error(f"{tok.text!r} is not a number: durations end in ms, s, m, h, d or w "
                              "(30s), sizes in B, KB, MB, GB, TB, KiB, MiB, GiB or TiB (512MiB)", tok)

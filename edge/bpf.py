@@ -196,3 +196,4 @@ def release_compiler_memory(maps: Path = Path("/proc/self/maps")) -> None:
         if len(parts) >= 6 and any(lib in parts[5] for lib in _COMPILER_LIBS):
             lo, hi = (int(x, 16) for x in parts[0].split("-"))
             libc.madvise(lo, hi - lo, _MADV_PAGEOUT)  # advice: failure changes nothing
+

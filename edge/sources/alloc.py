@@ -150,8 +150,9 @@ class AllocRateBpfSource(Source):
         # One buffer per map shape, reused by every drain.
         self._buffers = {
             "slot_keys": (ctypes.c_uint32 * self.slots)(),
-            "slots": (AllocSlotC * (self.slots * self._ncpu))(),
-            "hash_keys": (AllocKeyC * self.max_keys)(),
+            # typeshed does not model Structure subclasses times n (a ctypes array type)
+            "slots": (AllocSlotC * (self.slots * self._ncpu))(),  # type: ignore[operator]
+            "hash_keys": (AllocKeyC * self.max_keys)(),  # type: ignore[operator]
             "hash_values": (ctypes.c_uint64 * (self.max_keys * self._ncpu))(),
         }
         self._set_gen(2)  # not 0: zeroed slots (generation 0) must read as free

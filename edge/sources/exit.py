@@ -34,13 +34,11 @@ from pxo.edge.bpf import (
     boot_to_utc,
     cgroup_path,
     comm,
-    load_program,
-    read_counter,
     require_tracepoint,
 )
-from pxo.edge.btf import VMLINUX
 from pxo.edge.cgroups import CgroupResolver, hierarchies
-from pxo.edge.sources.base import Sink, Source
+from pxo.edge.sources.base import Sink
+from pxo.edge.sources.ringbuf import RingBufferSource
 
 log = logging.getLogger(__name__)
 
@@ -124,46 +122,29 @@ def default_v2_resolver(mountinfo: Path = Path("/proc/self/mountinfo")) -> Cgrou
     return None
 
 
-class ProcessExitBpfSource(Source):
+class ProcessExitBpfSource(RingBufferSource):
     """Loads bpf/exit.bpf.c and turns its ring buffer into process_exits rows."""
 
     name = "exit_bpf"
     tables = (PROCESS_EXITS,)
+    program, event, ring, lost_counter, table = "exit", ExitEventC, "exit_events", "exit_lost", "process_exits"
 
-    def __init__(self, *, sink: Sink, btf_path: Path = VMLINUX,
-                 v2_resolver: CgroupResolver | None = None,
+    def __init__(self, *, sink: Sink, v2_resolver: CgroupResolver | None = None,
                  mountinfo: Path = Path("/proc/self/mountinfo"), **kwargs: Any) -> None:
         super().__init__(sink=sink, **kwargs)
-        self._btf_path = btf_path
         self._v2 = v2_resolver
         self._mountinfo = mountinfo
-        self._bpf: Any = None
 
-    def open(self) -> None:
+    def check(self) -> None:
         # The (task, group_dead) form of Linux 6.16+: one event per process needs group_dead.
         require_tracepoint("sched", "sched_process_exit", field="group_dead")
         if self._v2 is None:
             self._v2 = default_v2_resolver(self._mountinfo)
             if self._v2 is None:
                 log.info("no cgroup v2 hierarchy is mounted: process_exits.cgroup_v2_path stays empty")
-        self._bpf = load_program("exit", settings={"EXIT_EVENT_SIZE": ctypes.sizeof(ExitEventC)},
-                                 btf_path=self._btf_path)
-        self._bpf["exit_events"].open_ring_buffer(self._on_event)
 
     def _v2_path(self, cgroup_id: int) -> str | None:
         return self._v2.path(cgroup_id) if self._v2 is not None else None
 
-    def _on_event(self, _ctx: Any, data: int, size: int) -> None:
-        if size < ctypes.sizeof(ExitEventC):
-            self.status.lost += 1
-            return
-        self.emit("process_exits", event_row(ExitEventC.from_address(data), v2_path=self._v2_path))
-
-    def poll(self, timeout: float) -> None:
-        self._bpf.ring_buffer_poll(int(timeout * 1000))
-        self.status.lost = max(self.status.lost, read_counter(self._bpf, "exit_lost"))
-
-    def close(self) -> None:
-        if self._bpf is not None:
-            self._bpf.cleanup()
-            self._bpf = None
+    def row(self, event: ExitEventC) -> dict[str, Any]:
+        return event_row(event, v2_path=self._v2_path)

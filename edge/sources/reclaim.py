@@ -13,7 +13,6 @@ import datetime as dt
 import logging
 import resource
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from pxo.common.schema import TIME, Column, Table
@@ -25,12 +24,10 @@ from pxo.edge.bpf import (
     boot_to_utc,
     cgroup_path,
     comm,
-    load_program,
-    read_counter,
     require_tracepoint,
 )
-from pxo.edge.btf import VMLINUX
-from pxo.edge.sources.base import Sink, Source
+from pxo.edge.sources.base import Sink
+from pxo.edge.sources.ringbuf import RingBufferSource
 
 log = logging.getLogger(__name__)
 
@@ -121,42 +118,28 @@ def _has_pair(kind: str) -> bool:
     return all(prereqs.tracepoint_format("vmscan", f"{tp}_{end}") is not None for end in ("begin", "end"))
 
 
-class ReclaimBpfSource(Source):
+class ReclaimBpfSource(RingBufferSource):
     """Loads bpf/reclaim.bpf.c and turns its ring buffer into reclaim_stalls rows."""
 
     name = "reclaim_bpf"
     tables = (RECLAIM_STALLS,)
+    program, event, ring, lost_counter, table = (
+        "reclaim", ReclaimEventC, "reclaim_events", "reclaim_lost", "reclaim_stalls")
 
-    def __init__(self, *, sink: Sink, btf_path: Path = VMLINUX, **kwargs: Any) -> None:
+    def __init__(self, *, sink: Sink, **kwargs: Any) -> None:
         super().__init__(sink=sink, **kwargs)
-        self._btf_path = btf_path
-        self._bpf: Any = None
         self.kinds: tuple[str, ...] = ()  # the kinds this kernel lets us measure (set by open)
 
-    def open(self) -> None:
+    def check(self) -> None:
         require_tracepoint("vmscan", "mm_vmscan_direct_reclaim_begin", field="order")
         require_tracepoint("vmscan", "mm_vmscan_direct_reclaim_end", field="nr_reclaimed")
+
+    def settings(self) -> dict[str, int]:
         have = {kind: _has_pair(kind) for kind in _HAVE_FLAGS}
-        settings = {"RECLAIM_EVENT_SIZE": ctypes.sizeof(ReclaimEventC)}
-        settings.update({flag: int(have[kind]) for kind, flag in _HAVE_FLAGS.items()})
-        self._bpf = load_program("reclaim", settings=settings, btf_path=self._btf_path)
         self.kinds = ("direct", *(k for k, ok in have.items() if ok))
         if not have["memcg"]:
             log.warning("reclaim_stalls: this kernel has no memcg reclaim tracepoints; direct reclaim only")
-        self._bpf["reclaim_events"].open_ring_buffer(self._on_event)
+        return {flag: int(have[kind]) for kind, flag in _HAVE_FLAGS.items()}
 
-    def _on_event(self, _ctx: Any, data: int, size: int) -> None:
-        if size < ctypes.sizeof(ReclaimEventC):
-            self.status.lost += 1
-            return
-        self.emit("reclaim_stalls", event_row(ReclaimEventC.from_address(data)))
-
-    def poll(self, timeout: float) -> None:
-        self._bpf.ring_buffer_poll(int(timeout * 1000))
-        self.status.lost = max(self.status.lost, read_counter(self._bpf, "reclaim_lost"))
-
-    def close(self) -> None:
-        if self._bpf is not None:
-            self._bpf.ring_buffer_consume()  # what is already in the buffer still counts
-            self._bpf.cleanup()
-            self._bpf = None
+    def row(self, event: ReclaimEventC) -> dict[str, Any]:
+        return event_row(event)

@@ -13,7 +13,6 @@ import ctypes
 import datetime as dt
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from pxo.common.schema import TIME, Column, Table
@@ -24,12 +23,9 @@ from pxo.edge.bpf import (
     boot_to_utc,
     cgroup_path,
     comm,
-    load_program,
-    read_counter,
     require_tracepoint,
 )
-from pxo.edge.btf import VMLINUX
-from pxo.edge.sources.base import Sink, Source
+from pxo.edge.sources.ringbuf import RingBufferSource
 
 log = logging.getLogger(__name__)
 
@@ -106,35 +102,16 @@ def event_row(e: KillEventC, *, to_utc: Callable[[int], dt.datetime] = boot_to_u
     }
 
 
-class KillBpfSource(Source):
+class KillBpfSource(RingBufferSource):
     """Loads bpf/signal.bpf.c and turns its ring buffer into kill_events rows."""
 
     name = "kill_bpf"
     tables = (KILL_EVENTS,)
+    program, event, ring, lost_counter, table = "signal", KillEventC, "kill_events", "kill_lost", "kill_events"
 
-    def __init__(self, *, sink: Sink, btf_path: Path = VMLINUX, **kwargs: Any) -> None:
-        super().__init__(sink=sink, **kwargs)
-        self._btf_path = btf_path
-        self._bpf: Any = None
-
-    def open(self) -> None:
+    def check(self) -> None:
         # The (sig, info, task, group, result) form the program reads; result came last.
         require_tracepoint("signal", "signal_generate", field="result")
-        self._bpf = load_program("signal", settings={"KILL_EVENT_SIZE": ctypes.sizeof(KillEventC)},
-                                 btf_path=self._btf_path)
-        self._bpf["kill_events"].open_ring_buffer(self._on_event)
 
-    def _on_event(self, _ctx: Any, data: int, size: int) -> None:
-        if size < ctypes.sizeof(KillEventC):
-            self.status.lost += 1
-            return
-        self.emit("kill_events", event_row(KillEventC.from_address(data)))
-
-    def poll(self, timeout: float) -> None:
-        self._bpf.ring_buffer_poll(int(timeout * 1000))
-        self.status.lost = max(self.status.lost, read_counter(self._bpf, "kill_lost"))
-
-    def close(self) -> None:
-        if self._bpf is not None:
-            self._bpf.cleanup()
-            self._bpf = None
+    def row(self, event: KillEventC) -> dict[str, Any]:
+        return event_row(event)
