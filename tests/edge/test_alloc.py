@@ -16,6 +16,7 @@ import pytest
 
 from pxo.edge.cgroups import ScratchCgroup
 from pxo.edge.sources.alloc import PAGE_SIZE, AllocRateBpfSource
+from tests.edge.sink import ListSink
 
 pytestmark = pytest.mark.requires_bpf
 
@@ -40,14 +41,6 @@ if size:
         m[off] = 1
     m.close()
 """
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.rows: list[tuple[str, dict]] = []
-
-    def append(self, table: str, row: dict) -> None:
-        self.rows.append((table, dict(row)))
 
 
 def run_child(cg: ScratchCgroup, size: int) -> int:

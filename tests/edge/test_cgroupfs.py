@@ -7,7 +7,6 @@ import datetime as dt
 import os
 import shutil
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 from pxo.edge.cgroups import Hierarchy, ScratchCgroup, memory_hierarchy
 from pxo.edge.errors import EdgeError
 from pxo.edge.sources.cgroupfs import CONTAINER_MEMORY, ContainerMemorySource, read_memcg
+from tests.edge import sink
 from tests.fixtures.memtrees import CTR, PATHS, PG, POD, V1, V2, MiB, write_v1, write_v2
 from tests.fixtures.workload import AllocatingChild
 
@@ -24,13 +24,7 @@ NULL_EVENTS = dict.fromkeys(("events_low", "events_high", "events_max", "events_
 NULL_PSI = dict.fromkeys(("psi_some_avg10", "psi_full_avg10", "psi_some_total_us", "psi_full_total_us"))
 
 
-class ListSink:
-    def __init__(self) -> None:
-        self.rows: list[tuple[str, dict[str, Any]]] = []
-
-    def append(self, table: str, row: Mapping[str, Any]) -> None:
-        self.rows.append((table, dict(row)))
-
+class ListSink(sink.ListSink):
     def by_path(self) -> dict[str, dict[str, Any]]:
         return {r["cgroup_path"]: r for _, r in self.rows}
 

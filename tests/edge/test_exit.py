@@ -22,28 +22,17 @@ import pytest
 from pxo.edge.cgroups import ScratchCgroup, cgroup_of, memory_hierarchy
 from pxo.edge.oomdrill import DRILL_COMM, run_drill
 from pxo.edge.sources.exit import ExitEventC, ProcessExitBpfSource, event_row
+from tests.edge import sink
 
 pytestmark = pytest.mark.requires_bpf
 
 
-class ListSink:
-    def __init__(self) -> None:
-        self.rows: list[tuple[str, dict]] = []
-
-    def append(self, table: str, row: dict) -> None:
-        self.rows.append((table, dict(row)))
-
+class ListSink(sink.ListSink):
     def exits(self, pid: int) -> list[dict]:
-        return [r for t, r in list(self.rows) if t == "process_exits" and r["pid"] == pid]
+        return self.where("process_exits", pid=pid)
 
     def wait_exit(self, pid: int, timeout: float = 10.0) -> dict:
-        """The first row for ``pid``; the bound only keeps a broken probe from hanging the test."""
-        end = time.monotonic() + timeout
-        while not self.exits(pid) and time.monotonic() < end:
-            time.sleep(0.02)
-        rows = self.exits(pid)
-        assert rows, f"no process_exits row for pid {pid}"
-        return rows[0]
+        return self.wait("process_exits", timeout, pid=pid)
 
     def settle(self) -> None:
         """Wait until every exit that happened before now has been read.

@@ -10,16 +10,9 @@ import pytest
 
 from pxo.edge.oomdrill import DRILL_COMM, run_drill
 from pxo.edge.sources.oom import OomSource
+from tests.edge.sink import ListSink
 
 pytestmark = pytest.mark.requires_bpf
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.rows: list[tuple[str, dict]] = []
-
-    def append(self, table: str, row: dict) -> None:
-        self.rows.append((table, dict(row)))
 
 
 def kmsg_records_after(fd: int) -> list[str]:

@@ -16,7 +16,8 @@ from pxo.edge.oomdrill import run_drill, start_allocator
 from pxo.edge.sources.oom import OomSource
 from pxo.v1 import pxo_pb2, pxo_pb2_grpc
 from tests.conftest import Service, start_edge
-from tests.edge.test_oom_bpf import ListSink, kmsg_records_after
+from tests.edge.sink import ListSink
+from tests.edge.test_oom_bpf import kmsg_records_after
 
 pytestmark = pytest.mark.requires_bpf
 

@@ -20,6 +20,7 @@ import pytest
 
 from pxo.edge.cgroups import ScratchCgroup
 from pxo.edge.sources.reclaim import PAGE_SIZE, ReclaimBpfSource
+from tests.edge.sink import ListSink
 
 pytestmark = pytest.mark.requires_bpf
 
@@ -39,14 +40,6 @@ with open(path, "rb", buffering=0) as f:
     while f.read(1 << 20):
         pass
 """
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.rows: list[tuple[str, dict]] = []
-
-    def append(self, table: str, row: dict) -> None:
-        self.rows.append((table, dict(row)))
 
 
 def uncached_file(directory: str, size: int) -> IO[bytes]:

@@ -22,30 +22,19 @@ import pytest
 from pxo.edge.cgroups import ScratchCgroup, cgroup_of, memory_hierarchy
 from pxo.edge.oomdrill import run_drill
 from pxo.edge.sources.signal import KillBpfSource
+from tests.edge import sink
 
 pytestmark = pytest.mark.requires_bpf
 
 SI_USER, SI_TKILL = 0, -6
 
 
-class ListSink:
-    def __init__(self) -> None:
-        self.rows: list[tuple[str, dict]] = []
-
-    def append(self, table: str, row: dict) -> None:
-        self.rows.append((table, dict(row)))
-
+class ListSink(sink.ListSink):
     def kills_of(self, pid: int) -> list[dict]:
-        return [r for t, r in list(self.rows) if t == "kill_events" and r["target_pid"] == pid]
+        return self.where("kill_events", target_pid=pid)
 
     def wait_kill(self, pid: int, timeout: float = 10.0) -> dict:
-        """The first row for ``pid``; the bound only keeps a broken probe from hanging the test."""
-        end = time.monotonic() + timeout
-        while not self.kills_of(pid) and time.monotonic() < end:
-            time.sleep(0.02)
-        rows = self.kills_of(pid)
-        assert rows, f"no kill_events row for pid {pid}"
-        return rows[0]
+        return self.wait("kill_events", timeout, target_pid=pid)
 
     def settle(self) -> None:
         """Wait until every signal sent before now has been read.
