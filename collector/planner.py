@@ -28,8 +28,10 @@ and the node's own name reaches its fragment the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import difflib
+import functools
 import re
 import threading
 from collections.abc import Callable, Mapping
@@ -721,33 +723,54 @@ def plan_pipe(text: str, catalog: Mapping[str, Table], *, now: dt.datetime) -> P
         if table_name.lower() not in lowered:
             raise unknown_table(text, p.table_pos, table_name, catalog)
         table_name = lowered[table_name.lower()]
+    table = catalog[table_name]
     try:
-        return _plan(text, p, catalog[table_name], now)
+        start, end = _time_range(p, table, now)
+        # Everything but the time range depends only on the text and the table (the
+        # range reaches the edges as $start and $end), so a repeated query reuses its plan.
+        plan = _plan_cached(text, table)
     except _Err as exc:
         raise QueryError.at(text, exc.pos, exc.message, exc.hint) from None
+    return dataclasses.replace(plan, start=start, end=end) if plan.start is not None else plan
 
 
-def _plan(text: str, p: query.Pipeline, table: Table, now: dt.datetime) -> Plan:
-    cols = [NODE, *[c for c in table.column_names if c != NODE]]
-    start = end = None
+def _time_range(p: query.Pipeline, table: Table, now: dt.datetime) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """The opener's absolute UTC bounds, resolved against ``now`` (None, None without one)."""
     rng = p.range_op
+    if rng is None:
+        return None, None
+    if "time" not in table.column_names:
+        raise _Err(f"table {table.name} has no time column to take a range of", rng.pos)
+    if isinstance(rng, Last):
+        return now - dt.timedelta(seconds=rng.seconds), now
+    if isinstance(rng, Since):
+        if rng.start >= now:
+            raise _Err("'since' is in the future", rng.pos)
+        return rng.start, now
+    return rng.start, rng.end
+
+
+_PROBE_NOW = dt.datetime(2000, 1, 1)
+
+
+@functools.lru_cache(maxsize=256)
+def _plan_cached(text: str, table: Table) -> Plan:
+    """The plan of ``text``, its range resolved against a fixed instant (callers put the
+    real bounds in): a pure function of its arguments, so it can be remembered."""
+    p = query.parse(text)
+    return _plan(text, p, table, *_time_range(p, table, _PROBE_NOW + dt.timedelta(days=365 * 100)))
+
+
+def _plan(text: str, p: query.Pipeline, table: Table, start: dt.datetime | None, end: dt.datetime | None) -> Plan:
+    cols = [NODE, *[c for c in table.column_names if c != NODE]]
     where = ""
-    if rng is not None:
-        if "time" not in table.column_names:
-            raise _Err(f"table {table.name} has no time column to take a range of", rng.pos)
-        if isinstance(rng, Last):
-            start, end = now - dt.timedelta(seconds=rng.seconds), now
-        elif isinstance(rng, Since):
-            start, end = rng.start, now
-            if start >= end:
-                raise _Err("'since' is in the future", rng.pos)
-        else:
-            start, end = rng.start, rng.end
+    if p.range_op is not None:
         where = f' WHERE {ident("time")} >= $start AND {ident("time")} < $end'
     ops = [op for op in p.ops if not isinstance(op, Last | Since | Between)]
     # A range written after a global operator is refused (it filters the table, so it
     # belongs before anything that needs every node's rows).
     first_global = next((i for i, op in enumerate(p.ops) if not isinstance(op, (*LOCAL, Last, Since, Between))), None)
+    rng = p.range_op
     if rng is not None and first_global is not None and p.ops.index(rng) > first_global:
         raise _Err("the time range ('last', 'since', 'between') must come before summarize, sort, take, top "
                    "and distinct", rng.pos)
