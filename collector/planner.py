@@ -391,6 +391,34 @@ def _sort_order(keys: tuple[SortKey, ...], rel: _Rel) -> list[str]:
         + _all_cols_order(rel)
 
 
+def _top_n_edge(prev: str, keys: list[tuple[str, bool]], n: int, rel: _Rel,
+                ctes: list[tuple[str, str]]) -> tuple[str, int]:
+    """One edge's share of a top-N: a superset of its first N rows in the total order
+    (the sort keys, then every column), and how many rows it can be.
+
+    Sorting on every column costs a full sort, so with one sort key k the edge
+    finds the key T of its N-th row by k alone (a CTE added to ``ctes``) and sends
+    the rows whose k comes strictly before T (fewer than N: k > T, or every non-null
+    k when T is null, as nulls sort last), and of the rows whose k equals T its first
+    N in the total order. Any row of the global first N is among them: a row after T
+    has N rows of this edge before it. At most 2N - 1 rows go out. Each part is a
+    plain comparison with a scalar, which DuckDB pushes into the scan (an OR of
+    them is many times slower). With several sort keys the edge sorts fully."""
+    total = [f"{k} {'DESC' if desc else 'ASC'} NULLS LAST" for k, desc in keys] + _all_cols_order(rel)
+    if len(keys) != 1 or n == 0:
+        return f"SELECT * FROM {prev} ORDER BY {', '.join(total)} LIMIT {n}", n
+    (k, desc), = keys
+    thr = _INTERNAL + "thr"
+    ctes.append((thr, f"SELECT {k} AS t FROM {prev} ORDER BY {total[0]} LIMIT 1 OFFSET {n - 1}"))
+    t = f"(SELECT t FROM {ident(thr)})"
+    cols = ", ".join(ident(c) for c in rel.user)
+    sql = (f"SELECT {cols} FROM {prev} WHERE {k} {'>' if desc else '<'} {t} "
+           f"UNION ALL SELECT {cols} FROM {prev} WHERE {k} IS NOT NULL AND {t} IS NULL "
+           f"UNION ALL SELECT * FROM (SELECT {cols} FROM {prev} WHERE {k} IS NOT DISTINCT FROM {t} "
+           f"ORDER BY {', '.join(total)} LIMIT {n})")
+    return sql, 2 * n - 1
+
+
 def _new_name(name: str, pos: int) -> str:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name.lower().startswith("__"):
         raise _Err(f"{name!r} cannot be a column name (names start with a letter and are not "
@@ -651,10 +679,17 @@ def _conjuncts(e: Expr) -> list[Expr]:
     return [e]
 
 
-def _with(ctes: list[tuple[str, str]], select: str) -> str:
+def _with(ctes: list[tuple[str, str]], select: str, *, inline: bool = False) -> str:
+    """``inline``: never materialize a CTE (DuckDB otherwise materializes one that is
+    read twice, as the top-N pushdown does: a copy of every row), except the top-N
+    threshold (one row, computed once)."""
     if not ctes:
         return select
-    return "WITH " + ", ".join(f"{ident(n)} AS ({s})" for n, s in ctes) + " " + select
+    def how(name: str) -> str:
+        if not inline:
+            return ""
+        return " MATERIALIZED" if name == _INTERNAL + "thr" else " NOT MATERIALIZED"
+    return "WITH " + ", ".join(f"{ident(n)} AS{how(n)} ({s})" for n, s in ctes) + " " + select
 
 
 def _collector_stages(ops: list[query.Op], rel: _Rel, ctes: list[tuple[str, str]],
@@ -813,14 +848,13 @@ def _plan(text: str, p: query.Pipeline, table: Table, start: dt.datetime | None,
                 isinstance(head, Sort) and len(rest) > 1 and isinstance(rest[1], Take)):
             # top-N pushdown: each edge sends its own first N rows in the query's total order
             if isinstance(head, Take):
-                n, order = head.count, _take_order(rel)
-            elif isinstance(head, Top):
-                n, order = head.count, _sort_order((head.key,), rel)
+                keys = [(ident("time"), True)] if "time" in rel.user else []
+                n = head.count
             else:
-                assert isinstance(head, Sort) and isinstance(rest[1], Take)
-                n, order = rest[1].count, _sort_order(head.keys, rel)
-            edge_select = f"SELECT * FROM {ident(prev)} ORDER BY {', '.join(order)} LIMIT {n}"
-            edge_limit = n
+                sort_keys = (head.key,) if isinstance(head, Top) else head.keys  # type: ignore[union-attr]
+                keys = [(compile_expr(k.expr, rel.user), k.desc) for k in sort_keys]
+                n = head.count if isinstance(head, Top) else rest[1].count  # type: ignore[union-attr]
+            edge_select, edge_limit = _top_n_edge(ident(prev), keys, n, rel, edge_ctes)
         else:
             edge_select = f"SELECT * FROM {ident(prev)}"
             # Rows the collector only sorts may be cut at the cap (the answer says truncated);
@@ -830,10 +864,10 @@ def _plan(text: str, p: query.Pipeline, table: Table, start: dt.datetime | None,
             complete = any(not isinstance(op, (*LOCAL, Sort, Take, Top)) for op in rest)
         last, frel = _collector_stages(rest, _Rel(list(rel.user)), final_ctes, table.name)
     final_sql = _with(final_ctes, _final_select(frel, last))
-    edge_sql = _with([(_INTERNAL + "s0", ""), *edge_ctes], edge_select)
+    edge_sql = _with([(_INTERNAL + "s0", ""), *edge_ctes], edge_select, inline=True)
     # the node literal goes into s0: split the SQL around it
-    head_sql, tail_sql = edge_sql.split(f"{ident(_INTERNAL + 's0')} AS ()", 1)
-    parts = (f"{head_sql}{ident(_INTERNAL + 's0')} AS ({base_edge[0]}", f"{base_edge[1]}){tail_sql}")
+    head_sql, tail_sql = edge_sql.split(f"{ident(_INTERNAL + 's0')} AS NOT MATERIALIZED ()", 1)
+    parts = (f"{head_sql}{ident(_INTERNAL + 's0')} AS NOT MATERIALIZED ({base_edge[0]}", f"{base_edge[1]}){tail_sql}")
     params: dict[str, object] = {"start": start, "end": end} if where else {}
 
     # Bind both halves on empty tables: type errors surface now, with a position.
