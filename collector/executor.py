@@ -55,6 +55,7 @@ class Executor:
         channel_factory: Callable[[str], grpc.Channel] = grpc.insecure_channel,
         edge_timeout: float = 10.0,
         row_cap: int = 100_000,
+        byte_cap: int = 256 << 20,
         max_workers: int = 64,
         clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
@@ -64,6 +65,7 @@ class Executor:
         self._channels_lock = threading.Lock()
         self.edge_timeout = edge_timeout
         self.row_cap = row_cap
+        self.byte_cap = byte_cap
         self._pool = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fanout")
         self._clock = clock
 
@@ -95,10 +97,17 @@ class Executor:
             return
         cap = min(request.row_limit or self.row_cap, self.row_cap)
         timeout = request.timeout_ms / 1000 if request.timeout_ms else self.edge_timeout
-        results = self._fan_out(plan, cap, timeout)
+        budget = _Budget(self.byte_cap)
+        results = self._fan_out(plan, cap, timeout, budget)
+        if budget.exceeded:
+            yield pxo_pb2.QueryReply(error=pxo_pb2.QueryError(
+                message=f"the nodes' partial answers exceed the collector's limit of {_mib(self.byte_cap)} "
+                        "(--byte-cap-mb); narrow the query: a shorter range, a where, fewer columns or 'by' keys",
+                hint="summarize, top and take ship far less than raw rows"))
+            return
         yield from self._merge(plan, results, cap)
 
-    def _fan_out(self, plan: planner.Plan, cap: int, timeout: float) -> list[NodeResult]:
+    def _fan_out(self, plan: planner.Plan, cap: int, timeout: float, budget: _Budget) -> list[NodeResult]:
         results: list[NodeResult] = []
         pending: dict[futures.Future[NodeResult], NodeResult] = {}
         for entry in self.registry.snapshot():
@@ -117,12 +126,12 @@ class Executor:
             if reason:
                 r.state, r.detail = State.SKIPPED, reason
                 continue
-            pending[self._pool.submit(self._ask, entry, plan, cap, timeout, r)] = r
+            pending[self._pool.submit(self._ask, entry, plan, cap, timeout, r, budget)] = r
         futures.wait(pending)
         return results
 
     def _ask(self, entry: EdgeEntry, plan: planner.Plan, cap: int, timeout: float,
-             r: NodeResult) -> NodeResult:
+             r: NodeResult, budget: _Budget) -> NodeResult:
         deadline = time.monotonic() + timeout
         stub = self._stub(entry.address)
         # one more than the cap reveals truncation
@@ -132,13 +141,21 @@ class Executor:
                 frag = pxo_pb2.Fragment(sql=fragment.sql(entry.node), start_unix_us=to_unix_us(plan.start),
                                         end_unix_us=to_unix_us(plan.end), row_limit=row_limit)
                 schema, batches = None, []
-                for msg in stub.Execute(frag, timeout=max(deadline - time.monotonic(), 0.001)):
+                stream = stub.Execute(frag, timeout=max(deadline - time.monotonic(), 0.001))
+                for msg in stream:
+                    if not budget.take(len(msg.ipc_stream)):
+                        stream.cancel()  # the query fails as a whole: stop holding anything
+                        r.tables.clear()
+                        return r
                     schema, bs = arrowipc.decode(msg.ipc_stream)
                     batches.extend(bs)
                 tbl = pa.Table.from_batches(batches, schema=schema)
                 r.tables[name] = tbl
                 r.rows += tbl.num_rows
         except grpc.RpcError as exc:
+            if budget.exceeded:
+                r.tables.clear()
+                return r
             code = exc.code()
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 r.state, r.detail = State.TIMED_OUT, f"no answer within {timeout:g} s"
@@ -177,6 +194,8 @@ class Executor:
             end_unix_us=to_unix_us(plan.end),
             rows=answer.num_rows,
             truncated=truncated,
+            approximate_columns=list(plan.approximate),
+            relative_error=planner.SKETCH_RELATIVE_ERROR if plan.approximate else 0.0,
         ))
 
     def close(self) -> None:
@@ -185,6 +204,28 @@ class Executor:
             for ch in self._channels.values():
                 ch.close()
             self._channels.clear()
+
+
+class _Budget:
+    """The bytes one query's partial answers may hold at the collector, shared by its
+    fan-out threads: the first message over the cap fails the whole query."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.used = 0
+        self.exceeded = False
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            self.used += n
+            if self.used > self.cap:
+                self.exceeded = True
+            return not self.exceeded
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.4g} MiB" if n >= 1 << 20 else f"{n / 1024:.4g} KiB"
 
 
 def merge_and_finish(plan: planner.Plan, parts: list[tuple[str, Mapping[str, pa.Table]]],

@@ -50,6 +50,8 @@ class CollectorSettings(TlsSettings):
     forget_after: float = Field(24 * 3600, gt=0, description="seconds of silence before a down edge is forgotten")
     edge_timeout: float = Field(10.0, gt=0, description="default deadline of each edge's part of a query, seconds")
     row_cap: int = Field(100_000, gt=0, description="most rows an answer may hold")
+    byte_cap_mb: float = Field(256, gt=0, description="most MiB of partial answers (Arrow IPC) one query may "
+                               "gather from the edges; more fails the query with a clear error")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     metrics: str = Field("", description="host:port to serve Prometheus /metrics on (empty: off; port 0: any; "
                          "the bound address goes to metrics.addr)")
@@ -91,6 +93,7 @@ def serve(settings: CollectorSettings) -> tuple[grpc.Server, str, Executor, heal
     registry = Registry(expire_after=settings.expire_after, forget_after=settings.forget_after)
     # TlsError (a missing or unreadable file) is reported by main() in one line.
     executor = Executor(registry, edge_timeout=settings.edge_timeout, row_cap=settings.row_cap,
+                        byte_cap=int(settings.byte_cap_mb * (1 << 20)),
                         channel_factory=channel_factory(settings.tls, peer="edge"))
     interceptors = [ClusterTokenInterceptor(settings.cluster_token)] if settings.cluster_token else []
     interceptors += role_interceptors(settings.tls, COLLECTOR_CALLERS)  # with TLS: edges register, the cloud asks

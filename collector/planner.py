@@ -32,7 +32,9 @@ import dataclasses
 import datetime as dt
 import difflib
 import functools
+import math
 import re
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -103,6 +105,7 @@ class Plan:
     excluded_nodes: frozenset[str] = frozenset()  # where node != ...
     reference_sql: str = ""  # the same query over one table holding every row (node column included)
     columns: tuple[str, ...] = field(default=())  # the answer's columns, in order
+    approximate: tuple[str, ...] = ()  # answer columns computed from sketches (within SKETCH_RELATIVE_ERROR)
 
     def skip_reason(self, node: str) -> str:
         """Why this node cannot contribute ('' when it can)."""
@@ -155,8 +158,21 @@ def unknown_table(text: str, pos: int | None, name: str, catalog: Mapping[str, T
 
 AGGREGATES = {"count": (0, 1), "countif": (1, 1), "sum": (1, 1), "min": (1, 1), "max": (1, 1), "avg": (1, 1),
               "dcount": (1, 1), "stdev": (1, 1), "percentile": (2, 2), "p50": (1, 1), "p90": (1, 1),
-              "p95": (1, 1), "p99": (1, 1)}
-HOLISTIC = {"dcount", "stdev", "percentile", "p50", "p90", "p95", "p99"}
+              "p95": (1, 1), "p99": (1, 1), "percentile_exact": (2, 2)}
+# Percentiles from a mergeable sketch (approximate, within SKETCH_RELATIVE_ERROR).
+SKETCH = {"percentile", "p50", "p90", "p95", "p99"}
+QUANTILES = SKETCH | {"percentile_exact"}
+# Aggregates whose partials are the group's distinct values (or sketch buckets) with counts.
+HOLISTIC = {"dcount", "percentile_exact"} | SKETCH
+SKETCH_RELATIVE_ERROR = 0.01
+# The sketch's buckets (DDSketch's log mapping): x > 0 falls in bucket i = ceil(ln x / ln g),
+# (g^(i-1), g^i], whose representative 2 g^i / (g + 1) is within (g - 1)/(g + 1) = the
+# relative error of every value in it. Bucket keys are BIGINTs ordered like the values:
+# i + OFFSET for x > 0, its negation for x < 0, 0 for zero, and codes for infinities and NaN.
+_GAMMA = (1 + SKETCH_RELATIVE_ERROR) / (1 - SKETCH_RELATIVE_ERROR)
+_BUCKET_OFFSET = 100_000  # ln of a double / ln g lies within +-40,000
+_BUCKET_INF, _BUCKET_NAN = 999_999, 1_000_000
+NUMERIC_TYPES = re.compile(r"^(U?(TINYINT|SMALLINT|INTEGER|BIGINT|HUGEINT)|FLOAT|DOUBLE|DECIMAL(\(.*\))?)$")
 # name -> (arity range, SQL function); isnull, isnotnull, bin and tostring are special
 SCALARS: dict[str, tuple[tuple[int, int], str]] = {
     "isnull": ((1, 1), ""), "isnotnull": ((1, 1), ""), "bin": ((2, 2), ""), "tostring": ((1, 1), ""),
@@ -170,11 +186,11 @@ _CMP = {"==": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 
 def _quantile(call: Call) -> float:
     """The quantile (0..1) of a percentile call, checked."""
-    if call.name != "percentile":
+    if call.name not in ("percentile", "percentile_exact"):
         return int(call.name[1:]) / 100
     q = call.args[1]
     if not isinstance(q, Lit) or q.kind not in ("int", "float") or not 0 <= float(q.value) <= 100:  # type: ignore[arg-type]
-        raise _Err("percentile(x, q) takes q as a number from 0 to 100", q.pos)
+        raise _Err(f"{call.name}(x, q) takes q as a number from 0 to 100", q.pos)
     return float(q.value) / 100  # type: ignore[arg-type]
 
 
@@ -248,7 +264,7 @@ def compile_expr(e: Expr, cols: list[str], agg: AggRender | None = None, *, in_a
         lo, hi = AGGREGATES[e.name]
         if not lo <= len(e.args) <= hi:
             raise _Err(f"{e.name}() takes {_arity(lo, hi)}", e.pos)
-        if e.name in HOLISTIC and e.name not in ("dcount", "stdev"):
+        if e.name in QUANTILES:
             _quantile(e)
         return agg(e)
     if e.name not in SCALARS:
@@ -330,6 +346,42 @@ def _refs_outside_aggs(e: Expr) -> list[Col]:
     return []
 
 
+def _refs(e: Expr) -> list[str]:
+    """Every column ``e`` reads, inside aggregations or not (lower case)."""
+    if isinstance(e, Col):
+        return [e.name.lower()]
+    if isinstance(e, Call):
+        return [c for a in e.args for c in _refs(a)]
+    if isinstance(e, Unary):
+        return _refs(e.operand)
+    if isinstance(e, Binary):
+        return _refs(e.left) + _refs(e.right)
+    if isinstance(e, InList):
+        return _refs(e.operand) + [c for i in e.items for c in _refs(i)]
+    return []
+
+
+def _approximate_after(ops: list[query.Op], approx: set[str]) -> set[str]:
+    """The columns (lower case) that carry a sketch's error after ``ops``, given those
+    that do before them: a column computed from an approximate one is approximate."""
+    for op in ops:
+        if isinstance(op, Project | Extend | Summarize):
+            named: list[tuple[str, Expr]] = []
+            if isinstance(op, Summarize):  # the names _summarize_spec gives
+                named += [(it.name or _default_name(it.expr) or f"key{i + 1}", it.expr) for i, it in enumerate(op.keys)]
+                named += [(it.name or _default_name(it.expr) or f"agg{i + 1}", it.expr) for i, it in enumerate(op.aggs)]
+            else:
+                named += [(it.name or _default_name(it.expr) or "", it.expr) for it in op.items]
+            derived = {name.lower() for name, e in named if any(r in approx for r in _refs(e))}
+            if isinstance(op, Extend):
+                approx = (approx - {(it.name or "").lower() for it in op.items}) | derived
+            else:
+                approx = derived
+        elif isinstance(op, ProjectAway):
+            approx = approx - {c.name.lower() for c in op.names}
+    return approx
+
+
 def _default_name(e: Expr) -> str | None:
     if isinstance(e, Col):
         return e.name
@@ -341,8 +393,8 @@ def _default_name(e: Expr) -> str | None:
             if first is None:
                 return f"{e.name}_"
             if isinstance(first, Col):
-                if e.name == "percentile" and isinstance(e.args[1], Lit):
-                    return f"percentile_{first.name}_{str(e.args[1].value).replace('.', '_')}"
+                if e.name in ("percentile", "percentile_exact") and isinstance(e.args[1], Lit):
+                    return f"{e.name}_{first.name}_{str(e.args[1].value).replace('.', '_')}"
                 return f"{e.name}_{first.name}"
     return None
 
@@ -485,13 +537,20 @@ class _Agg:
     arg: str  # SQL of its first argument over the input ('' for count())
     index: int
 
+    @property
+    def holistic(self) -> str:
+        """What its partials group by: the argument's value, or its sketch bucket."""
+        if self.call.name in SKETCH:
+            return _bucket(self.arg)
+        return self.arg if self.call.name in HOLISTIC else ""
+
 
 @dataclass
 class _SummarizeSpec:
     keys: list[tuple[str, str]]  # (output name, SQL over the input)
     aggs: list[_Agg]
     outputs: list[tuple[str, Expr]]  # (output name, expression over aggregate calls)
-    holistic: list[str]  # distinct SQL of the arguments of dcount/stdev/percentile
+    holistic: list[str]  # distinct SQL of what dcount/percentile partials group by (_Agg.holistic)
 
 
 def _summarize_spec(op: Summarize, rel: _Rel) -> _SummarizeSpec:
@@ -521,8 +580,8 @@ def _summarize_spec(op: Summarize, rel: _Rel) -> _SummarizeSpec:
     _check_unique([(n, p) for n, _, p in keys] + [(n, p) for n, _, p in outputs])
     holistic = []
     for a in aggs:
-        if a.call.name in HOLISTIC and a.arg not in holistic:
-            holistic.append(a.arg)
+        if a.holistic and a.holistic not in holistic:
+            holistic.append(a.holistic)
     return _SummarizeSpec([(n, s) for n, s, _ in keys], aggs, [(n, e) for n, e, _ in outputs], holistic)
 
 
@@ -540,6 +599,25 @@ def _naive_agg(a: _Agg) -> str:
     if n == "stdev":
         return f"stddev_samp({x})"
     return f"quantile_disc({x}, {sql_literal(_quantile(a.call))})"
+
+
+def _bucket(x: str) -> str:
+    """The sketch bucket key of the value ``x`` (SQL; NULL stays NULL)."""
+    d = f"CAST({x} AS DOUBLE)"
+    lg = sql_literal(math.log(_GAMMA))
+    return (f"(CASE WHEN isnan({d}) THEN {_BUCKET_NAN} WHEN {d} = 0 THEN 0 "
+            f"WHEN isinf({d}) THEN sign({d}) * {_BUCKET_INF} "
+            f"ELSE CAST(sign({d}) * (ceil(ln(abs({d})) / {lg}) + {_BUCKET_OFFSET}) AS BIGINT) END)")
+
+
+def _bucket_value(k: str) -> str:
+    """The representative value of the bucket key ``k`` (SQL, DOUBLE)."""
+    lg = sql_literal(math.log(_GAMMA))
+    scale = sql_literal(math.log(2 / (_GAMMA + 1)))
+    top = sql_literal(sys.float_info.max)  # the top bucket's representative may exceed the largest double
+    return (f"(CASE WHEN {k} = {_BUCKET_NAN} THEN CAST('nan' AS DOUBLE) WHEN {k} = 0 THEN CAST(0 AS DOUBLE) "
+            f"WHEN abs({k}) = {_BUCKET_INF} THEN sign({k}) * CAST('inf' AS DOUBLE) "
+            f"ELSE sign({k}) * least(exp((abs({k}) - {_BUCKET_OFFSET}) * {lg} + {scale}), {top}) END)")
 
 
 def _outputs_sql(spec: _SummarizeSpec, cols: list[str], render: Callable[[_Agg], str]) -> list[tuple[str, str]]:
@@ -581,6 +659,10 @@ def _summarize_edge(spec: _SummarizeSpec) -> str:
             items.append((base, _naive_agg(a)))
         elif n == "avg":
             items += [(base + "s", f"sum({x})"), (base + "c", f"count({x})")]
+        elif n == "stdev":  # count, mean and sum of squared deviations: merged by Chan's formula
+            d = f"CAST({x} AS DOUBLE)"
+            items += [(base + "n", f"count({d})"), (base + "m", f"avg({d})"),
+                      (base + "q", f"var_pop({d}) * count({d})")]
     groups = len(spec.keys) + len(spec.holistic)
     group = f" GROUP BY {', '.join(str(i + 1) for i in range(groups))}" if groups else ""
     return f"SELECT {_select_list(items)} FROM {PREV}{group}"
@@ -608,22 +690,26 @@ def _summarize_final(spec: _SummarizeSpec, merged: str) -> tuple[list[tuple[str,
         elif n == "avg":
             m_items.append((out, f"(sum({_p(a.index, 's')}) / nullif(sum({_p(a.index, 'c')}), 0))"))
         elif n == "dcount":
-            m_items.append((out, f"count(DISTINCT {_h(spec.holistic.index(a.arg))})"))
-        if n not in HOLISTIC or n == "dcount":
+            m_items.append((out, f"count(DISTINCT {_h(spec.holistic.index(a.holistic))})"))
+        if (n not in HOLISTIC and n != "stdev") or n == "dcount":
             finished[a.index] = f"m.{ident(out)}"
             continue
-        # stdev and percentiles: from each group's distinct values and their counts
-        h = _h(spec.holistic.index(a.arg))
         name = f"{_INTERNAL}x{a.index}"
-        hist = (f"SELECT {keysel}{h} AS v, sum({W}) AS w FROM {merged} WHERE {h} IS NOT NULL "
-                f"GROUP BY {', '.join([*keys, h])}")
-        if n == "stdev":  # two passes over exact values: mean, then squared deviations
-            ctes.append((name + "h", f"SELECT {keysel}CAST(v AS DOUBLE) AS v, w, sum(w) OVER ({part}) AS n, "
-                                     f"sum(w * CAST(v AS DOUBLE)) OVER ({part}) / sum(w) OVER ({part}) AS mean "
-                                     f"FROM ({hist})"))
-            ctes.append((name, f"SELECT {keysel}CASE WHEN max(n) > 1 THEN sqrt(sum(w * (v - mean) * (v - mean)) "
-                               f"/ (max(n) - 1)) END AS v FROM {ident(name + 'h')}{group}"))
-        else:  # the value at DuckDB's quantile_disc index, max(1, n - floor(n - q * n)) - 1, of the weighted values
+        if n == "stdev":  # Chan et al.: n = sum n_i, mean = sum n_i m_i / n, M2 = sum M2_i + n_i (m_i - mean)^2
+            ni, mi, qi = _p(a.index, "n"), _p(a.index, "m"), _p(a.index, "q")
+            ctes.append((name + "h", f"SELECT {keysel}{ni} AS ni, {mi} AS mi, {qi} AS qi, "
+                                     f"sum({ni}) OVER ({part}) AS n, "
+                                     f"sum({ni} * {mi}) OVER ({part}) / sum({ni}) OVER ({part}) AS mean "
+                                     f"FROM {merged} WHERE {ni} > 0"))
+            ctes.append((name, f"SELECT {keysel}CASE WHEN max(n) > 1 THEN sqrt(greatest(sum(qi) + "
+                               f"sum(ni * (mi - mean) * (mi - mean)), 0) / (max(n) - 1)) END AS v "
+                               f"FROM {ident(name + 'h')}{group}"))
+            value = f"{ident(name)}.v"
+        else:  # percentiles: each group's distinct values (or sketch buckets) and their counts
+            h = _h(spec.holistic.index(a.holistic))
+            hist = (f"SELECT {keysel}{h} AS v, sum({W}) AS w FROM {merged} WHERE {h} IS NOT NULL "
+                    f"GROUP BY {', '.join([*keys, h])}")
+            # the value (bucket) at DuckDB's quantile_disc index, max(1, n - floor(n - q * n)) - 1
             q = sql_literal(_quantile(a.call))
             ctes.append((name + "h", f"SELECT {keysel}v, sum(w) OVER ({part}ORDER BY v ROWS BETWEEN UNBOUNDED "
                                      f"PRECEDING AND CURRENT ROW) AS cum, sum(w) OVER ({part}) AS n "
@@ -631,9 +717,10 @@ def _summarize_final(spec: _SummarizeSpec, merged: str) -> tuple[list[tuple[str,
             ctes.append((name, f"SELECT {keysel}min(v) AS v FROM {ident(name + 'h')} WHERE cum > "
                                f"greatest(1, CAST(n AS DOUBLE) - floor(CAST(n AS DOUBLE) - CAST({q} AS DOUBLE) "
                                f"* CAST(n AS DOUBLE))) - 1{group}"))
+            value = _bucket_value(f"{ident(name)}.v") if n in SKETCH else f"{ident(name)}.v"
         on = " AND ".join(f"m.{k} IS NOT DISTINCT FROM {ident(name)}.{k}" for k in keys) or "TRUE"
         joins.append(f" LEFT JOIN {ident(name)} ON {on}")
-        finished[a.index] = f"{ident(name)}.v"
+        finished[a.index] = value
     if not m_items:  # only stdev and percentiles, no keys: one row to join them to
         m_items.append((_INTERNAL + "n", "count(*)"))
     ctes.insert(0, (_INTERNAL + "m", f"SELECT {_select_list(m_items)} FROM {merged}{group}"))
@@ -834,8 +921,14 @@ def _plan(text: str, p: query.Pipeline, table: Table, start: dt.datetime | None,
     edge_limit = 0
     complete = True
     head = rest[0] if rest else None
+    approx: set[str] = set()
     if isinstance(head, Summarize):
         spec = _summarize_spec(head, rel)
+        _check_sketch_args(spec, table, edge_ctes, prev, where, start, end)
+        sketched = {a.index for a in spec.aggs if a.call.name in SKETCH}
+        approx = {name.lower() for name, e in spec.outputs
+                  if any(a.index in sketched for a in spec.aggs if any(a.call is c for c in _agg_calls(e)))}
+        approx = _approximate_after(rest[1:], approx)
         edge_select = _summarize_edge(spec).replace(PREV, ident(prev))
         ctes, sql, srel = _summarize_final(spec, merged)
         final_ctes += [*ctes, (_INTERNAL + "f0", sql)]
@@ -892,7 +985,29 @@ def _plan(text: str, p: query.Pipeline, table: Table, start: dt.datetime | None,
             raise _Err(f"internal error: the planned SQL was refused ({exc.message})", None) from exc
     only, excluded = _node_filter(ops)
     return Plan({table.name: fragment}, final_sql, start, end, edge_limit, complete, only, excluded,
-                reference_sql, tuple(out_rel.user))
+                reference_sql, tuple(out_rel.user), tuple(c for c in out_rel.user if c.lower() in approx))
+
+
+def _check_sketch_args(spec: _SummarizeSpec, table: Table, ctes: list[tuple[str, str]], prev: str, where: str,
+                       start: dt.datetime | None, end: dt.datetime | None) -> None:
+    """Sketch percentiles take numbers: refuse any other type at the call, naming it."""
+    calls = [a for a in spec.aggs if a.call.name in SKETCH]
+    if not calls:
+        return
+    cols = ", ".join(ident(c) for c in table.column_names if c != NODE)
+    base = f"SELECT 'probe' AS {ident(NODE)}, {cols} FROM {ident(table.name)}{where}"
+    sql = _with([(_INTERNAL + "s0", base), *ctes],
+                f"SELECT {', '.join(a.arg for a in calls)} FROM {ident(prev)}")
+    with scratch() as con:
+        con.execute(table.ddl())
+        try:
+            types = _probe_types(con, sql, {"start": start, "end": end} if where else {})
+        except duckdb.Error:
+            return  # the argument does not bind: the full probe reports it with its position
+    for a, (_, typ) in zip(calls, types, strict=True):
+        if not NUMERIC_TYPES.match(typ):
+            raise _Err(f"{a.call.name}() is approximate and takes a number, not {typ}", a.call.pos,
+                       "percentile_exact(x, q) takes any ordered value, exactly")
 
 
 def _locate(con: duckdb.DuckDBPyConnection, text: str, ops: list[query.Op], cols: list[str], table: Table,

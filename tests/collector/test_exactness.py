@@ -2,13 +2,18 @@
 over 1..5 nodes (some possibly empty) and random queries from the grammar, the
 distributed answer (plan -> each node's own DuckDB runs its fragment -> the
 executor's merge and final step) equals the same query on one DuckDB holding
-every row. In-process, no gRPC: the merge is the executor's own code path."""
+every row. In-process, no gRPC: the merge is the executor's own code path.
+
+The one documented exception is the sketch percentiles (percentile, p50...p99):
+the plan names their columns as approximate, and a bare one is within
+SKETCH_RELATIVE_ERROR of the exact quantile_disc the reference computes."""
 
 from __future__ import annotations
 
 import datetime as dt
 import decimal
 import math
+import re
 
 import duckdb
 import pyarrow as pa
@@ -85,7 +90,7 @@ def queries(draw: st.DrawFn) -> str:
         aggs = []
         for i in range(draw(st.integers(0, 4))):
             fn = draw(st.sampled_from(["count", "countif", "sum", "min", "max", "avg", "dcount", "stdev",
-                                       "percentile", "p50", "p90"]))
+                                       "percentile", "p50", "p90", "percentile_exact"]))
             if fn == "count":
                 aggs.append(f"c{i} = count()")
             elif fn == "countif" and "pid" in cols:
@@ -94,8 +99,8 @@ def queries(draw: st.DrawFn) -> str:
                 aggs.append(f"c{i} = {fn}({draw(st.sampled_from(cols))})")
             elif numeric:
                 x = draw(st.sampled_from(numeric))
-                if fn == "percentile":
-                    aggs.append(f"c{i} = percentile({x}, {draw(st.sampled_from([0, 10, 25, 50, 75, 99.9, 100]))})")
+                if fn in ("percentile", "percentile_exact"):
+                    aggs.append(f"c{i} = {fn}({x}, {draw(st.sampled_from([0, 10, 25, 50, 75, 99.9, 100]))})")
                 elif fn != "countif":
                     aggs.append(f"c{i} = {fn}({x})")
         if aggs and draw(st.booleans()):
@@ -108,9 +113,11 @@ def queries(draw: st.DrawFn) -> str:
         parts.append("summarize " + ", ".join(aggs) + (" by " + ", ".join(keys) if keys else ""))
         out = [k.split(" = ")[0] if " = " in k else ("time" if k.startswith("bin") else k) for k in keys]
         out += [a.split(" = ")[0] for a in aggs]
-        # A stdev is computed another way than on one database (equal up to rounding), so
-        # ordering or filtering by it could flip on rounding alone: order by the others.
-        out = [o for o in out if not any(a.startswith(f"{o} = stdev") for a in aggs)]
+        # A stdev is computed another way than on one database (equal up to rounding), and a
+        # sketch percentile is approximate, so ordering or filtering by them could flip: order
+        # by the others.
+        out = [o for o in out if not any(a.startswith((f"{o} = stdev", f"{o} = p", f"{o} = percentile("))
+                                         for a in aggs)]
         follow = draw(st.sampled_from(["", "top", "where", "sorttake", "take"])) if out else ""
         if follow == "top":
             parts.append(f"top {draw(st.integers(0, 4))} by {draw(st.sampled_from(out))} "
@@ -199,12 +206,28 @@ def _same(a: object, b: object) -> bool:
     return a == b
 
 
-def assert_same(got: pa.Table, want: pa.Table, text: str) -> None:
+def _within_sketch_error(got: object, want: object) -> bool:
+    if got is None or want is None:
+        return got is None and want is None
+    g, w = float(got), float(want)  # type: ignore[arg-type]
+    return abs(g - w) <= planner.SKETCH_RELATIVE_ERROR * abs(w) * (1 + 1e-9) + 1e-300
+
+
+def assert_same(got: pa.Table, want: pa.Table, text: str, approximate: tuple[str, ...] = ()) -> None:
+    """Equal, but for the sketch percentile columns ``approximate``: a bare one
+    (``c0 = p50(x)``) within the sketch's error; one in an expression, null alike."""
     assert got.column_names == want.column_names, text
+    bare = set(re.findall(r"\b(c\d+) = (?:percentile|p50|p90)\([^()]*\)(?! \*)", text))
     g, w = got.to_pylist(), want.to_pylist()
     assert len(g) == len(w), (text, g, w)
     for rg, rw in zip(g, w, strict=True):
-        assert all(_same(rg[c], rw[c]) for c in want.column_names), (text, rg, rw)
+        for c in want.column_names:
+            if c in bare:
+                assert _within_sketch_error(rg[c], rw[c]), (text, c, rg, rw)
+            elif c in approximate:
+                assert (rg[c] is None) == (rw[c] is None), (text, c, rg, rw)
+            else:
+                assert _same(rg[c], rw[c]), (text, c, rg, rw)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -217,7 +240,9 @@ def test_distributed_answer_equals_single_database(rows: list[dict], n_nodes: in
     except QueryError:
         return  # e.g. a sort key the generator projected away: refused cleanly, nothing to compare
     sqlgate.check(plan.final_sql, CATALOG)
-    assert_same(distributed(plan, rows, assign, n_nodes), reference(plan, rows, assign), text)
+    assert_same(distributed(plan, rows, assign, n_nodes), reference(plan, rows, assign), text, plan.approximate)
+    sketched = re.findall(r"\b(c\d+) = (?:percentile|p50|p90)\(", text)
+    assert set(plan.approximate) == set(sketched) & set(plan.columns), (text, plan.approximate)
 
 
 
@@ -255,3 +280,63 @@ def test_top_n_pushdown_is_exact_under_ties(rows: list[dict], n_nodes: int, text
     assign = data.draw(st.lists(st.integers(0, n_nodes - 1), min_size=len(rows), max_size=len(rows)))
     plan = planner.plan_pipe(text, CATALOG, now=NOW)
     assert_same(distributed(plan, rows, assign, n_nodes), reference(plan, rows, assign), text)
+
+
+# -- the sketch percentiles' error bound ------------------------------------------------
+
+wide_rows_st = st.lists(st.fixed_dictionaries({
+    "time": st.just(NOW - dt.timedelta(seconds=1)),
+    "pod": st.sampled_from(["a", "b", None]),
+    "ns": st.just("prod"),
+    "pid": st.integers(-(1 << 31), (1 << 31) - 1),
+    "bytes": st.one_of(st.none(), st.integers(0, (1 << 64) - 1)),
+    # normal doubles of any size and sign (subnormals are exempt from the bound: see the docs)
+    "score": st.one_of(st.none(), st.just(0.0), st.floats(allow_nan=False, allow_infinity=False,
+                                                          allow_subnormal=False)),
+    "flag": st.just(None),
+}), min_size=1, max_size=60)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=wide_rows_st, n_nodes=st.integers(1, 4), x=st.sampled_from(["pid", "bytes", "score"]),
+       agg=st.sampled_from(["p50", "p90", "p95", "p99", "percentile"]),
+       q=st.sampled_from([0, 1, 33.3, 50, 99, 100]), by=st.booleans(), data=st.data())
+def test_sketch_percentiles_are_within_their_error_bound(rows: list[dict], n_nodes: int, x: str, agg: str,
+                                                         q: float, by: bool, data: st.DataObject) -> None:
+    call = f"percentile({x}, {q})" if agg == "percentile" else f"{agg}({x})"
+    text = f"events | summarize v = {call}" + (" by pod" if by else "")
+    assign = data.draw(st.lists(st.integers(0, n_nodes - 1), min_size=len(rows), max_size=len(rows)))
+    plan = planner.plan_pipe(text, CATALOG, now=NOW)
+    assert plan.approximate == ("v",)
+    got = {r.get("pod"): r["v"] for r in distributed(plan, rows, assign, n_nodes).to_pylist()}
+    want = {r.get("pod"): r["v"] for r in reference(plan, rows, assign).to_pylist()}
+    assert got.keys() == want.keys()
+    for k, w in want.items():
+        assert _within_sketch_error(got[k], w), (text, k, got[k], w)
+
+
+def test_sketch_percentiles_keep_infinities_nan_and_zero() -> None:
+    values = [float("-inf"), -5.0, 0.0, 0.0, 3.0, float("inf"), float("nan")]
+    rows = [{"time": NOW - dt.timedelta(seconds=1), "pod": "a", "ns": "prod", "pid": 1, "bytes": 1,
+             "score": v, "flag": None} for v in values]
+    for q, want in [(0, float("-inf")), (30, 0.0), (45, 0.0), (85, float("inf"))]:
+        plan = planner.plan_pipe(f"events | summarize v = percentile(score, {q})", CATALOG, now=NOW)
+        got = distributed(plan, rows, [i % 2 for i in range(len(rows))], 2).to_pylist()[0]["v"]
+        exact = reference(plan, rows, [0] * len(rows)).to_pylist()[0]["v"]
+        assert got == want == exact, (q, got, exact)
+    plan = planner.plan_pipe("events | summarize v = percentile(score, 100)", CATALOG, now=NOW)
+    got = distributed(plan, rows, [i % 2 for i in range(len(rows))], 2).to_pylist()[0]["v"]
+    assert math.isnan(got) and math.isnan(reference(plan, rows, [0] * len(rows)).to_pylist()[0]["v"])
+
+
+def test_sketch_percentile_of_a_time_is_refused_with_a_pointer_to_the_exact_one() -> None:
+    try:
+        planner.plan_pipe("events | summarize p99(time) by pod", CATALOG, now=NOW)
+    except QueryError as exc:
+        assert "p99() is approximate and takes a number, not TIMESTAMP" in exc.message
+        assert (exc.line, exc.column) == (1, 20)
+        assert "percentile_exact" in exc.hint
+    else:
+        raise AssertionError("a percentile of times was planned")
+    plan = planner.plan_pipe("events | summarize percentile_exact(time, 99) by pod", CATALOG, now=NOW)
+    assert plan.approximate == ()
