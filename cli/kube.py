@@ -10,16 +10,26 @@ to import.
     preflight   API server version; may we create namespaces and cluster roles
                 (SelfSubjectAccessReview); each node's kernel (nodeInfo); BTF and
                 cgroup version only where node labels say (else "unknown")
-    apply       the manifests in file order, PXO_IMAGE replaced; the Secret with
-                the cluster token first (kept when it exists: the cloud and
-                collector keep trusting each other across redeploys)
+    apply       the manifests in file order, PXO_IMAGE replaced; first the Secret
+                with the cluster token (kept when it exists: the cloud and
+                collector keep trusting each other across redeploys) and one
+                kubernetes.io/tls Secret per component (pxo-tls-edge, -collector,
+                -cloud: ca.crt, tls.crt, tls.key), made new on every deploy from a
+                new cluster CA (common/tls.py, in memory: no key touches the disk).
+                The pod templates carry the certificates' checksum, so replacing
+                the Secrets rolls every pod onto the new ones (rotation).
     wait        DaemonSet pxo-edge ready on every node it should run on (naming
                 each node whose edge is not ready, and why), Deployments
-                pxo-collector and pxo-cloud available; --timeout, never forever
+                pxo-collector and pxo-cloud available; only pods of the new
+                template count (observedGeneration, updated counts: a redeploy
+                rolls every pod onto the new certificates); --timeout, never forever
 """
 
 from __future__ import annotations
 
+import base64
+import copy
+import hashlib
 import json
 import re
 import secrets
@@ -33,6 +43,7 @@ from typing import Any
 import yaml
 
 from pxo.cli.errors import CliError
+from pxo.common.tls import ROLES, TlsMaterial, generate_material
 
 NAMESPACE = "pxo"
 TOKEN_SECRET = "pxo-cluster-token"  # key "token": PXO_COLLECTOR_/PXO_CLOUD_CLUSTER_TOKEN (secretKeyRef)
@@ -56,8 +67,13 @@ KINDS: dict[str, tuple[str, str, bool]] = {
     "Deployment": ("/apis/apps/v1", "deployments", True),
 }
 # Kept as they are when they exist: a PVC's spec is immutable, and a new token
-# would cut the cloud off its collector until both restart.
-KEEP_EXISTING = ("PersistentVolumeClaim", "Secret")
+# would cut the cloud off its collector until both restart. The TLS Secrets are
+# replaced on every deploy: that is the rotation.
+KEEP_EXISTING = (("PersistentVolumeClaim", "pxo-cloud"), ("Secret", TOKEN_SECRET))
+TLS_SECRETS = {role: f"pxo-tls-{role}" for role in ROLES}  # mounted read-only at /etc/pxo/tls
+TLS_CHECKSUM = "pxo.dev/tls-checksum"  # on the pod templates: new certificates, new pods
+REDACTED = "<generated at deploy>"
+REDACTED_KEY = "<private key: generated at deploy, never printed>"
 
 Say = Callable[[str], None]
 
@@ -89,10 +105,48 @@ def token_secret(token: str) -> dict[str, Any]:
             "stringData": {"token": token}}
 
 
-def with_secret(docs: list[dict[str, Any]], token: str) -> list[dict[str, Any]]:
-    """The Secret right after the Namespace (before anything that references it)."""
-    at = next((i + 1 for i, d in enumerate(docs) if d["kind"] == "Namespace"), 0)
-    return [*docs[:at], token_secret(token), *docs[at:]]
+def tls_secret(role: str, m: TlsMaterial) -> dict[str, Any]:
+    """A component's certificate, its key and the cluster CA, as the kubernetes.io/tls Secret it mounts."""
+    return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": TLS_SECRETS[role], "namespace": NAMESPACE,
+                         "labels": {"app.kubernetes.io/part-of": "pxo", "app.kubernetes.io/component": role}},
+            "data": {k: base64.b64encode(v).decode() for k, v in
+                     (("ca.crt", m.ca), ("tls.crt", m.cert), ("tls.key", m.key))}}
+
+
+def tls_checksum(material: dict[str, TlsMaterial]) -> str:
+    """Names one generation of certificates (the public parts: a new CA every deploy)."""
+    h = hashlib.sha256()
+    for role in sorted(material):
+        h.update(material[role].ca + material[role].cert)
+    return h.hexdigest()[:32]
+
+
+def with_secrets(docs: list[dict[str, Any]], token: str, material: dict[str, TlsMaterial]) -> list[dict[str, Any]]:
+    """The Secrets right after the Namespace (before anything that references them), and the
+    certificates' checksum on every pod template (so that new certificates roll the pods)."""
+    out = copy.deepcopy(docs)
+    checksum = tls_checksum(material)
+    for d in out:
+        if d["kind"] in ("DaemonSet", "Deployment"):
+            meta = d["spec"]["template"].setdefault("metadata", {})
+            meta["annotations"] = {**(meta.get("annotations") or {}), TLS_CHECKSUM: checksum}
+    at = next((i + 1 for i, d in enumerate(out) if d["kind"] == "Namespace"), 0)
+    return [*out[:at], token_secret(token), *(tls_secret(r, material[r]) for r in ROLES), *out[at:]]
+
+
+def redacted(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``docs`` fit to print: every Secret's values replaced by a placeholder (no key, no token)."""
+    out = copy.deepcopy(docs)
+    for d in out:
+        if d["kind"] == "Secret":
+            values = {**(d.pop("data", None) or {}), **(d.pop("stringData", None) or {})}
+            d["stringData"] = {k: REDACTED_KEY if k.endswith(".key") else REDACTED for k in values}
+        elif d["kind"] in ("DaemonSet", "Deployment"):
+            annotations = d["spec"]["template"].get("metadata", {}).get("annotations") or {}
+            if TLS_CHECKSUM in annotations:
+                annotations[TLS_CHECKSUM] = "<computed at deploy>"
+    return out
 
 
 def to_yaml(docs: Iterable[dict[str, Any]]) -> str:
@@ -263,7 +317,7 @@ def apply(kube: Kube, docs: list[dict[str, Any]], *, say: Say = _stderr) -> None
         path = object_path(doc)
         status, body = kube.call("POST", object_path(doc, named=False), doc)
         if status == 409:  # exists
-            if doc["kind"] in KEEP_EXISTING:
+            if (doc["kind"], doc["metadata"]["name"]) in KEEP_EXISTING:
                 say(f"  {describe(doc)} exists, kept")
                 continue
             current = kube.get(path) or {}
@@ -329,7 +383,8 @@ def why_not_ready(pod: dict[str, Any]) -> str:
 @dataclass
 class Rollout:
     desired: int = 0
-    ready: int = 0
+    ready: int = 0  # ready edges of the current pod template
+    updated: int = 0  # edges of the current pod template
     servers: dict[str, str] = field(default_factory=dict)  # name -> "1/1"
     bad_nodes: dict[str, str] = field(default_factory=dict)  # node -> why
 
@@ -340,7 +395,8 @@ class Rollout:
 
     def line(self) -> str:
         servers = ", ".join(f"{k.removeprefix('pxo-')} {v}" for k, v in self.servers.items())
-        return f"edges ready {self.ready}/{self.desired}; {servers}"
+        rolling = f" ({self.updated}/{self.desired} on the new pod template)" if self.updated < self.desired else ""
+        return f"edges ready {self.ready}/{self.desired}{rolling}; {servers}"
 
 
 def _avail_done(text: str) -> bool:
@@ -348,15 +404,29 @@ def _avail_done(text: str) -> bool:
     return have == want and want != "0"
 
 
+def _observed(obj: dict[str, Any]) -> bool:
+    """Whether the controller has seen the latest spec (else its status counts still describe the old one)."""
+    gen = (obj.get("metadata") or {}).get("generation")
+    return gen is None or int((obj.get("status") or {}).get("observedGeneration") or 0) >= int(gen)
+
+
 def rollout(kube: Kube) -> Rollout:
     r = Rollout()
     ds = kube.get(f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets/{EDGE}") or {}
     st = ds.get("status") or {}
-    r.desired, r.ready = int(st.get("desiredNumberScheduled") or 0), int(st.get("numberReady") or 0)
+    r.desired = int(st.get("desiredNumberScheduled") or 0)
+    # as `kubectl rollout status`: pods of the previous template (old certificates) do not count
+    r.updated = int(st.get("updatedNumberScheduled") or 0) if _observed(ds) else 0
+    r.ready = min(int(st.get("numberReady") or 0), r.updated)
     for name in SERVERS:
         d = kube.get(f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{name}") or {}
         want = int((d.get("spec") or {}).get("replicas", 1))
-        r.servers[name] = f"{int((d.get('status') or {}).get('availableReplicas') or 0)}/{want}"
+        dst = d.get("status") or {}
+        available, updated = int(dst.get("availableReplicas") or 0), int(dst.get("updatedReplicas") or 0)
+        if not _observed(d):
+            updated = 0
+        finished = updated >= want and int(dst.get("replicas") or updated) <= updated  # no old pod left
+        r.servers[name] = f"{available if finished else min(available, updated, max(want - 1, 0))}/{want}"
     if r.ready < r.desired or r.desired == 0:
         pods = (kube.get(f"/api/v1/namespaces/{NAMESPACE}/pods",
                          {"labelSelector": f"app.kubernetes.io/name={EDGE}"}) or {}).get("items", [])
@@ -404,8 +474,9 @@ def deploy(*, image: str, timeout: float, context: str | None = None, manifests:
     docs = render(image, manifests)
     if dry_run:
         print("# pxo deploy --kubernetes --dry-run: nothing is applied. The Secret "
-              f"{TOKEN_SECRET} gets a generated token.", flush=True)
-        print(to_yaml(with_secret(docs, "<generated at deploy>")), end="", flush=True)
+              f"{TOKEN_SECRET} gets a generated token, and {', '.join(TLS_SECRETS.values())} a new cluster CA "
+              "and certificates (redacted here: no key is ever printed).", flush=True)
+        print(to_yaml(redacted(with_secrets(docs, REDACTED, generate_material()))), end="", flush=True)
         return 0
     kube = Kube(context=context)
     say("preflight checks:")
@@ -413,8 +484,11 @@ def deploy(*, image: str, timeout: float, context: str | None = None, manifests:
     if not pf.ok:
         raise CliError("the preflight checks failed: nothing was applied")
     token = existing_token(kube) if kube.get(f"/api/v1/namespaces/{NAMESPACE}") else None
-    say(f"applying {len(docs) + 1} objects (image {image}) ...")
-    apply(kube, with_secret(docs, token or secrets.token_urlsafe(32)), say=say)
+    # A new cluster CA on every deploy (rotation), in memory only: the keys go to the Secrets.
+    material = generate_material()
+    objects = with_secrets(docs, token or secrets.token_urlsafe(32), material)
+    say(f"applying {len(objects)} objects (image {image}; a new cluster CA for mutual TLS) ...")
+    apply(kube, objects, say=say)
     say(f"waiting up to {timeout:g} s for the edges on every node and the collector and cloud ...")
     r = wait(kube, timeout=timeout, say=say)
     say(f"pxo is running: {r.ready} edges, collector and cloud available in namespace {NAMESPACE}")
@@ -422,14 +496,36 @@ def deploy(*, image: str, timeout: float, context: str | None = None, manifests:
     say(f"  admin API key: kubectl -n {NAMESPACE} exec deploy/pxo-cloud -- python -m pxo.cloud bootstrap "
         "--data-dir /var/lib/pxo/cloud")
     say("  then: pxo auth login --url http://127.0.0.1:8700")
+    say("  to query this cluster from another pxo cloud (pxo clusters add), fetch the cloud's certificate "
+        "and the token (they change with every deploy):")
+    for line in fetch_commands(context):
+        say(f"    {line}")
     return 0
+
+
+def fetch_commands(context: str | None = None) -> list[str]:
+    """Shell lines that copy the cloud role's certificate, key and the cluster CA out of the
+    Secret (private files), for ``pxo clusters add ... --tls-ca --tls-cert --tls-key``."""
+    kubectl = f"kubectl{f' --context {context}' if context else ''} -n {NAMESPACE} get secret"
+    get = f"{kubectl} {TLS_SECRETS['cloud']} -o jsonpath="
+    return [f"(umask 077; {get}'{{.data.ca\\.crt}}' | base64 -d > pxo-ca.crt; "
+            f"{get}'{{.data.tls\\.crt}}' | base64 -d > pxo-cloud.crt; "
+            f"{get}'{{.data.tls\\.key}}' | base64 -d > pxo-cloud.key; "
+            f"{kubectl} {TOKEN_SECRET} -o jsonpath='{{.data.token}}' | base64 -d > pxo-token)",
+            "pxo clusters add NAME HOST:50700 --tls-ca pxo-ca.crt --tls-cert pxo-cloud.crt "
+            "--tls-key pxo-cloud.key --token-stdin < pxo-token"]
 
 
 def delete(*, timeout: float, context: str | None = None, manifests: Path = MANIFESTS,
            say: Say = _stderr) -> list[str]:
     """Delete the namespace (everything in it) and the cluster-scoped objects; wait until gone."""
     kube = Kube(context=context)
-    docs = [d for d in render("x", manifests) if not KINDS[d["kind"]][2]]  # Namespace, ClusterRole(Binding)
+    # The Secrets first and by name (certificate keys, the token): gone even while the namespace
+    # still terminates; then the namespace (everything else in it) and the cluster-scoped objects.
+    secret_docs = [{"kind": "Secret", "metadata": {"name": n, "namespace": NAMESPACE}}
+                   for n in (TOKEN_SECRET, *TLS_SECRETS.values())]
+    cluster_docs = [d for d in render("x", manifests) if not KINDS[d["kind"]][2]]  # Namespace, ClusterRole(Binding)
+    docs = [*cluster_docs, *reversed(secret_docs)]  # deleted last to first
     gone: list[str] = []
     for doc in reversed(docs):
         status, body = kube.call("DELETE", object_path(doc), {"kind": "DeleteOptions", "apiVersion": "v1",

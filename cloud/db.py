@@ -11,7 +11,7 @@ import os
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 MIGRATIONS: tuple[str, ...] = (
@@ -48,6 +48,14 @@ MIGRATIONS: tuple[str, ...] = (
         is_default INTEGER NOT NULL DEFAULT 0,
         created_at REAL NOT NULL
     );
+    """,
+    # 3: mutual TLS to a cluster's collector: the cluster CA and the client certificate
+    # and key the cloud presents (PEM; '' for plain gRPC). Like the token, the key is
+    # kept as given (the file is 0600) and never returned by the API.
+    """
+    ALTER TABLE clusters ADD COLUMN tls_ca TEXT NOT NULL DEFAULT '';
+    ALTER TABLE clusters ADD COLUMN tls_cert TEXT NOT NULL DEFAULT '';
+    ALTER TABLE clusters ADD COLUMN tls_key TEXT NOT NULL DEFAULT '';
     """,
 )
 
@@ -97,6 +105,13 @@ class Cluster:
     token: str
     is_default: bool
     created_at: float
+    tls_ca: str = ""  # PEM, all three or none: mutual TLS to the collector
+    tls_cert: str = field(default="", repr=False)
+    tls_key: str = field(default="", repr=False)
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_ca)
 
 
 class Conflict(Exception):
@@ -232,23 +247,27 @@ class Database:
 
     # -- clusters ----------------------------------------------------------------
 
+    _CLUSTER = "SELECT name, address, token, is_default, created_at, tls_ca, tls_cert, tls_key FROM clusters"
+
+    @staticmethod
+    def _cluster(r: tuple) -> Cluster:
+        return Cluster(r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6], r[7])
+
     def clusters(self) -> list[Cluster]:
-        rows = self._con.execute(
-            "SELECT name, address, token, is_default, created_at FROM clusters ORDER BY name").fetchall()
-        return [Cluster(r[0], r[1], r[2], bool(r[3]), r[4]) for r in rows]
+        return [self._cluster(r) for r in self._con.execute(self._CLUSTER + " ORDER BY name").fetchall()]
 
     def cluster(self, name: str | None) -> Cluster | None:
         """The named cluster, or the default one when ``name`` is None or empty."""
         if name:
-            row = self._con.execute("SELECT name, address, token, is_default, created_at FROM clusters "
-                                    "WHERE name = ?", (name,)).fetchone()
+            row = self._con.execute(self._CLUSTER + " WHERE name = ?", (name,)).fetchone()
         else:
-            row = self._con.execute("SELECT name, address, token, is_default, created_at FROM clusters "
-                                    "WHERE is_default = 1").fetchone()
-        return Cluster(row[0], row[1], row[2], bool(row[3]), row[4]) if row else None
+            row = self._con.execute(self._CLUSTER + " WHERE is_default = 1").fetchone()
+        return self._cluster(row) if row else None
 
-    def put_cluster(self, name: str, address: str, token: str, *, make_default: bool = False) -> Cluster:
-        """Add or update a cluster; the first cluster is the default."""
+    def put_cluster(self, name: str, address: str, token: str, *, make_default: bool = False,
+                    tls: tuple[str, str, str] = ("", "", "")) -> Cluster:
+        """Add or update a cluster (address, token and TLS as given: ``tls`` is (CA, certificate, key)
+        PEM, or empty for plain gRPC); the first cluster is the default."""
         with self._lock:
             self._con.execute("BEGIN IMMEDIATE")
             try:
@@ -258,10 +277,12 @@ class Database:
                 if default:
                     self._con.execute("UPDATE clusters SET is_default = 0")
                 self._con.execute(
-                    "INSERT INTO clusters (name, address, token, is_default, created_at) VALUES (?, ?, ?, ?, ?) "
+                    "INSERT INTO clusters (name, address, token, is_default, created_at, tls_ca, tls_cert, tls_key) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT(name) DO UPDATE SET address = excluded.address, token = excluded.token, "
-                    "is_default = max(is_default, excluded.is_default)",
-                    (name, address, token, int(default), time.time()))
+                    "is_default = max(is_default, excluded.is_default), tls_ca = excluded.tls_ca, "
+                    "tls_cert = excluded.tls_cert, tls_key = excluded.tls_key",
+                    (name, address, token, int(default), time.time(), *tls))
                 self._con.execute("COMMIT")
             except BaseException:
                 self._con.execute("ROLLBACK")

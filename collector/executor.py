@@ -250,12 +250,15 @@ def merge_and_finish(plan: planner.Plan, parts: list[tuple[str, Mapping[str, pa.
 
 
 def _fill(con: duckdb.DuckDBPyConnection, plan: planner.Plan, parts: list[tuple[str, Mapping[str, pa.Table]]]) -> None:
-    """One table per fragment holding every node's partial answer (cast to the planned types)."""
+    """One table per fragment holding every node's partial answer (cast to the planned types):
+    the parts are concatenated in Arrow and inserted at once (one INSERT per node cost a
+    millisecond each)."""
     try:
         for name, fragment in plan.fragments.items():
             cols = ", ".join(f'"{n}" {t}' for n, t in fragment.columns)
             con.execute(f'CREATE TABLE "{name}" ({cols})')
             known = {n for n, _ in fragment.columns}
+            pieces = []
             for node, tables in parts:
                 part = tables.get(name)
                 if part is None or part.num_rows == 0:
@@ -263,8 +266,15 @@ def _fill(con: duckdb.DuckDBPyConnection, plan: planner.Plan, parts: list[tuple[
                 part = part.select([c for c in part.column_names if c in known])
                 if fragment.add_node and "node" not in part.column_names:
                     part = part.add_column(0, "node", pa.array([node] * part.num_rows, pa.string()))
-                con.register("pxo_part", part)
-                con.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM pxo_part')
-                con.unregister("pxo_part")
+                pieces.append(part)
+            if not pieces:
+                continue
+            try:
+                merged = pa.concat_tables(pieces, promote_options="permissive")
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:  # edges of different versions
+                raise QueryError(f"the nodes' partial answers do not merge: {exc}") from exc
+            con.register("pxo_part", merged)
+            con.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM pxo_part')
+            con.unregister("pxo_part")
     except duckdb.Error as exc:
         raise QueryError(f"the nodes' partial answers do not merge: {str(exc).splitlines()[0]}") from exc

@@ -119,21 +119,15 @@ def _sans(hosts: Iterable[str]) -> list[x509.GeneralName]:
     return out
 
 
-def generate_cluster(directory: Path, *, hosts: Iterable[str] = (), valid_days: int = 365,
-                     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> dict[str, TlsFiles]:
-    """A new cluster CA and one certificate per role in ``directory``, replacing what is there.
-
-    Writes ``ca.crt`` and ``<role>.crt``/``<role>.key`` for every role (all 0600, the
-    directory 0700). The CA's private key is never written: a new CA is made on every
-    deploy (rotation), so nothing needs to sign later and nothing can be stolen to.
-    """
+def generate_material(*, hosts: Iterable[str] = (), valid_days: int = 365,
+                      now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> dict[str, TlsMaterial]:
+    """A new cluster CA and one certificate and key per role, in memory: ``{role: TlsMaterial}``
+    (every role's ``ca`` is the same CA certificate). The CA's private key is dropped here."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    directory.mkdir(parents=True, exist_ok=True)
-    os.chmod(directory, 0o700)
     start = now() - dt.timedelta(minutes=5)  # a little clock skew between nodes is fine
     end = start + dt.timedelta(days=valid_days)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -152,8 +146,7 @@ def generate_cluster(directory: Path, *, hosts: Iterable[str] = (), valid_days: 
     )
     ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM)
     extra = list(hosts)
-    out: dict[str, TlsFiles] = {}
-    leaves: list[tuple[Path, bytes]] = []
+    out: dict[str, TlsMaterial] = {}
     for role in ROLES:
         name = role_name(role)
         key = ec.generate_private_key(ec.SECP256R1())
@@ -175,16 +168,34 @@ def generate_cluster(directory: Path, *, hosts: Iterable[str] = (), valid_days: 
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256())
         )
+        out[role] = TlsMaterial(ca=ca_pem, cert=cert.public_bytes(serialization.Encoding.PEM),
+                                key=key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                      serialization.NoEncryption()))
+    return out
+
+
+def generate_cluster(directory: Path, *, hosts: Iterable[str] = (), valid_days: int = 365,
+                     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> dict[str, TlsFiles]:
+    """A new cluster CA and one certificate per role in ``directory``, replacing what is there.
+
+    Writes ``ca.crt`` and ``<role>.crt``/``<role>.key`` for every role (all 0600, the
+    directory 0700). The CA's private key is never written: a new CA is made on every
+    deploy (rotation), so nothing needs to sign later and nothing can be stolen to.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    material = generate_material(hosts=hosts, valid_days=valid_days, now=now)
+    out: dict[str, TlsFiles] = {}
+    leaves: list[tuple[Path, bytes]] = []
+    for role, m in material.items():
         files = TlsFiles(directory / "ca.crt", directory / f"{role}.crt", directory / f"{role}.key")
-        leaves.append((files.key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                    serialization.NoEncryption())))
-        leaves.append((files.cert, cert.public_bytes(serialization.Encoding.PEM)))
+        leaves += [(files.key, m.key), (files.cert, m.cert)]
         out[role] = files
     # Keys and leaves first, the CA last: a process that reads mid-rotation sees a
     # mismatched set and fails its handshake rather than trusting a half-old set.
     for path, data in leaves:
         _write_private(path, data)
-    _write_private(directory / "ca.crt", ca_pem)
+    _write_private(directory / "ca.crt", material[ROLES[0]].ca)
     return out
 
 
@@ -203,28 +214,40 @@ def _read(path: Path, flag: str) -> bytes:
     return data
 
 
-def load(files: TlsFiles, *, flag: str = "--tls") -> TlsMaterial:
-    """The three PEM files, checked: readable, parseable, and the key belongs to the certificate."""
+def check_material(m: TlsMaterial, *, names: tuple[str, str, str] = ("--tls-ca", "--tls-cert", "--tls-key"),
+                   ) -> TlsMaterial:
+    """``m`` checked: PEM, parseable, unencrypted key, and the key belongs to the certificate.
+    ``names`` say what each part is called in the TlsError (flags and files, or request fields)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    ca, cert, key = _read(files.ca, f"{flag}-ca"), _read(files.cert, f"{flag}-cert"), _read(files.key, f"{flag}-key")
+    ca_name, cert_name, key_name = names
+    for data, name in ((m.ca, ca_name), (m.cert, cert_name), (m.key, key_name)):
+        if b"-----BEGIN " not in data:
+            raise TlsError(f"{name}: not a PEM file")
     try:
-        x509.load_pem_x509_certificates(ca)
+        x509.load_pem_x509_certificates(m.ca)
     except ValueError:
-        raise TlsError(f"{flag}-ca {files.ca}: not a PEM certificate") from None
+        raise TlsError(f"{ca_name}: not a PEM certificate") from None
     try:
-        leaf = x509.load_pem_x509_certificate(cert)
+        leaf = x509.load_pem_x509_certificate(m.cert)
     except ValueError:
-        raise TlsError(f"{flag}-cert {files.cert}: not a PEM certificate") from None
+        raise TlsError(f"{cert_name}: not a PEM certificate") from None
     try:
-        private = serialization.load_pem_private_key(key, password=None)
+        private = serialization.load_pem_private_key(m.key, password=None)
     except (ValueError, TypeError):
-        raise TlsError(f"{flag}-key {files.key}: not an unencrypted PEM private key") from None
+        raise TlsError(f"{key_name}: not an unencrypted PEM private key") from None
     pub = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     if private.public_key().public_bytes(*pub) != leaf.public_key().public_bytes(*pub):
-        raise TlsError(f"{flag}-key {files.key} does not belong to {flag}-cert {files.cert}")
-    return TlsMaterial(ca=ca, cert=cert, key=key)
+        raise TlsError(f"{key_name} does not belong to {cert_name}")
+    return m
+
+
+def load(files: TlsFiles, *, flag: str = "--tls") -> TlsMaterial:
+    """The three PEM files, checked: readable, parseable, and the key belongs to the certificate."""
+    ca, cert, key = _read(files.ca, f"{flag}-ca"), _read(files.cert, f"{flag}-cert"), _read(files.key, f"{flag}-key")
+    return check_material(TlsMaterial(ca=ca, cert=cert, key=key),
+                          names=(f"{flag}-ca {files.ca}", f"{flag}-cert {files.cert}", f"{flag}-key {files.key}"))
 
 
 def server_credentials(files: TlsFiles, *, flag: str = "--tls") -> grpc.ServerCredentials:
@@ -245,7 +268,14 @@ def channel_factory(files: TlsFiles | None, *, peer: str, flag: str = "--tls",
 
     if files is None:
         return grpc.insecure_channel
-    m = load(files, flag=flag)
+    return material_channel_factory(load(files, flag=flag), peer=peer, options=options)
+
+
+def material_channel_factory(m: TlsMaterial, *, peer: str,
+                             options: Mapping[str, str | int] | None = None) -> Callable[[str], grpc.Channel]:
+    """As channel_factory, from PEM held in memory (``m``, checked by the caller with check_material)."""
+    import grpc
+
     creds = grpc.ssl_channel_credentials(root_certificates=m.ca, private_key=m.key, certificate_chain=m.cert)
     opts = [("grpc.ssl_target_name_override", role_name(peer)), *(options or {}).items()]
 
@@ -379,3 +409,16 @@ class TlsSettings(BaseSettings):
     @property
     def tls(self) -> TlsFiles | None:
         return TlsFiles.from_settings(self.tls_ca, self.tls_cert, self.tls_key)
+
+
+def material_from_pem(ca: str, cert: str, key: str, *,
+                      names: tuple[str, str, str] = ("tls_ca", "tls_cert", "tls_key")) -> TlsMaterial | None:
+    """PEM text given as three fields (a cluster record, a request): None when all are empty (plain
+    gRPC), else the checked material; a TlsError naming the field otherwise."""
+    given = dict(zip(names, (ca, cert, key), strict=True))
+    if not any(v.strip() for v in given.values()):
+        return None
+    missing = [n for n, v in given.items() if not v.strip()]
+    if missing:
+        raise TlsError(f"TLS needs {', '.join(names[:2])} and {names[2]} together; missing {', '.join(missing)}")
+    return check_material(TlsMaterial(ca=ca.encode(), cert=cert.encode(), key=key.encode()), names=names)

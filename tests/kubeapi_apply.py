@@ -5,13 +5,20 @@ It speaks the part of the API `pxo deploy --kubernetes` uses: ``GET /version``,
 and create (POST, 409 when it exists, 404 when its namespace does not), get,
 replace (PUT, 409 on a stale resourceVersion) and delete of any object under
 ``/api/v1`` or ``/apis/<group>/<version>``, cluster-scoped or namespaced;
-lists take a ``labelSelector`` (``k=v,...``). Deleting a namespace deletes
-what is in it; ``linger`` keeps deleted objects visible (with a
+lists take a ``labelSelector`` (``k=v,...``). Secrets are kept as the real
+server keeps them: ``stringData`` merged into ``data`` (base64) and never
+stored, ``data`` that is not base64 refused (400), a ``kubernetes.io/tls``
+Secret without ``tls.crt`` and ``tls.key`` refused (422 Invalid), and the type
+immutable on replace (422). Deleting a namespace deletes what is in it; ``linger`` keeps deleted objects visible (with a
 deletionTimestamp) for a while, as a terminating namespace is. Bearer tokens
 are checked.
 
-A test plays the controllers: ``set_status(plural, name, status)`` sets what
-a DaemonSet or Deployment reports, ``put(path, obj)`` puts a node or pod.
+Objects with a ``spec`` get ``metadata.generation`` (1, then +1 whenever a
+replace changes the spec), as the real server does. A test plays the
+controllers: ``set_status(plural, name, status)`` sets what a DaemonSet or
+Deployment reports (``observedGeneration`` is the object's current generation
+unless the status says otherwise: the controller has seen it), ``put(path,
+obj)`` puts a node or pod.
 
     with ApplyAPI() as api:
         api.add_node("node-1", kernel="6.12.0")
@@ -21,6 +28,8 @@ a DaemonSet or Deployment reports, ``put(path, obj)`` puts a node or pod.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 import threading
@@ -182,7 +191,32 @@ class ApplyAPI:
             out["metadata"]["deletionTimestamp"] = "2025-01-01T00:00:00Z"
         if (key[2], key[3]) in self._status:
             out["status"] = dict(self._status[(key[2], key[3])])
+            if "generation" in out["metadata"]:
+                out["status"].setdefault("observedGeneration", out["metadata"]["generation"])
         return out
+
+
+def admit_secret(body: dict[str, Any], current: Mapping[str, Any] | None) -> tuple[int, str] | None:
+    """What the real API server does to a Secret it is sent: (status, message) when it refuses it,
+    else None after folding ``stringData`` into ``data`` in place."""
+    data = dict(body.get("data") or {})
+    for k, v in data.items():
+        try:
+            base64.b64decode(v, validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            return 400, f"Secret in version \"v1\" cannot be handled as a Secret: illegal base64 data at key {k!r}"
+    for k, v in (body.pop("stringData", None) or {}).items():
+        data[k] = base64.b64encode(str(v).encode()).decode()
+    body["data"] = data
+    kind = body.setdefault("type", "Opaque")
+    name = body.get("metadata", {}).get("name", "")
+    if kind == "kubernetes.io/tls":
+        missing = [k for k in ("tls.crt", "tls.key") if k not in data]
+        if missing:
+            return 422, f'Secret "{name}" is invalid: ' + ", ".join(f"data[{k}]: Required value" for k in missing)
+    if current is not None and current.get("type", "Opaque") != kind:
+        return 422, f'Secret "{name}" is invalid: type: Invalid value: "{kind}": field is immutable'
+    return None
 
 
 def _labels_match(selector: str, obj: Mapping[str, Any]) -> bool:
@@ -197,6 +231,7 @@ def _labels_match(selector: str, obj: Mapping[str, Any]) -> bool:
 class _Handler(BaseHTTPRequestHandler):
     server_api: ApplyAPI
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms delayed-ACK stall per call
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -246,11 +281,18 @@ class _Handler(BaseHTTPRequestHandler):
                          and (v := api._view(k)) is not None and _labels_match(sel, v)]
                 return self._json(200, {"kind": "List", "apiVersion": "v1",
                                         "metadata": {"resourceVersion": str(api._rv)}, "items": items})
+            if "spec" in body and method in ("POST", "PUT"):
+                old = api._view(key) if method == "PUT" else None
+                gen = int((old or {}).get("metadata", {}).get("generation") or 0)
+                body.setdefault("metadata", {})["generation"] = \
+                    gen + 1 if old is None or old.get("spec") != body["spec"] else gen
             if method == "POST" and not name:
                 name = body.get("metadata", {}).get("name", "")
                 k = (gv, ns, plural, name)
                 if api._view(k) is not None:
                     return self._json(409, status_body(409, "AlreadyExists", f'{plural} "{name}" already exists'))
+                if plural == "secrets" and (refused := admit_secret(body, None)):
+                    return self._json(refused[0], status_body(refused[0], "Invalid", refused[1]))
                 if "dryRun" in query:
                     return self._json(201, body)
                 return self._json(201, api._store(k, body))
@@ -262,6 +304,8 @@ class _Handler(BaseHTTPRequestHandler):
             if method == "PUT":
                 if body.get("metadata", {}).get("resourceVersion") != current["metadata"]["resourceVersion"]:
                     return self._json(409, status_body(409, "Conflict", "the object has been modified"))
+                if plural == "secrets" and (refused := admit_secret(body, current)):
+                    return self._json(refused[0], status_body(refused[0], "Invalid", refused[1]))
                 body["metadata"]["uid"] = current["metadata"]["uid"]
                 return self._json(200, api._store(key, body))
             if method == "DELETE":

@@ -12,24 +12,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from pxo.cli.kube import TOKEN_SECRET, render
+from pxo.cli.kube import TLS_CHECKSUM, TLS_SECRETS, TOKEN_SECRET, render, tls_checksum
+from pxo.common.tls import ROLES, TlsMaterial, check_material
 from tests.kubeapi_apply import ApplyAPI, edge_pod
 
 IMAGE = "registry.example/pxo:9.9.9"
 PXO = [sys.executable, "-m", "pxo.cli.main"]
-
-
-@pytest.fixture
-def api() -> Iterator[ApplyAPI]:
-    with ApplyAPI() as a:
-        yield a
 
 
 def pxo(api: ApplyAPI, tmp_path: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -38,9 +32,11 @@ def pxo(api: ApplyAPI, tmp_path: Path, *args: str, timeout: float = 60) -> subpr
 
 
 def all_ready(api: ApplyAPI, nodes: list[str]) -> None:
-    api.set_status("daemonsets", "pxo-edge", {"desiredNumberScheduled": len(nodes), "numberReady": len(nodes)})
+    api.set_status("daemonsets", "pxo-edge", {"desiredNumberScheduled": len(nodes), "numberReady": len(nodes),
+                                              "updatedNumberScheduled": len(nodes)})
     for name in ("pxo-collector", "pxo-cloud"):
-        api.set_status("deployments", name, {"availableReplicas": 1, "readyReplicas": 1})
+        api.set_status("deployments", name, {"availableReplicas": 1, "readyReplicas": 1, "updatedReplicas": 1,
+                                             "replicas": 1})
     for n in nodes:
         api.put_pod(edge_pod(n))
 
@@ -56,6 +52,33 @@ def created(api: ApplyAPI) -> dict[tuple[str, str], dict[str, Any]]:
     return {(o["kind"], o["metadata"]["name"]): o for o in api.objects() if o["kind"] not in ("Node", "Pod")}
 
 
+def tls_material(api: ApplyAPI) -> dict[str, TlsMaterial]:
+    """What the TLS Secrets hold, as the real server keeps it (base64 in data), checked: PEM, the key
+    belongs to the certificate, the certificate names its role and is signed by the CA next to it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    secrets = created(api)
+    out = {}
+    for role in ROLES:
+        secret = secrets[("Secret", TLS_SECRETS[role])]
+        assert secret["type"] == "kubernetes.io/tls" and "stringData" not in secret
+        assert sorted(secret["data"]) == ["ca.crt", "tls.crt", "tls.key"]
+        raw = {k: base64.b64decode(v) for k, v in secret["data"].items()}
+        m = check_material(TlsMaterial(ca=raw["ca.crt"], cert=raw["tls.crt"], key=raw["tls.key"]))
+        cert, ca = x509.load_pem_x509_certificate(m.cert), x509.load_pem_x509_certificate(m.ca)
+        assert cert.subject.rfc4514_string().startswith(f"CN=pxo-{role}")
+        ca.public_key().verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))
+        out[role] = m
+    assert len({m.ca for m in out.values()}) == 1  # one cluster CA
+    return out
+
+
+def checksums(api: ApplyAPI) -> set[str]:
+    return {o["spec"]["template"]["metadata"]["annotations"][TLS_CHECKSUM]
+            for o in api.objects("daemonsets") + api.objects("deployments")}
+
+
 def test_deploy_preflight_apply_and_ready(api: ApplyAPI, tmp_path: Path) -> None:
     nodes = cluster(api, "6.18.1-amd64", "6.12.0-1-cloud-amd64", "5.15.0-91-generic")
     all_ready(api, nodes)
@@ -69,18 +92,29 @@ def test_deploy_preflight_apply_and_ready(api: ApplyAPI, tmp_path: Path) -> None
     assert "✗ node node-3: kernel 5.15.0-91-generic is older than 6.9" in err  # a warning: the deploy goes on
     assert "edges ready 3/3; collector 1/1, cloud 1/1" in err and "pxo is running: 3 edges" in err
 
-    # every manifest object was created as written, the image substituted
+    # every manifest object was created as written, the image substituted, and the pod templates
+    # carry the checksum of the certificates they mount
+    material = tls_material(api)
     objs = created(api)
     for doc in render(IMAGE):
         got = objs.pop((doc["kind"], doc["metadata"]["name"]))
+        if doc["kind"] in ("DaemonSet", "Deployment"):
+            assert got["spec"]["template"]["metadata"]["annotations"].pop(TLS_CHECKSUM) == tls_checksum(material)
         for k, v in doc.items():
             if k != "metadata":
                 assert got[k] == v, (doc["kind"], k)
         assert doc["metadata"]["labels"].items() <= got["metadata"]["labels"].items()
-    # ... and the one object that is not in the manifests: the cluster token they reference
+    # ... and the objects that are not in the manifests: the token and the certificates they reference
     secret = objs.pop(("Secret", TOKEN_SECRET))
+    for role in ROLES:
+        objs.pop(("Secret", TLS_SECRETS[role]))
     assert not objs
-    assert len(secret["stringData"]["token"]) >= 32
+    assert len(base64.b64decode(secret["data"]["token"])) >= 32
+    # the Secrets come before anything that mounts them
+    posts = [p for m, p in api.mutations() if m == "POST"]
+    assert posts.index("/api/v1/namespaces/pxo/secrets") < posts.index("/apis/apps/v1/namespaces/pxo/daemonsets")
+    assert "PRIVATE KEY" not in r.stdout + r.stderr
+    assert "kubectl -n pxo get secret pxo-tls-cloud -o jsonpath='{.data.tls\\.key}'" in err  # for clusters add
     ds = api.objects("daemonsets")[0]
     assert ds["spec"]["template"]["spec"]["containers"][0]["image"] == IMAGE
 
@@ -98,7 +132,8 @@ def test_default_image_and_no_flag_with_a_kubeconfig(api: ApplyAPI, tmp_path: Pa
 def test_wait_names_the_bad_node_and_times_out(api: ApplyAPI, tmp_path: Path) -> None:
     nodes = cluster(api, "6.18.0", "6.18.0", "6.18.0")
     all_ready(api, nodes)
-    api.set_status("daemonsets", "pxo-edge", {"desiredNumberScheduled": 3, "numberReady": 2})
+    api.set_status("daemonsets", "pxo-edge", {"desiredNumberScheduled": 3, "numberReady": 2,
+                                              "updatedNumberScheduled": 3})
     api.put_pod(edge_pod("node-2", ready=False, waiting=("CrashLoopBackOff", "back-off 40s restarting failed "
                                                          "container=edge"),
                          last_terminated=(1, "Error", "pxo-edge: error: no BTF at /sys/kernel/btf/vmlinux"),
@@ -119,7 +154,8 @@ def test_wait_names_the_bad_node_and_times_out(api: ApplyAPI, tmp_path: Path) ->
 def test_image_pull_and_missing_pod_are_named(api: ApplyAPI, tmp_path: Path) -> None:
     nodes = cluster(api, "6.18.0", "6.18.0", "6.18.0")
     all_ready(api, nodes[:1])
-    api.set_status("daemonsets", "pxo-edge", {"desiredNumberScheduled": 3, "numberReady": 1})
+    api.set_status("daemonsets", "pxo-edge", {"desiredNumberScheduled": 3, "numberReady": 1,
+                                              "updatedNumberScheduled": 3})
     api.put_pod(edge_pod("node-2", ready=False, waiting=("ImagePullBackOff", f'Back-off pulling image "{IMAGE}"')))
     r = pxo(api, tmp_path, "deploy", "--kubernetes", "--image", IMAGE, "--timeout", "1")
     assert r.returncode == 1
@@ -129,7 +165,8 @@ def test_image_pull_and_missing_pod_are_named(api: ApplyAPI, tmp_path: Path) -> 
 
 def test_succeeds_when_everything_becomes_ready(api: ApplyAPI, tmp_path: Path) -> None:
     nodes = cluster(api, "6.18.0", "6.18.0")
-    api.set_status("daemonsets", "pxo-edge", {"desiredNumberScheduled": 2, "numberReady": 0})
+    api.set_status("daemonsets", "pxo-edge", {"desiredNumberScheduled": 2, "numberReady": 0,
+                                              "updatedNumberScheduled": 2})
     api.put_pod(edge_pod("node-1", ready=False, waiting=("ContainerCreating", "")))
 
     def controllers() -> None:
@@ -146,22 +183,64 @@ def test_succeeds_when_everything_becomes_ready(api: ApplyAPI, tmp_path: Path) -
     assert "edges ready 2/2; collector 1/1, cloud 1/1" in r.stderr
 
 
-def test_redeploy_replaces_and_keeps_the_token(api: ApplyAPI, tmp_path: Path) -> None:
+def test_redeploy_rotates_the_certificates_and_keeps_the_token(api: ApplyAPI, tmp_path: Path) -> None:
     all_ready(api, cluster(api, "6.18.0"))
     assert pxo(api, tmp_path, "deploy", "--kubernetes", "--image", IMAGE).returncode == 0
-    token = created(api)[("Secret", TOKEN_SECRET)]["stringData"]["token"]
-    # as a real server keeps it: base64 in data
-    secret = created(api)[("Secret", TOKEN_SECRET)]
-    secret["data"] = {"token": base64.b64encode(token.encode()).decode()}
-    del secret["stringData"]
-    api.put(f"/api/v1/namespaces/pxo/secrets/{TOKEN_SECRET}", secret)
+    token = created(api)[("Secret", TOKEN_SECRET)]["data"]["token"]
+    first = tls_material(api)
+    assert checksums(api) == {tls_checksum(first)}
     r = pxo(api, tmp_path, "deploy", "--kubernetes", "--image", "registry.example/pxo:10.0.0")
     assert r.returncode == 0, r.stderr
     assert "DaemonSet/pxo-edge replaced" in r.stderr and f"Secret/{TOKEN_SECRET} exists, kept" in r.stderr
     assert "PersistentVolumeClaim/pxo-cloud exists, kept" in r.stderr
-    assert created(api)[("Secret", TOKEN_SECRET)]["data"]["token"] == secret["data"]["token"]
+    assert created(api)[("Secret", TOKEN_SECRET)]["data"]["token"] == token
+    # rotation: every TLS Secret replaced by one of a new CA, and every pod template changed with it
+    for role in ROLES:
+        assert f"Secret/{TLS_SECRETS[role]} replaced" in r.stderr
+    second = tls_material(api)
+    assert {m.ca for m in second.values()}.isdisjoint({m.ca for m in first.values()})
+    for role in ROLES:
+        assert second[role].key != first[role].key
+    assert checksums(api) == {tls_checksum(second)} != {tls_checksum(first)}
     ds = api.objects("daemonsets")[0]
     assert ds["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/pxo:10.0.0"
+
+
+def test_a_redeploy_waits_for_the_pods_of_the_new_certificates(api: ApplyAPI, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The old pods are still ready after a redeploy, but hold the old CA: they do not count.
+    (In-process, against the same loopback server: four deploys as subprocesses take too long.)"""
+    from pxo.cli import kube
+    from pxo.cli.errors import CliError
+
+    monkeypatch.setenv("KUBECONFIG", str(api.kubeconfig(tmp_path)))
+    nodes = cluster(api, "6.18.0", "6.18.0")
+    all_ready(api, nodes)
+    said: list[str] = []
+    kube.deploy(image=IMAGE, timeout=5, say=said.append)
+    (ds,) = api.objects("daemonsets")
+    assert ds["metadata"]["generation"] == 1
+    # the controllers have not seen the new templates yet: their status is of generation 1
+    api.set_status("daemonsets", "pxo-edge", {"desiredNumberScheduled": 2, "numberReady": 2,
+                                              "updatedNumberScheduled": 2, "observedGeneration": 1})
+    for name in ("pxo-collector", "pxo-cloud"):
+        api.set_status("deployments", name, {"availableReplicas": 1, "updatedReplicas": 1, "replicas": 1,
+                                             "observedGeneration": 1})
+    with pytest.raises(CliError) as err:
+        kube.deploy(image=IMAGE, timeout=0, say=said.append)
+    assert api.objects("daemonsets")[0]["metadata"]["generation"] == 2  # the checksum changed the template
+    assert str(err.value) == ("pxo was not ready within 0 s (edges ready 0/2 (0/2 on the new pod template); "
+                              "collector 0/1, cloud 0/1)")
+    # half-way: one edge on the new template, the collector rolled (its old pod still there), the cloud done
+    api.set_status("daemonsets", "pxo-edge", {"desiredNumberScheduled": 2, "numberReady": 2,
+                                              "updatedNumberScheduled": 1})
+    api.set_status("deployments", "pxo-collector", {"availableReplicas": 2, "updatedReplicas": 1, "replicas": 2})
+    api.set_status("deployments", "pxo-cloud", {"availableReplicas": 1, "updatedReplicas": 1, "replicas": 1})
+    with pytest.raises(CliError) as err:
+        kube.deploy(image=IMAGE, timeout=0, say=said.append)
+    assert "(edges ready 1/2 (1/2 on the new pod template); collector 0/1, cloud 1/1)" in str(err.value)
+    all_ready(api, nodes)
+    assert kube.deploy(image=IMAGE, timeout=5, say=said.append) == 0
 
 
 def test_dry_run_prints_the_manifests_and_creates_nothing(api: ApplyAPI, tmp_path: Path) -> None:
@@ -172,6 +251,15 @@ def test_dry_run_prints_the_manifests_and_creates_nothing(api: ApplyAPI, tmp_pat
         [(d["kind"], d["metadata"]["name"]) for d in render(IMAGE)]
     assert "PXO_IMAGE" not in r.stdout and IMAGE in r.stdout
     assert api.requests == []  # not even a read
+    # the Secrets are shown, their values are not: no key, no certificate, no token
+    secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
+    assert set(secrets) == {TOKEN_SECRET, *TLS_SECRETS.values()}
+    for role in ROLES:
+        assert secrets[TLS_SECRETS[role]]["type"] == "kubernetes.io/tls"
+        assert secrets[TLS_SECRETS[role]]["stringData"] == {
+            "ca.crt": "<generated at deploy>", "tls.crt": "<generated at deploy>",
+            "tls.key": "<private key: generated at deploy, never printed>"}
+    assert "PRIVATE KEY" not in r.stdout and "BEGIN" not in r.stdout and "PRIVATE KEY" not in r.stderr
 
 
 def test_preflight_refusal_applies_nothing(api: ApplyAPI, tmp_path: Path) -> None:
@@ -203,7 +291,10 @@ def test_delete_removes_everything_and_waits(api: ApplyAPI, tmp_path: Path) -> N
     r = pxo(api, tmp_path, "delete", "--kubernetes")
     assert r.returncode == 0, r.stderr
     assert time.monotonic() - started >= 1.5  # it waited until gone
-    assert "deleted ClusterRoleBinding/pxo-edge, ClusterRole/pxo-edge, Namespace/pxo" in r.stderr
+    assert ("deleted Secret/pxo-cluster-token, Secret/pxo-tls-edge, Secret/pxo-tls-collector, "
+            "Secret/pxo-tls-cloud, ClusterRoleBinding/pxo-edge, ClusterRole/pxo-edge, Namespace/pxo") in r.stderr
+    assert ("DELETE", "/api/v1/namespaces/pxo/secrets/pxo-tls-cloud") in api.mutations()
+    assert not api.objects("secrets")
     assert [o["kind"] for o in api.objects()] == ["Node", "Node"]
     r = pxo(api, tmp_path, "delete", "--kubernetes")
     assert r.returncode == 0 and "pxo was not deployed in this cluster" in r.stderr
@@ -220,7 +311,8 @@ def test_delete_times_out(api: ApplyAPI, tmp_path: Path) -> None:
 
 def test_an_unschedulable_edge_says_why(api: ApplyAPI, tmp_path: Path) -> None:
     all_ready(api, cluster(api, "6.18.0"))
-    api.set_status("daemonsets", "pxo-edge", {"desiredNumberScheduled": 2, "numberReady": 1})
+    api.set_status("daemonsets", "pxo-edge", {"desiredNumberScheduled": 2, "numberReady": 1,
+                                              "updatedNumberScheduled": 2})
     pending = edge_pod("", ready=False)
     pending["metadata"]["name"] = "pxo-edge-x7k2p"
     pending["status"] = {"phase": "Pending", "conditions": [
