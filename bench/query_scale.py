@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -29,6 +30,7 @@ from pathlib import Path
 import duckdb
 import grpc
 
+from pxo.common import arrowipc
 from pxo.common.addr import read_addr_file
 from pxo.edge.sources import all_tables
 from pxo.v1 import pxo_pb2, pxo_pb2_grpc
@@ -43,8 +45,8 @@ QUERIES = {
         "oom_events | last 7d | top 10 by anon_rss_bytes",
         "SELECT * FROM oom_events WHERE time >= $start ORDER BY anon_rss_bytes DESC LIMIT 10",
     ),
-    "p99 by container": (
-        "oom_events | last 7d | summarize p99 = percentile(anon_rss_bytes, 99) by container",
+    "p99 by container": (  # pxo's p99 is the sketch (within 1%); the reference is exact
+        "oom_events | last 7d | summarize p99 = p99(anon_rss_bytes) by container",
         "SELECT container, quantile_disc(anon_rss_bytes, 0.99) AS p99 FROM oom_events "
         "WHERE time >= $start GROUP BY container",
     ),
@@ -73,6 +75,33 @@ def generate(path: Path, rows: int, seed: int) -> None:
     con.close()
 
 
+def check(name: str, replies: list[pxo_pb2.QueryReply], want: list[tuple]) -> None:
+    """pxo's answer is the reference's (the p99 within the sketch's 1%), or the run stops."""
+    schema, rows = None, []
+    for r in replies:
+        if r.WhichOneof("part") == "batch":
+            schema, bs = arrowipc.decode(r.batch.ipc_stream)
+            rows += [tuple(row.values()) for b in bs for row in b.to_pylist()]
+    assert schema is not None
+    if name == "count by pod":
+        ok = sorted(rows) == sorted(want)
+    elif name.startswith("top"):
+        table = next(t for t in all_tables() if t.name == "oom_events")
+        got_i, want_i = schema.names.index("anon_rss_bytes"), table.column_names.index("anon_rss_bytes")
+        ok = [g[got_i] for g in rows] == [w[want_i] for w in want]
+    else:
+        exact = dict(want)
+        ok = len(rows) == len(exact) and all(abs(v - exact[k]) <= 0.01 * exact[k] for k, v in rows)
+    if not ok:
+        raise SystemExit(f"{name}: pxo's answer differs from the reference: {rows[:5]} vs {want[:5]}")
+
+
+def cpu_seconds(proc: subprocess.Popen[bytes]) -> float:
+    """User + system CPU time of a child so far (all its threads), from /proc."""
+    fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))]
@@ -83,8 +112,8 @@ def main() -> int:
     ap.add_argument("--edges", default="1,4,16,64")
     ap.add_argument("--rows", type=int, default=1_000_000, help="rows per edge")
     ap.add_argument("--repeat", type=int, default=15)
-    ap.add_argument("--row-cap", type=int, default=20_000_000,
-                    help="the collector's row cap: exact percentiles ship every distinct value per group")
+    ap.add_argument("--row-cap", type=int, default=100_000, help="the collector's row cap (its default)")
+    ap.add_argument("--keep", action="store_true", help="keep the generated stores (else removed at the end)")
     args = ap.parse_args()
     counts = [int(x) for x in args.edges.split(",")]
     root = Path(tempfile.mkdtemp(prefix="pxo-bench-scale-"))
@@ -93,7 +122,8 @@ def main() -> int:
         (root / f"e{i}").mkdir()
         generate(root / f"e{i}" / "edge.duckdb", args.rows, seed=i)
 
-    print(f"{'edges':>5}  {'query':<20} {'pxo p50':>9} {'pxo p99':>9} {'1 DuckDB p50':>13} {'ratio p50':>9}")
+    print(f"{'edges':>5}  {'query':<20} {'pxo p50':>9} {'pxo p99':>9} {'1 DuckDB p50':>13} {'ratio p50':>9}"
+          f"  {'CPU/query: edges':>16} {'per edge':>9} {'collector':>9} {'1 DuckDB':>9}")
     for n in counts:
         single = root / f"single-{n}.duckdb"
         con = duckdb.connect(str(single))
@@ -131,30 +161,42 @@ def main() -> int:
         try:
             for name, (pipe, sql) in QUERIES.items():
                 pxo_t, ref_t = [], []
+                edge_cpu = collector_cpu = ref_cpu = 0.0
                 start = duckdb.connect().execute("SELECT now()::TIMESTAMP - INTERVAL 7 DAY").fetchall()[0][0]
                 for _ in range(args.repeat):  # interleaved: pxo, then the reference
+                    cpu0 = [cpu_seconds(p) for p in procs]
                     t0 = time.perf_counter()
                     replies = list(stub.Query(pxo_pb2.QueryRequest(text=pipe, timeout_ms=60_000), timeout=120))
                     pxo_t.append(time.perf_counter() - t0)
+                    cpu1 = [cpu_seconds(p) for p in procs]
+                    collector_cpu += cpu1[0] - cpu0[0]
+                    edge_cpu += sum(cpu1[1:]) - sum(cpu0[1:])
                     errs = [r.error.message for r in replies if r.WhichOneof("part") == "error"]
                     if errs:
                         raise SystemExit(f"{name}: {errs[0]}")
                     summary = replies[-1].summary
                     if summary.partial:
                         raise SystemExit(f"{name}: partial answer at {n} edges: {summary.nodes}")
-                    t0 = time.perf_counter()
-                    ref.execute(sql, {"start": start}).fetchall()
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    want = ref.execute(sql, {"start": start}).fetchall()
                     ref_t.append(time.perf_counter() - t0)
+                    ref_cpu += time.process_time() - c0
+                check(name, replies, want)
                 p50, p99, r50 = statistics.median(pxo_t), pct(pxo_t, 0.99), statistics.median(ref_t)
+                k = 1000 / args.repeat  # ms per query
                 print(f"{n:>5}  {name:<20} {p50 * 1000:>7.0f}ms {p99 * 1000:>7.0f}ms {r50 * 1000:>11.0f}ms "
-                      f"{p50 / r50:>8.2f}x", flush=True)
+                      f"{p50 / r50:>8.2f}x  {edge_cpu * k:>14.0f}ms {edge_cpu * k / n:>7.1f}ms "
+                      f"{collector_cpu * k:>7.0f}ms {ref_cpu * k:>7.0f}ms", flush=True)
         finally:
-            for p in procs:
-                p.send_signal(signal.SIGTERM)
-            for p in procs:
-                p.wait(timeout=60)
+            for group in (procs[1:], procs[:1]):  # the edges first: they would complain about a gone collector
+                for p in group:
+                    p.send_signal(signal.SIGTERM)
+                for p in group:
+                    p.wait(timeout=60)
             ref.close()
             os.unlink(single)
+    if not args.keep:
+        shutil.rmtree(root)
     return 0
 
 

@@ -240,41 +240,55 @@ def merge_and_finish(plan: planner.Plan, parts: list[tuple[str, Mapping[str, pa.
                              "query may ship to the collector; narrow it (a shorter range, a where, "
                              "fewer 'by' keys)")
     with scratch(threads=2) as con:
-        _fill(con, plan, parts)
+        registered = _fill(con, plan, parts)
         try:
             answer = con.sql(f"SELECT * FROM ({plan.final_sql}) LIMIT {cap + 1}").to_arrow_table()
         except duckdb.Error as exc:
             raise QueryError(str(exc).splitlines()[0]) from exc
+        finally:
+            for name in registered:
+                con.unregister(name)
     truncated = answer.num_rows > cap or any(t.num_rows > cap for _, ts in parts for t in ts.values())
     return answer.slice(0, cap), truncated
 
 
-def _fill(con: duckdb.DuckDBPyConnection, plan: planner.Plan, parts: list[tuple[str, Mapping[str, pa.Table]]]) -> None:
-    """One table per fragment holding every node's partial answer (cast to the planned types):
-    the parts are concatenated in Arrow and inserted at once (one INSERT per node cost a
-    millisecond each)."""
+def _fill(con: duckdb.DuckDBPyConnection, plan: planner.Plan,
+          parts: list[tuple[str, Mapping[str, pa.Table]]]) -> list[str]:
+    """One relation per fragment holding every node's partial answer, cast to the planned
+    types: a view over the parts concatenated in Arrow, which the final step reads in
+    place (only the columns it needs; copying the rows into a table first cost more than
+    the rest of the query). Returns the names of the Arrow tables registered on ``con``,
+    to unregister once the final step has run."""
+    registered: list[str] = []
     try:
-        for name, fragment in plan.fragments.items():
-            cols = ", ".join(f'"{n}" {t}' for n, t in fragment.columns)
-            con.execute(f'CREATE TABLE "{name}" ({cols})')
-            known = {n for n, _ in fragment.columns}
+        for i, (name, fragment) in enumerate(plan.fragments.items()):
             pieces = []
             for node, tables in parts:
                 part = tables.get(name)
                 if part is None or part.num_rows == 0:
                     continue
-                part = part.select([c for c in part.column_names if c in known])
                 if fragment.add_node and "node" not in part.column_names:
                     part = part.add_column(0, "node", pa.array([node] * part.num_rows, pa.string()))
+                part = pa.table({c: part[c] if c in part.column_names else pa.nulls(part.num_rows)
+                                 for c, _ in fragment.columns})
                 pieces.append(part)
             if not pieces:
+                cols = ", ".join(f'"{n}" {t}' for n, t in fragment.columns)
+                con.execute(f'CREATE TABLE "{name}" ({cols})')
                 continue
             try:
                 merged = pa.concat_tables(pieces, promote_options="permissive")
             except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:  # edges of different versions
                 raise QueryError(f"the nodes' partial answers do not merge: {exc}") from exc
-            con.register("pxo_part", merged)
-            con.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM pxo_part')
-            con.unregister("pxo_part")
-    except duckdb.Error as exc:
-        raise QueryError(f"the nodes' partial answers do not merge: {str(exc).splitlines()[0]}") from exc
+            arrow_name = f"pxo_part_{i}"
+            con.register(arrow_name, merged)
+            registered.append(arrow_name)
+            casts = ", ".join(f'CAST("{n}" AS {t}) AS "{n}"' for n, t in fragment.columns)
+            con.execute(f'CREATE VIEW "{name}" AS SELECT {casts} FROM {arrow_name}')
+    except BaseException as exc:
+        for arrow_name in registered:
+            con.unregister(arrow_name)
+        if isinstance(exc, duckdb.Error):
+            raise QueryError(f"the nodes' partial answers do not merge: {str(exc).splitlines()[0]}") from exc
+        raise
+    return registered
