@@ -46,16 +46,18 @@ class Api:
             raise Unreachable(f"cannot reach the pxo cloud at {self.url}: {reason}",
                               detail="is pxo deployed? try 'pxo deploy --local'") from None
 
-    def open(self, method: str, path: str, body: Any, *, accept: str) -> Any:
-        """Send a request and hand back the open response, to be read as a stream
-        (its headers carry the answer's summary)."""
+    def open(self, method: str, path: str, body: Any, *, accept: str, timeout: float | None = -1.0) -> Any:
+        """Send a request and hand back the open response, to be read as a stream.
+        ``timeout=None``: wait for data forever (a follow stream may be quiet for hours)."""
         req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method=method)
         req.add_header("Accept", accept)
         req.add_header("Content-Type", "application/json")
         if self.key:
             req.add_header("Authorization", f"Bearer {self.key}")
         try:
-            return urllib.request.urlopen(req, timeout=self.timeout)
+            if timeout is None:
+                return urllib.request.urlopen(req)  # the default: no socket timeout
+            return urllib.request.urlopen(req, timeout=self.timeout if timeout < 0 else timeout)
         except urllib.error.HTTPError as exc:
             raise self._http_error(exc) from None
         except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
@@ -69,13 +71,20 @@ class Api:
         except ValueError:
             err = {}
         message = err.get("message") or f"the pxo cloud answered HTTP {exc.code}"
-        if exc.code == 502:
+        return self.error(exc.code, err, message, retry=exc.headers.get("Retry-After", "?"))
+
+    @staticmethod
+    def error(code: int, err: dict[str, Any], message: str = "", *, retry: str = "?") -> CliError:
+        """The CliError for an API error object (also one that ends a streamed answer:
+        ``code`` is then the HTTP status the error would have had)."""
+        message = message or err.get("message") or f"the pxo cloud answered HTTP {code}"
+        if code == 502 or err.get("code") == "collector_unavailable":
             return Unreachable(message)
-        if exc.code == 401:
+        if code == 401:
             return CliError(message, detail="  sign in with 'pxo auth login', or set PXO_API_KEY")
-        if exc.code == 403:
+        if code == 403:
             return CliError(message, detail="  ask an admin of this pxo cloud, or use an admin key")
-        if exc.code == 429:
-            return CliError(message, detail=f"  retry after {exc.headers.get('Retry-After', '?')} s")
+        if code == 429:
+            return CliError(message, detail=f"  retry after {retry} s")
         return CliError(message, line=int(err.get("line", 0)), column=int(err.get("column", 0)),
                         hint=str(err.get("hint", "")))

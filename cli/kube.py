@@ -31,6 +31,7 @@ import base64
 import copy
 import hashlib
 import json
+import os
 import re
 import secrets
 import sys
@@ -175,7 +176,9 @@ class Kube:
         from kubernetes.config.config_exception import ConfigException
 
         try:
-            self.client = config.new_client_from_config(context=context)
+            # KUBECONFIG as it is now (the library reads it once, at its import)
+            self.client = config.new_client_from_config(config_file=os.environ.get("KUBECONFIG") or None,
+                                                        context=context)
         except (ConfigException, OSError) as exc:
             raise CliError(f"cannot load the kubeconfig: {exc}") from exc
         self.host = self.client.configuration.host

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pxo.cli.errors import EXIT_OK, EXIT_USAGE, CliError, PartialAnswer
+from pxo.cli.errors import EXIT_OK, EXIT_USAGE, CliError, PartialAnswer, Unreachable
 
 EXIT_CODES = """\
 exit codes: 0 ok, 1 error (bad query, refused, not signed in...), 2 usage,
@@ -147,63 +147,144 @@ def _print_table(args: argparse.Namespace, columns: list[str], rows: list[list[A
         print(output.colour_table(output.table(columns, rows, shorten_last=shorten_last), colour))
 
 
+NDJSON = "application/x-ndjson"
+
+
+def _query_body(args: argparse.Namespace) -> dict[str, Any]:
+    return {"query": args.text, "sql": args.sql, "row_limit": args.limit, "cluster": args.cluster}
+
+
+def _answer_notes(summary: dict[str, Any], rows: int) -> None:
+    """What the answer's summary says beside the rows: cut, approximate, partial (exit 3)."""
+    if summary.get("truncated"):
+        _say(f"note: the answer was cut at {rows} rows")
+    if summary.get("approximate_columns"):
+        _say(f"note: {', '.join(summary['approximate_columns'])} approximate, within "
+             f"{summary.get('relative_error', 0):.2%} (docs/query-language.md)")
+    nodes = summary.get("nodes", [])
+    missing = [n for n in nodes if n["state"] not in ("ok", "skipped")]
+    if missing:
+        lines = "\n".join(f"  {n['node']}: {n['state']}: {n['detail']}" for n in missing)
+        raise PartialAnswer(f"partial answer: {len(missing)} of {len(nodes)} nodes did not answer", detail=lines)
+    if not nodes:
+        _say("note: no edge is registered, so no node was asked")
+
+
 def cmd_query(args: argparse.Namespace) -> int:
     from pxo.cli import output
 
+    if args.follow and args.sql:
+        raise CliError("--follow takes a pipe query (table | where ...), not --sql")
     api = _api()
+    if args.follow:
+        return _query_follow(api, args)
     if args.output == "csv":
         return _query_csv(api, args)
     try:
         with output.Progress("querying every node ..."):
-            body = api.call("POST", "/api/v1/query", {"query": args.text, "sql": args.sql, "row_limit": args.limit,
-                                                      "cluster": args.cluster})
+            body = api.call("POST", "/api/v1/query", _query_body(args))
     except CliError as exc:
         raise _render_query_error(args.text, exc) from None
+    if "error" in body:  # the collector's stream broke after the answer had started
+        raise api.error(502, body["error"])
     columns = [c["name"] for c in body["columns"]]
     if args.output == "json":
         print(output.as_json(body))
-    elif args.output == "csv":
-        print(output.as_csv(columns, body["rows"]))
     else:
         colour = output.use_colour(sys.stdout, disabled=args.no_color)
         print(output.colour_table(output.table(columns, body["rows"]), colour) if body["rows"] else "(no rows)")
-    if body.get("truncated"):
-        _say(f"note: the answer was cut at {len(body['rows'])} rows")
-    missing = [n for n in body["nodes"] if n["state"] not in ("ok", "skipped")]
-    if missing:
-        lines = "\n".join(f"  {n['node']}: {n['state']}: {n['detail']}" for n in missing)
-        raise PartialAnswer(f"partial answer: {len(missing)} of {len(body['nodes'])} nodes did not answer",
-                            detail=lines)
-    if not body["nodes"]:
-        _say("note: no edge is registered, so no node was asked")
+    _answer_notes(body, len(body["rows"]))
     return EXIT_OK
 
 
-def _query_csv(api: Any, args: argparse.Namespace) -> int:
-    """CSV straight from the cloud's stream to stdout: a big answer is never held whole."""
-    import shutil
+def _ndjson(resp: Any) -> Any:
+    """The objects of an NDJSON answer, one a line, as they arrive."""
+    import json
 
+    for line in resp:
+        if line.strip():
+            yield json.loads(line)
+
+
+def _query_csv(api: Any, args: argparse.Namespace) -> int:
+    """CSV written row by row as the cloud streams the answer (NDJSON): a big answer is
+    never held whole, and the summary (last line) still decides the exit code."""
     from pxo.cli import output
 
     try:
         with output.Progress("querying every node ..."):
-            resp = api.open("POST", "/api/v1/query", {"query": args.text, "sql": args.sql, "row_limit": args.limit,
-                                                      "cluster": args.cluster}, accept="text/csv")
+            resp = api.open("POST", "/api/v1/query", _query_body(args), accept=NDJSON)
     except CliError as exc:
         raise _render_query_error(args.text, exc) from None
+    summary: dict[str, Any] | None = None
+    rows = 0
+    out = sys.stdout
     with resp:
-        sys.stdout.flush()
-        shutil.copyfileobj(resp, sys.stdout.buffer, 1 << 16)
-        sys.stdout.buffer.flush()
-        headers = resp.headers
-    if headers.get("X-Pxo-Truncated") == "true":
-        _say(f"note: the answer was cut at {headers.get('X-Pxo-Rows')} rows")
-    nodes = [n.rpartition("=") for n in headers.get("X-Pxo-Nodes", "").split(", ") if n]
-    missing = [(node, state) for node, _, state in nodes if state not in ("ok", "skipped")]
-    if missing:
-        raise PartialAnswer(f"partial answer: {len(missing)} of {len(nodes)} nodes did not answer",
-                            detail="\n".join(f"  {node}: {state}" for node, state in missing))
+        for obj in _ndjson(resp):
+            if "row" in obj:
+                out.write(output.csv_line(obj["row"]))
+                rows += 1
+            elif "columns" in obj:
+                out.write(output.csv_line([c["name"] for c in obj["columns"]]))
+            elif "summary" in obj:
+                summary = obj["summary"]
+            elif "error" in obj:
+                out.flush()
+                raise api.error(502, obj["error"])
+    out.flush()
+    if summary is None:
+        raise CliError("the answer ended before its summary: it may be incomplete")
+    _answer_notes(summary, rows)
     return EXIT_OK
+
+
+def _query_follow(api: Any, args: argparse.Namespace) -> int:
+    """Rows as the nodes commit them, until Ctrl-C (exit 0); node changes on stderr."""
+    from pxo.cli import output
+
+    try:
+        resp = api.open("POST", "/api/v1/query/follow", {"query": args.text, "row_limit": args.limit,
+                                                          "cluster": args.cluster}, accept=NDJSON, timeout=None)
+    except CliError as exc:
+        raise _render_query_error(args.text, exc) from None
+    except KeyboardInterrupt:
+        return EXIT_OK
+    colour = output.use_colour(sys.stdout, disabled=args.no_color)
+    err_colour = output.use_colour(sys.stderr, disabled=args.no_color)
+    columns: list[str] = []
+    shown: Any = None
+    out = sys.stdout
+    try:
+        with resp:
+            for obj in _ndjson(resp):
+                if "row" in obj:
+                    row = obj["row"]
+                    if args.output == "json":
+                        import json
+
+                        out.write(json.dumps(dict(zip(columns, row, strict=True))) + "\n")
+                    elif args.output == "csv":
+                        out.write(output.csv_line(row))
+                    else:
+                        shown = shown or output.FollowTable(columns)
+                        header = not shown.header_done
+                        for i, line in enumerate(shown.lines([row])):
+                            out.write((output.paint(line, "bold", colour) if header and i == 0 else line) + "\n")
+                    out.flush()
+                elif "columns" in obj:
+                    columns = [c["name"] for c in obj["columns"]]
+                    if args.output == "csv":
+                        out.write(output.csv_line(columns))
+                        out.flush()
+                elif "nodes" in obj:
+                    for n in obj["nodes"]:
+                        state = output.paint(n["state"], output.STATE_COLOURS.get(n["state"], ""), err_colour)
+                        _say(f"{n['node']}: {state}" + (f": {n['detail']}" if n["detail"] else ""))
+                elif "error" in obj:
+                    raise api.error(502, obj["error"])
+    except KeyboardInterrupt:
+        return EXIT_OK  # Ctrl-C is how a follow ends
+    raise Unreachable("the pxo cloud ended the follow stream")
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
@@ -396,11 +477,27 @@ def cmd_clusters_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _pem_file(flag: str, path: str | None) -> str:
+    if not path:
+        return ""
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"{flag} {path}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+
+
 def cmd_clusters_add(args: argparse.Namespace) -> int:
+    tls = {"--tls-ca": args.tls_ca, "--tls-cert": args.tls_cert, "--tls-key": args.tls_key}
+    if any(tls.values()) and not all(tls.values()):
+        raise CliError("TLS needs --tls-ca, --tls-cert and --tls-key together; missing "
+                       + ", ".join(k for k, v in tls.items() if not v))
+    pem = {k: _pem_file(k, v) for k, v in tls.items()}  # read before the token: a typo fails first
     token = sys.stdin.readline().strip() if args.token_stdin else ""
     c = _api().call("POST", "/api/v1/clusters", {"name": args.name, "address": args.address, "token": token,
-                                                 "default": args.default})
-    _say(f"cluster {c['name']} at {c['address']}" + (" (the default)" if c["default"] else ""))
+                                                 "default": args.default, "tls_ca": pem["--tls-ca"],
+                                                 "tls_cert": pem["--tls-cert"], "tls_key": pem["--tls-key"]})
+    _say(f"cluster {c['name']} at {c['address']}" + (" (the default)" if c["default"] else "")
+         + (", mutual TLS" if pem["--tls-ca"] else ""))
     return EXIT_OK
 
 
@@ -502,10 +599,14 @@ def build_parser() -> argparse.ArgumentParser:
     q = add(sub, "query", cmd_query, "ask every node of a cluster a question",
             'pxo query "oom_events | last 1h"', 'pxo query "oom_events | last 7d | take 5" -o json',
             'pxo query --sql "SELECT pod, count(*) AS kills FROM oom_events GROUP BY pod" -o csv',
+            'pxo query --follow \'oom_events | where namespace == "prod"\'',
             output=True, cluster=True)
     q.add_argument("text", help="the query, e.g. 'oom_events | last 1h'")
     q.add_argument("--sql", action="store_true", help="the query is a read-only SQL SELECT")
     q.add_argument("--limit", type=int, default=0, help="most rows to return (default: the collector's cap)")
+    q.add_argument("--follow", "-f", action="store_true",
+                   help="keep printing new rows as the nodes commit them, like tail -f (Ctrl-C ends); a pipe "
+                        "query of range, where, project and extend only")
 
     t = add(sub, "tables", cmd_tables, "list the tables, or one table's columns with their descriptions",
             "pxo tables", "pxo tables oom_events", "pxo tables -o json", output=True, cluster=True)
@@ -552,11 +653,20 @@ def build_parser() -> argparse.ArgumentParser:
                "pxo clusters list", "pxo clusters add prod 10.0.0.5:50700 --token-stdin < token")
     add(cl, "list", cmd_clusters_list, "list the clusters", "pxo clusters list", output=True)
     ca = add(cl, "add", cmd_clusters_add, "add a cluster, or change one (admins)",
-             "pxo clusters add prod 10.0.0.5:50700 --token-stdin --default < token")
+             "pxo clusters add prod 10.0.0.5:50700 --token-stdin --default < token",
+             "pxo clusters add prod 10.0.0.5:50700 --tls-ca ca.crt --tls-cert cloud.crt --tls-key cloud.key "
+             "--token-stdin < token")
     ca.add_argument("name")
     ca.add_argument("address", help="the collector's host:port")
     ca.add_argument("--token-stdin", action="store_true", help="read the collector's cluster token from stdin")
     ca.add_argument("--default", action="store_true", help="make it the default cluster")
+    ca.add_argument("--tls-ca", metavar="FILE", help="the cluster CA (PEM): with --tls-cert and --tls-key, the "
+                    "cloud dials this collector with mutual TLS (from `pxo deploy --kubernetes`: the Secret "
+                    "pxo-tls-cloud, see deploy/README.md)")
+    ca.add_argument("--tls-cert", metavar="FILE", help="the client certificate the cloud presents (PEM, role "
+                    "pxo-cloud)")
+    ca.add_argument("--tls-key", metavar="FILE", help="its private key (PEM; sent to the cloud once, which keeps "
+                    "it in its 0600 store and never shows it)")
     cr = add(cl, "remove", cmd_clusters_remove, "forget a cluster (not the default one)", "pxo clusters remove prod")
     cr.add_argument("name")
 

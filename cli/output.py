@@ -79,6 +79,38 @@ def as_csv(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return buf.getvalue().rstrip("\n")
 
 
+class FollowTable:
+    """Rows printed as they arrive (``pxo query --follow``): the header once, then each row
+    aligned to the widest value seen so far in its column (a wider value later widens the
+    column from then on: the best a stream can do without holding rows back)."""
+
+    def __init__(self, columns: Sequence[str], *, width: int | None = None) -> None:
+        self.columns = list(columns)
+        self.widths = [len(c) for c in self.columns]
+        self.width = width or shutil.get_terminal_size((80, 24)).columns
+        self.header_done = False
+
+    def lines(self, rows: Sequence[Sequence[Any]]) -> list[str]:
+        text = [[cell(c, v) for c, v in zip(self.columns, r, strict=True)] for r in rows]
+        out = []
+        if not self.header_done:  # the first rows set the widths the header is drawn at
+            for r in text:
+                self.widths = [max(w, len(v)) for w, v in zip(self.widths, r, strict=True)]
+            out.append("  ".join(c.upper().ljust(w) for c, w in zip(self.columns, self.widths, strict=True))
+                       .rstrip())
+            self.header_done = True
+        for r in text:
+            self.widths = [max(w, len(v)) for w, v in zip(self.widths, r, strict=True)]
+            out.append("  ".join(v.ljust(w) for v, w in zip(r, self.widths, strict=True)).rstrip())
+        return out
+
+
+def csv_line(values: Sequence[Any]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(["" if v is None else v for v in values])
+    return buf.getvalue()
+
+
 # -- colour and progress ---------------------------------------------------------
 
 _COLOURS = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33"}

@@ -24,12 +24,12 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from pxo.cloud import keys
-from pxo.cloud.collector_client import CollectorClient, _json_value
+from pxo.cloud.collector_client import CollectorClient, QueryStream, _json_value
 from pxo.cloud.db import Cluster, Database, User
 from pxo.cloud.db import Conflict as DbConflict
 from pxo.cloud.errors import (
@@ -50,6 +50,13 @@ from pxo.common.version import pxo_version
 
 WEB_DIR = Path(__file__).parent / "web"
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
+NDJSON = "application/x-ndjson"
+MAX_FOLLOWS = 16  # concurrent follow streams per cloud: each holds a worker thread while it waits
+
+
+class ServiceUnavailable(CloudError):
+    status = 503
+    code = "unavailable"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 # The web page loads nothing from the network: everything from this origin.
 PAGE_HEADERS = {
@@ -72,6 +79,17 @@ class QueryIn(BaseModel):
     cluster: str = Field("", max_length=63, description="the cluster to ask ('': the default cluster)")
 
 
+class FollowIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # e.g. "sql": there is no SQL form of follow
+
+    query: str = Field(min_length=1, max_length=16_384, examples=['oom_events | where namespace == "prod"'],
+                       description="a pipe query of a table, an optional range (its stored rows come first), "
+                                   "and where, project, project-away, extend")
+    row_limit: int = Field(0, ge=0, le=10_000_000, strict=True,
+                           description="most stored rows per node before the live ones (0: the collector's cap)")
+    cluster: str = Field("", max_length=63, description="the cluster to ask ('': the default cluster)")
+
+
 class ColumnOut(BaseModel):
     name: str
     type: str
@@ -91,6 +109,9 @@ class QueryOut(BaseModel):
     partial: bool
     truncated: bool
     range: dict[str, str | None] | None
+    row_count: int
+    approximate_columns: list[str] = Field(description="columns computed from a mergeable sketch (percentiles)")
+    relative_error: float = Field(description="each approximate value is within this relative error")
     cluster: str
 
 
@@ -143,6 +164,13 @@ class ClusterIn(BaseModel):
                          examples=["10.0.0.5:50700"])
     token: str = Field("", max_length=512, description="the collector's cluster token (never shown again)")
     default: bool = Field(False, strict=True, description="make it the default cluster")
+    # mutual TLS to the collector: all three or none (plain gRPC). `pxo deploy --kubernetes` puts them in
+    # the Secret pxo-tls-cloud of the cluster's namespace pxo (ca.crt, tls.crt, tls.key).
+    tls_ca: str = Field("", max_length=16_384, description="the cluster CA certificate(s) (PEM)")
+    tls_cert: str = Field("", max_length=16_384, description="the certificate the cloud presents (PEM, role "
+                          "pxo-cloud, signed by the cluster CA)")
+    tls_key: str = Field("", max_length=16_384, description="its private key (PEM, unencrypted; stored by the "
+                         "cloud, never shown again)")
 
 
 class ClusterOut(BaseModel):
@@ -232,18 +260,21 @@ ClusterParam = Annotated[str, Query(max_length=63, description="the cluster to a
 
 
 def pick_format(accept: str) -> str:
-    """json, csv or arrow, by the Accept header (first supported type listed wins)."""
+    """json, ndjson, csv or arrow, by the Accept header (first supported type listed wins)."""
     if not accept.strip():
         return "json"
     for part in accept.split(","):
         media = part.split(";")[0].strip().lower()
         if media in ("application/json", "*/*", "application/*"):
             return "json"
+        if media in (NDJSON, "application/jsonl"):
+            return "ndjson"
         if media in ("text/csv", "text/*"):
             return "csv"
         if media == ARROW_STREAM:
             return "arrow"
-    raise NotAcceptable(f"cannot answer in {accept!r}: ask for application/json, text/csv or {ARROW_STREAM}")
+    raise NotAcceptable(f"cannot answer in {accept!r}: ask for application/json, {NDJSON}, text/csv "
+                        f"or {ARROW_STREAM}")
 
 
 def _rows(batch: Any) -> Iterator[tuple[Any, ...]]:
@@ -251,18 +282,55 @@ def _rows(batch: Any) -> Iterator[tuple[Any, ...]]:
     return zip(*(col.to_pylist() for col in batch.columns), strict=True)
 
 
-def json_chunks(table: Any, meta: dict[str, Any], cluster: str, chunk_rows: int = 2000) -> Iterator[bytes]:
-    """The JSON answer written as it is encoded, a few thousand rows at a time (never one
-    huge string); the summary comes last, after the rows."""
-    columns = [{"name": f.name, "type": str(f.type)} for f in table.schema]
-    yield ('{"columns": ' + json.dumps(columns) + ', "rows": [').encode()
+def _columns(schema: Any) -> list[dict[str, str]]:
+    return [{"name": f.name, "type": str(f.type)} for f in schema]
+
+
+def _broken(exc: CloudError) -> dict[str, Any]:
+    """An error that arrived after the answer had started: it ends the body instead of a summary."""
+    return exc.body()["error"]
+
+
+def json_chunks(stream: QueryStream, cluster: str) -> Iterator[bytes]:
+    """The JSON answer, written batch by batch as the collector sends it; the summary
+    (nodes, partial, truncated, range, approximate columns) comes last, after the rows,
+    or an "error" member instead when the collector's stream broke."""
+    yield ('{"columns": ' + json.dumps(_columns(stream.schema)) + ', "rows": [').encode()
     sep = ""
-    for batch in table.to_batches(max_chunksize=chunk_rows):
-        parts = [json.dumps([_json_value(v) for v in row]) for row in _rows(batch)]
-        if parts:
-            yield (sep + ", ".join(parts)).encode()
-            sep = ", "
-    yield ("], " + json.dumps({**meta, "cluster": cluster})[1:]).encode()
+    try:
+        for batch in stream.batches():
+            parts = [json.dumps([_json_value(v) for v in row]) for row in _rows(batch)]
+            if parts:
+                yield (sep + ", ".join(parts)).encode()
+                sep = ", "
+    except CloudError as exc:
+        yield ("], " + json.dumps({"error": _broken(exc), "cluster": cluster})[1:]).encode()
+        return
+    yield ("], " + json.dumps({**(stream.meta or {}), "cluster": cluster})[1:]).encode()
+
+
+def ndjson_lines(stream: QueryStream, cluster: str, *, follow: bool) -> Iterator[bytes]:
+    """NDJSON: {"columns", "cluster"} first; {"row": [...]} per row; {"nodes": [...]} when
+    nodes change (a follow stream); {"summary": {...}} last (a query); {"error": {...}} if
+    the collector's stream breaks."""
+    yield (json.dumps({"columns": _columns(stream.schema), "cluster": cluster}) + "\n").encode()
+    try:
+        for ev in stream.events():
+            if isinstance(ev, list):
+                if follow:
+                    yield (json.dumps({"nodes": ev}) + "\n").encode()
+                continue
+            rows = [json.dumps({"row": [_json_value(v) for v in row]}) for row in _rows(ev)]
+            yield ("\n".join(rows) + "\n").encode()
+    except CloudError as exc:
+        yield (json.dumps({"error": _broken(exc)}) + "\n").encode()
+        return
+    if not follow:
+        if stream.meta is None:
+            yield (json.dumps({"error": _broken(CollectorUnavailable(
+                "the collector's answer ended without its summary"))}) + "\n").encode()
+        else:
+            yield (json.dumps({"summary": {**stream.meta, "cluster": cluster}}) + "\n").encode()
 
 
 def csv_chunks(table: Any, chunk_rows: int = 2000) -> Iterator[bytes]:
@@ -279,15 +347,23 @@ def csv_chunks(table: Any, chunk_rows: int = 2000) -> Iterator[bytes]:
         yield buf.getvalue().encode()
 
 
-def arrow_chunks(table: Any, chunk_rows: int = 65_536) -> Iterator[bytes]:
+def arrow_chunks(stream: QueryStream, cluster: str) -> Iterator[bytes]:
+    """An Arrow IPC stream written batch by batch as the collector sends it; the summary
+    is the custom metadata (key ``pxo.summary``, JSON) of a last batch with no rows, or
+    ``pxo.error`` there when the collector's stream broke."""
     import pyarrow as pa
 
     sink = io.BytesIO()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
+    with pa.ipc.new_stream(sink, stream.schema) as writer:
         yield _drain(sink)
-        for batch in table.to_batches(max_chunksize=chunk_rows):
-            writer.write_batch(batch)
-            yield _drain(sink)
+        try:
+            for batch in stream.batches():
+                writer.write_batch(batch)
+                yield _drain(sink)
+            trailer = {"pxo.summary": json.dumps({**(stream.meta or {}), "cluster": cluster})}
+        except CloudError as exc:
+            trailer = {"pxo.error": json.dumps(_broken(exc))}
+        writer.write_batch(pa.RecordBatch.from_pylist([], schema=stream.schema), custom_metadata=trailer)
     yield _drain(sink)
 
 
@@ -296,6 +372,21 @@ def _drain(sink: io.BytesIO) -> bytes:
     sink.seek(0)
     sink.truncate()
     return data
+
+
+async def _stream_out(chunks: Iterator[bytes], stream: QueryStream, limiter: Any = None) -> AsyncIterator[bytes]:
+    """Each chunk as soon as the collector's stream yields it (read in a worker thread);
+    when the client goes away the response task is cancelled here and the gRPC call with it."""
+    import anyio.to_thread
+
+    try:
+        while True:
+            chunk = await anyio.to_thread.run_sync(next, chunks, None, abandon_on_cancel=True, limiter=limiter)
+            if chunk is None:
+                break
+            yield chunk
+    finally:
+        stream.cancel()
 
 
 def summary_headers(meta: dict[str, Any], cluster: str, rows: int) -> dict[str, str]:
@@ -307,6 +398,8 @@ def summary_headers(meta: dict[str, Any], cluster: str, rows: int) -> dict[str, 
         "X-Pxo-Truncated": "true" if meta["truncated"] else "false",
         "X-Pxo-Nodes": ", ".join(f"{n['node']}={n['state']}" for n in meta["nodes"])[:4000],
         **({"X-Pxo-Missing-Nodes": ", ".join(n["node"] for n in bad)[:4000]} if bad else {}),
+        **({"X-Pxo-Approximate-Columns": ", ".join(meta["approximate_columns"])[:4000],
+            "X-Pxo-Relative-Error": f"{meta['relative_error']:g}"} if meta.get("approximate_columns") else {}),
     }
 
 
@@ -331,11 +424,21 @@ class Collectors:
             raise NotFound("no default cluster is configured")
         with self._lock:
             known = self._clients.get(cluster.name)
-            if known and (known[0].address, known[0].token) == (cluster.address, cluster.token):
+            if known and known[0] == cluster:
                 return cluster, known[1]
             if known and known[1] is not self._preset:
                 known[1].close()
-            if self._preset is not None and self._preset.address == cluster.address:
+            if cluster.tls:  # mutual TLS with the CA and client certificate of the cluster's record
+                from pxo.common.tls import TlsError, material_channel_factory, material_from_pem
+
+                try:
+                    m = material_from_pem(cluster.tls_ca, cluster.tls_cert, cluster.tls_key)
+                except TlsError as exc:
+                    raise CollectorUnavailable(f"cluster {cluster.name!r}: TLS: {exc}") from None
+                assert m is not None
+                client = CollectorClient(cluster.address, token=cluster.token, timeout=self.timeout,
+                                         channel_factory=material_channel_factory(m, peer="collector"))
+            elif self._preset is not None and self._preset.address == cluster.address:
                 client = self._preset
             else:
                 client = CollectorClient(cluster.address, token=cluster.token, timeout=self.timeout)
@@ -367,6 +470,7 @@ def create_app(settings: CloudSettings, *, db: Database | None = None,
     app.state.db = db
     app.state.collectors = collectors
     app.state.limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
+    app.state.follow_limiter = None
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,  # type: ignore[arg-type]
                        read_timeout=settings.read_timeout)
     metrics = app.state.metrics = CloudMetrics()  # outermost: counts what the body limit refuses too
@@ -419,27 +523,79 @@ def create_app(settings: CloudSettings, *, db: Database | None = None,
 
     # -- data
 
+    follows = {"active": 0}  # follow streams running (counted by the streams themselves)
+
     @app.post("/api/v1/query", response_model=QueryOut, tags=["data"], responses={
         **ERRORS, 400: {"model": ErrorOut, "description": "the query is refused (line, column, hint), "
                                                          "or the body is not JSON"},
         406: {"model": ErrorOut}, 413: {"model": ErrorOut}, 502: {"model": ErrorOut},
-        200: {"content": {"text/csv": {}, ARROW_STREAM: {}},
-              "description": "JSON by default; CSV or an Arrow IPC stream by Accept. CSV and Arrow answers "
-                             "are streamed and carry the summary in X-Pxo-* headers"}})
+        503: {"model": ErrorOut, "description": "too many follow streams on this cloud"},
+        200: {"content": {NDJSON: {}, "text/csv": {}, ARROW_STREAM: {}},
+              "description": "JSON by default, streamed as the collector answers: the rows, then the summary "
+                             "(nodes, partial, truncated, range, approximate_columns, relative_error). "
+                             f"By Accept: {NDJSON} (one object a line: columns, a row each, the summary last); "
+                             "CSV (read whole before it is sent, so that the summary can go in X-Pxo-* "
+                             "headers); an Arrow IPC stream (the summary is the custom metadata 'pxo.summary' "
+                             "of its last, empty, batch)"}})
     def query(body: QueryIn, caller: Viewer, request: Request) -> Response:
         """Run a query on every node of a cluster: `oom_events | last 1h`, or SQL with `sql: true`."""
         if len(body.query) > settings.max_query_length:
             raise PayloadTooLarge(f"the query is over {settings.max_query_length} characters")
         fmt = pick_format(request.headers.get("accept", ""))
         cluster, client = collectors.get(body.cluster or None)
-        table, meta = client.query_arrow(body.query, sql=body.sql, row_limit=body.row_limit)
-        headers = summary_headers(meta, cluster.name, table.num_rows)
+        headers = {"X-Pxo-Cluster": cluster.name}
+        if fmt == "csv":  # the summary goes in headers, so the answer is read whole first
+            table, meta = client.query_arrow(body.query, sql=body.sql, row_limit=body.row_limit)
+            return StreamingResponse(csv_chunks(table), media_type="text/csv; charset=utf-8",
+                                     headers=summary_headers(meta, cluster.name, table.num_rows))
+        stream = client.query_stream(body.query, sql=body.sql, row_limit=body.row_limit)
         if fmt == "json":
-            return StreamingResponse(json_chunks(table, meta, cluster.name), media_type="application/json",
-                                     headers=headers)
-        if fmt == "csv":
-            return StreamingResponse(csv_chunks(table), media_type="text/csv; charset=utf-8", headers=headers)
-        return StreamingResponse(arrow_chunks(table), media_type=ARROW_STREAM, headers=headers)
+            chunks, media = json_chunks(stream, cluster.name), "application/json"
+        elif fmt == "ndjson":
+            chunks, media = ndjson_lines(stream, cluster.name, follow=False), NDJSON
+        else:
+            chunks, media = arrow_chunks(stream, cluster.name), ARROW_STREAM
+        return StreamingResponse(_stream_out(chunks, stream), media_type=media, headers=headers)
+
+    @app.post("/api/v1/query/follow", tags=["data"], responses={
+        **ERRORS, 400: {"model": ErrorOut, "description": "the query is refused (line, column, hint); e.g. "
+                                                         "it has summarize, sort, take, top or distinct"},
+        406: {"model": ErrorOut}, 413: {"model": ErrorOut}, 502: {"model": ErrorOut},
+        503: {"model": ErrorOut, "description": "too many follow streams on this cloud"},
+        200: {"content": {NDJSON: {}},
+              "description": "NDJSON that does not end until the client disconnects: {\"columns\", "
+                             "\"cluster\"} first; {\"nodes\": [{node, state, detail, rows}]} with every node "
+                             "at the start and then whenever a node starts or stops following (state ok, "
+                             "failed, down, skipped); {\"row\": [...]} per row as the nodes commit it; "
+                             "{\"error\": {...}} if the collector's stream breaks"}})
+    def follow(body: FollowIn, caller: Viewer, request: Request) -> Response:
+        """Stream a row-local pipe query's rows as the nodes commit them, like `tail -f`
+        (`pxo query --follow`); with a range (`last 10m`), its stored rows first."""
+        if len(body.query) > settings.max_query_length:
+            raise PayloadTooLarge(f"the query is over {settings.max_query_length} characters")
+        if pick_format(request.headers.get("accept", "")) not in ("json", "ndjson"):
+            raise NotAcceptable(f"a follow stream is answered as {NDJSON} only")
+        if follows["active"] >= MAX_FOLLOWS:
+            raise ServiceUnavailable(f"this cloud already serves {MAX_FOLLOWS} follow streams, its most; "
+                                     "try again later")
+        cluster, client = collectors.get(body.cluster or None)
+        stream = client.follow(body.query, row_limit=body.row_limit)
+        return StreamingResponse(_follow_out(stream, cluster.name), media_type=NDJSON,
+                                 headers={"X-Pxo-Cluster": cluster.name})
+
+    async def _follow_out(stream: QueryStream, cluster_name: str) -> AsyncIterator[bytes]:
+        import anyio
+
+        follows["active"] += 1
+        try:
+            limiter = app.state.follow_limiter
+            if limiter is None:  # made in the event loop; separate from the sync routes' threads
+                limiter = app.state.follow_limiter = anyio.CapacityLimiter(MAX_FOLLOWS)
+            async for chunk in _stream_out(ndjson_lines(stream, cluster_name, follow=True), stream, limiter):
+                yield chunk
+        finally:
+            follows["active"] -= 1
+            stream.cancel()
 
     @app.get("/api/v1/tables", response_model=list[TableOut], responses={**ERRORS, 502: {"model": ErrorOut}},
              tags=["data"])
@@ -456,6 +612,7 @@ def create_app(settings: CloudSettings, *, db: Database | None = None,
     # -- clusters
 
     def cluster_out(c: Cluster) -> dict[str, Any]:
+        # never the token, the key nor the certificates
         return {"name": c.name, "address": c.address, "default": c.is_default, "authenticated": bool(c.token)}
 
     @app.get("/api/v1/clusters", response_model=list[ClusterOut], responses=ERRORS, tags=["clusters"])
@@ -466,8 +623,15 @@ def create_app(settings: CloudSettings, *, db: Database | None = None,
     @app.post("/api/v1/clusters", status_code=201, response_model=ClusterOut, responses=ERRORS,
               tags=["clusters"])
     def put_cluster(body: ClusterIn, caller: Admin) -> dict[str, Any]:
-        """Add a cluster (or change its address, token or default flag). Admin only."""
-        return cluster_out(db.put_cluster(body.name, body.address, body.token, make_default=body.default))
+        """Add a cluster (or change its address, token, TLS files or default flag). Admin only."""
+        from pxo.common.tls import TlsError, material_from_pem
+
+        try:
+            material_from_pem(body.tls_ca, body.tls_cert, body.tls_key)
+        except TlsError as exc:
+            raise StarletteHTTPException(400, f"TLS: {exc}") from None
+        return cluster_out(db.put_cluster(body.name, body.address, body.token, make_default=body.default,
+                                          tls=(body.tls_ca, body.tls_cert, body.tls_key)))
 
     @app.delete("/api/v1/clusters/{name}", status_code=204, responses={**ERRORS, 404: {"model": ErrorOut},
                                                                         409: {"model": ErrorOut}}, tags=["clusters"])

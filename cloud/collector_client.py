@@ -7,7 +7,7 @@ import base64
 import datetime as dt
 import decimal
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -44,6 +44,92 @@ def _json_value(v: Any) -> Any:
 TOKEN_METADATA = "x-pxo-cluster-token"  # keep in sync with collector/auth.py
 
 
+def _bad_query(e: pxo_pb2.QueryError) -> BadQuery:
+    extra: dict[str, Any] = {k: v for k, v in (("line", e.line), ("column", e.column)) if v}
+    if e.hint:
+        extra["hint"] = e.hint
+    return BadQuery(e.message, **extra)
+
+
+def node_statuses(summary: pxo_pb2.QuerySummary) -> list[dict[str, Any]]:
+    return [{"node": s.node, "state": NODE_STATES.get(s.state, "unknown"), "detail": s.detail, "rows": s.rows}
+            for s in summary.nodes]
+
+
+def summary_meta(summary: pxo_pb2.QuerySummary) -> dict[str, Any]:
+    """A query's summary as the REST API shows it."""
+    return {
+        "nodes": node_statuses(summary),
+        "partial": summary.partial,
+        "truncated": summary.truncated,
+        "range": {"start": iso(from_unix_us(summary.start_unix_us)), "end": iso(from_unix_us(summary.end_unix_us))}
+        if summary.start_unix_us else None,
+        "row_count": summary.rows,
+        "approximate_columns": list(summary.approximate_columns),
+        "relative_error": summary.relative_error,
+    }
+
+
+class QueryStream:
+    """A collector answer being read: the first reply is read at once (an error raises
+    there, before anything is sent on), then ``batches()`` (a query: record batches, and
+    ``meta`` once the summary came) or ``events()`` (a follow stream: batches, and node
+    status lists as nodes start or stop following) read the rest as it arrives.
+    ``cancel()`` ends the gRPC call (the client went away)."""
+
+    def __init__(self, client: CollectorClient, call: Any) -> None:
+        self._client = client
+        self._call = call
+        self._it = iter(call)
+        self.meta: dict[str, Any] | None = None
+        self._pending: list[pa.RecordBatch] = []
+        try:
+            first = next(self._it)
+        except StopIteration:
+            raise CollectorUnavailable("the collector's answer ended early") from None
+        except grpc.RpcError as exc:
+            raise client._unavailable(exc) from exc
+        part = first.WhichOneof("part")
+        if part == "error":
+            raise _bad_query(first.error)
+        if part != "batch":
+            call.cancel()
+            raise CollectorUnavailable("the collector's answer did not start with its columns")
+        self.schema, self._pending = arrowipc.decode(first.batch.ipc_stream)
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+    def events(self) -> Iterator[pa.RecordBatch | list[dict[str, Any]] | dict[str, Any]]:
+        """Record batches; a list of node statuses for every summary; for a query, the
+        summary's meta dict last. CollectorUnavailable or BadQuery if the stream breaks."""
+        yield from (b for b in self._pending if b.num_rows)
+        self._pending = []
+        try:
+            for reply in self._it:
+                part = reply.WhichOneof("part")
+                if part == "batch":
+                    _, bs = arrowipc.decode(reply.batch.ipc_stream)
+                    yield from (b for b in bs if b.num_rows)
+                elif part == "summary":
+                    yield node_statuses(reply.summary)
+                    self.meta = summary_meta(reply.summary)
+                else:
+                    raise _bad_query(reply.error)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.CANCELLED:
+                return
+            raise self._client._unavailable(exc) from exc
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        """A query's record batches (non-empty) as they arrive; ``meta`` is set at the end."""
+        for ev in self.events():
+            if isinstance(ev, pa.RecordBatch):
+                yield ev
+        if self.meta is None:
+            raise CollectorUnavailable("the collector's answer ended without its summary")
+
+
 class CollectorClient:
     def __init__(self, address: str, *, token: str = "",
                  channel_factory: Callable[[str], grpc.Channel] = grpc.insecure_channel,
@@ -51,6 +137,7 @@ class CollectorClient:
         self.address = address
         self.token = token
         self._metadata = ((TOKEN_METADATA, token),) if token else ()
+        self.tls = channel_factory is not grpc.insecure_channel  # for the error: plain text to a TLS server
         self._channel = channel_factory(address)
         self._stub = pxo_pb2_grpc.CollectorStub(self._channel)
         self.timeout = timeout
@@ -62,6 +149,10 @@ class CollectorClient:
         detail = exc.code().name.lower()
         if exc.code() == grpc.StatusCode.UNAVAILABLE and "handshake" in (exc.details() or "").lower():
             detail += ": the TLS handshake failed (its certificate is not of our cluster CA, or it speaks no TLS)"
+        elif (exc.code() == grpc.StatusCode.UNAVAILABLE and not self.tls
+              and "socket closed" in (exc.details() or "").lower()):
+            detail += (": it closed the plain-text connection, so it probably requires TLS: give the cluster "
+                       "its CA and a client certificate and key (pxo clusters add --tls-ca --tls-cert --tls-key)")
         return CollectorUnavailable(f"the collector at {self.address} did not answer ({detail})")
 
     def query(self, text: str, *, sql: bool = False, row_limit: int = 0) -> dict[str, Any]:
@@ -71,39 +162,26 @@ class CollectorClient:
         return {"columns": [{"name": f.name, "type": str(f.type)} for f in table.schema], "rows": rows, **meta}
 
     def query_arrow(self, text: str, *, sql: bool = False, row_limit: int = 0) -> tuple[pa.Table, dict[str, Any]]:
-        """The answer as one Arrow table, and its summary (nodes, partial, truncated, range)."""
-        request = pxo_pb2.QueryRequest(
+        """The whole answer as one Arrow table, and its summary (nodes, partial, truncated, range)."""
+        stream = self.query_stream(text, sql=sql, row_limit=row_limit)
+        table = pa.Table.from_batches(list(stream.batches()), schema=stream.schema)
+        assert stream.meta is not None  # batches() ends only after the summary
+        return table, stream.meta
+
+    def _request(self, text: str, sql: bool, row_limit: int) -> pxo_pb2.QueryRequest:
+        return pxo_pb2.QueryRequest(
             text=text, syntax=pxo_pb2.SYNTAX_SQL if sql else pxo_pb2.SYNTAX_PIPE, row_limit=row_limit)
-        schema: pa.Schema | None = None
-        batches: list[pa.RecordBatch] = []
-        summary = None
-        try:
-            for reply in self._stub.Query(request, timeout=self.timeout, metadata=self._metadata):
-                part = reply.WhichOneof("part")
-                if part == "error":
-                    e = reply.error
-                    extra = {k: v for k, v in (("line", e.line), ("column", e.column)) if v}
-                    if e.hint:
-                        extra["hint"] = e.hint
-                    raise BadQuery(e.message, **extra)
-                if part == "batch":
-                    schema, bs = arrowipc.decode(reply.batch.ipc_stream)
-                    batches.extend(bs)
-                elif part == "summary":
-                    summary = reply.summary
-        except grpc.RpcError as exc:
-            raise self._unavailable(exc) from exc
-        if summary is None or schema is None:
-            raise CollectorUnavailable("the collector's answer ended early")
-        table = pa.Table.from_batches(batches, schema=schema)
-        return table, {
-            "nodes": [{"node": s.node, "state": NODE_STATES.get(s.state, "unknown"),
-                       "detail": s.detail, "rows": s.rows} for s in summary.nodes],
-            "partial": summary.partial,
-            "truncated": summary.truncated,
-            "range": {"start": iso(from_unix_us(summary.start_unix_us)), "end": iso(from_unix_us(summary.end_unix_us))}
-            if summary.start_unix_us else None,
-        }
+
+    def query_stream(self, text: str, *, sql: bool = False, row_limit: int = 0) -> QueryStream:
+        """Start a query and read its first reply: BadQuery or CollectorUnavailable now, before
+        any answer is sent on; then the batches as they arrive (``QueryStream.batches``)."""
+        call = self._stub.Query(self._request(text, sql, row_limit), timeout=self.timeout, metadata=self._metadata)
+        return QueryStream(self, call)
+
+    def follow(self, text: str, *, row_limit: int = 0) -> QueryStream:
+        """Start following a query (no deadline: it runs until cancelled); first reply read as for query_stream."""
+        call = self._stub.Follow(self._request(text, False, row_limit), metadata=self._metadata)
+        return QueryStream(self, call)
 
     def nodes(self) -> list[dict[str, Any]]:
         try:

@@ -1,7 +1,7 @@
 """The cluster token: the cloud proves itself to the collector.
 
 The cloud sends ``x-pxo-cluster-token: <token>`` as gRPC metadata on every
-call it makes (Query, ListNodes, ListTables); this server interceptor refuses
+call it makes (Query, Follow, ListNodes, ListTables); this server interceptor refuses
 those calls with UNAUTHENTICATED unless the token matches (compared in
 constant time). Edge registration and heartbeats, and the health service, are
 not the cloud's calls and pass through. With no token configured the
@@ -20,6 +20,7 @@ TOKEN_METADATA = "x-pxo-cluster-token"
 
 CLOUD_METHODS = frozenset({
     "/pxo.v1.Collector/Query",
+    "/pxo.v1.Collector/Follow",
     "/pxo.v1.Collector/ListNodes",
     "/pxo.v1.Collector/ListTables",
 })

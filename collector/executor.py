@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import duckdb
 import grpc
@@ -67,9 +68,9 @@ class Executor:
         self.row_cap = row_cap
         self.byte_cap = byte_cap
         self._pool = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fanout")
-        self._clock = clock
+        self.clock = clock
 
-    def _stub(self, address: str) -> pxo_pb2_grpc.EdgeStub:
+    def stub(self, address: str) -> pxo_pb2_grpc.EdgeStub:
         with self._channels_lock:
             ch = self._channels.get(address)
             if ch is None:
@@ -81,19 +82,13 @@ class Executor:
     def plan(self, request: pxo_pb2.QueryRequest, catalog: Mapping[str, Table]) -> planner.Plan:
         if request.syntax == pxo_pb2.SYNTAX_SQL:
             return planner.plan_sql(request.text, catalog)
-        return planner.plan_pipe(request.text, catalog, now=self._clock())
+        return planner.plan_pipe(request.text, catalog, now=self.clock())
 
     def run(self, request: pxo_pb2.QueryRequest) -> Iterator[pxo_pb2.QueryReply]:
         catalog = self.registry.catalog()
-        try:
-            plan = self.plan(request, catalog)
-        except QueryError as exc:
-            yield pxo_pb2.QueryReply(error=exc.to_proto())
-            return
-        except Exception:  # a planner bug must still answer in one sentence
-            log.exception("planning %r failed", request.text)
-            yield pxo_pb2.QueryReply(error=pxo_pb2.QueryError(
-                message="internal error while planning the query (the collector's log has the details)"))
+        plan, refusal = plan_or_refusal(lambda: self.plan(request, catalog), request.text)
+        if plan is None:
+            yield refusal
             return
         cap = min(request.row_limit or self.row_cap, self.row_cap)
         timeout = request.timeout_ms / 1000 if request.timeout_ms else self.edge_timeout
@@ -133,7 +128,7 @@ class Executor:
     def _ask(self, entry: EdgeEntry, plan: planner.Plan, cap: int, timeout: float,
              r: NodeResult, budget: _Budget) -> NodeResult:
         deadline = time.monotonic() + timeout
-        stub = self._stub(entry.address)
+        stub = self.stub(entry.address)
         # one more than the cap reveals truncation
         row_limit = plan.edge_row_limit if 0 < plan.edge_row_limit <= cap else cap + 1
         try:
@@ -204,6 +199,22 @@ class Executor:
             for ch in self._channels.values():
                 ch.close()
             self._channels.clear()
+
+
+P = TypeVar("P")
+
+
+def plan_or_refusal(make: Callable[[], P], text: str) -> tuple[P, None] | tuple[None, pxo_pb2.QueryReply]:
+    """The plan ``make`` returns, or the error reply that says why there is none (a
+    planner bug too must answer in one sentence)."""
+    try:
+        return make(), None
+    except QueryError as exc:
+        return None, pxo_pb2.QueryReply(error=exc.to_proto())
+    except Exception:
+        log.exception("planning %r failed", text)
+        return None, pxo_pb2.QueryReply(error=pxo_pb2.QueryError(
+            message="internal error while planning the query (the collector's log has the details)"))
 
 
 class _Budget:

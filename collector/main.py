@@ -89,7 +89,8 @@ class CollectorSettings(TlsSettings):
         return v
 
 
-def serve(settings: CollectorSettings) -> tuple[grpc.Server, str, Executor, health.HealthServicer]:
+def serve(settings: CollectorSettings) -> tuple[grpc.Server, str, Executor, health.HealthServicer,
+                                                futures.ThreadPoolExecutor]:
     registry = Registry(expire_after=settings.expire_after, forget_after=settings.forget_after)
     # TlsError (a missing or unreadable file) is reported by main() in one line.
     executor = Executor(registry, edge_timeout=settings.edge_timeout, row_cap=settings.row_cap,
@@ -97,8 +98,8 @@ def serve(settings: CollectorSettings) -> tuple[grpc.Server, str, Executor, heal
                         channel_factory=channel_factory(settings.tls, peer="edge"))
     interceptors = [ClusterTokenInterceptor(settings.cluster_token)] if settings.cluster_token else []
     interceptors += role_interceptors(settings.tls, COLLECTOR_CALLERS)  # with TLS: edges register, the cloud asks
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="collector-rpc"),
-                         interceptors=interceptors)
+    rpc_pool = futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="collector-rpc")
+    server = grpc.server(rpc_pool, interceptors=interceptors)
     metrics = CollectorMetrics()
     metrics.watch(registry)
     pxo_pb2_grpc.add_CollectorServicer_to_server(
@@ -116,7 +117,7 @@ def serve(settings: CollectorSettings) -> tuple[grpc.Server, str, Executor, heal
     server.start()
     healthz.set("", health_pb2.HealthCheckResponse.SERVING)
     healthz.set("pxo.v1.Collector", health_pb2.HealthCheckResponse.SERVING)
-    return server, f"{host}:{port}", executor, healthz
+    return server, f"{host}:{port}", executor, healthz, rpc_pool
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level)
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        server, address, executor, healthz = serve(settings)
+        server, address, executor, healthz, rpc_pool = serve(settings)
         if settings.health_listen:
             health_server, health_address = serve_health(healthz, settings.health_listen)
             write_addr_file(settings.data_dir / "health.addr", health_address)
@@ -150,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     server.stop(grace=2).wait()
     if settings.health_listen:
         health_server.stop(grace=None)
+    # End the RPC threads now, so their per-thread DuckDB connections are freed while
+    # the interpreter is whole, not during its teardown.
+    rpc_pool.shutdown(wait=True, cancel_futures=True)
     executor.close()
     log.info("pxo collector stopped")
     return 0

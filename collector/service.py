@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import grpc
 
+from pxo.collector import follow
 from pxo.collector.executor import Executor
 from pxo.collector.metrics import CollectorMetrics
 from pxo.collector.registry import Registry
@@ -34,6 +35,11 @@ class CollectorService(pxo_pb2_grpc.CollectorServicer):
     def Query(self, request: pxo_pb2.QueryRequest, context: grpc.ServicerContext) -> Iterator[pxo_pb2.QueryReply]:
         replies = self.executor.run(request)
         yield from (self.metrics.observe(replies) if self.metrics else replies)
+
+    def Follow(self, request: pxo_pb2.QueryRequest, context: grpc.ServicerContext) -> Iterator[pxo_pb2.QueryReply]:
+        """`pxo query --follow`: see collector/follow.py."""
+        yield from follow.serve(request, context, registry=self.registry, stub=self.executor.stub,
+                                row_cap=self.executor.row_cap, now=self.executor.clock)
 
     def ListNodes(self, request: pxo_pb2.ListNodesRequest, context: grpc.ServicerContext) -> pxo_pb2.ListNodesReply:
         return pxo_pb2.ListNodesReply(nodes=[

@@ -65,6 +65,9 @@ class EdgeSettings(TlsSettings):
     retention_days_by_table: dict[str, float] = Field(
         default_factory=dict, description='per-table overrides, e.g. {"alloc_rate": 7}')
     max_store_mb: int = Field(1024, gt=0, description="most the store may hold, MiB; the oldest rows go first")
+    store_threads: int = Field(1, ge=1, le=64, description="DuckDB threads for the store's queries and ingest: "
+                               "1 keeps a query to one core of the node (more: faster large scans, more CPU "
+                               "spent waiting under load; see docs/benchmarks.md)")
     store_memory_mb: int = Field(128, ge=32, description="memory DuckDB may use for the store and queries, MiB "
                                                          "(bigger queries spill to disk)")
     metrics: str = Field("", description="host:port to serve Prometheus /metrics on (empty: off; port 0: any)")
@@ -101,7 +104,8 @@ class Edge:
             settings.data_dir / "edge.duckdb", all_tables(), flush_interval=settings.flush_interval,
             retention=dt.timedelta(days=settings.retention_days),
             retention_by_table={k: dt.timedelta(days=v) for k, v in settings.retention_days_by_table.items()},
-            max_bytes=settings.max_store_mb << 20, memory_limit=f"{settings.store_memory_mb}MB")
+            max_bytes=settings.max_store_mb << 20, memory_limit=f"{settings.store_memory_mb}MB",
+            threads=settings.store_threads)
         self.pods = KubePodWatcher.from_environment(settings.node)
         self.attributor = Attributor(pods=self.pods)
         sink = AttributingSink(self.store, self.attributor, self.store.tables.values())
@@ -115,7 +119,8 @@ class Edge:
         self.service = EdgeService(node=settings.node, store=self.store, sources=self.sources,
                                    address=lambda: self.address, extra_status=self.extra_status,
                                    metrics=self.metrics)
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="edge-rpc"),
+        self.rpc_pool = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="edge-rpc")
+        self.server = grpc.server(self.rpc_pool,
                                   # with TLS, only the collector's certificate may ask this node anything
                                   interceptors=role_interceptors(settings.tls, EDGE_CALLERS))
         pxo_pb2_grpc.add_EdgeServicer_to_server(self.service, self.server)
@@ -203,6 +208,9 @@ class Edge:
         self.server.stop(grace=2).wait()
         if self.health_server is not None:
             self.health_server.stop(grace=None)
+        # End the RPC threads now: their per-thread DuckDB connections (SQL gate, follow
+        # filters) must be freed while the interpreter is whole, not during its teardown.
+        self.rpc_pool.shutdown(wait=True, cancel_futures=True)
         self.store.close()
         log.info("pxo edge stopped; store closed")
 

@@ -1,10 +1,12 @@
-"""The edge's gRPC face: Describe (who am I, which tables, source status) and
-Execute (run one fragment on the store, stream Arrow)."""
+"""The edge's gRPC face: Describe (who am I, which tables, source status),
+Execute (run one fragment on the store, stream Arrow) and Follow (stream a
+table's rows as they are committed, through a row-local fragment)."""
 
 from __future__ import annotations
 
 import logging
 import platform
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -16,7 +18,7 @@ from pxo.common.version import pxo_version
 from pxo.edge.errors import FragmentError
 from pxo.edge.metrics import EdgeMetrics
 from pxo.edge.sources.base import Source, SourceStatus
-from pxo.edge.store import Store
+from pxo.edge.store import DEFAULT_FOLLOW_QUEUE_ROWS, FollowerTooSlow, Store
 from pxo.v1 import pxo_pb2, pxo_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -25,8 +27,14 @@ class EdgeService(pxo_pb2_grpc.EdgeServicer):
     def __init__(self, *, node: str, store: Store, sources: Sequence[Source],
                  address: Callable[[], str], fragment_timeout: float = 30.0,
                  extra_status: Callable[[], list[SourceStatus]] = list,
-                 metrics: EdgeMetrics | None = None) -> None:
+                 metrics: EdgeMetrics | None = None, max_followers: int = 4,
+                 follow_queue_rows: int = DEFAULT_FOLLOW_QUEUE_ROWS) -> None:
         self.metrics = metrics or EdgeMetrics()
+        # Each follower holds one of the server's worker threads for as long as it follows:
+        # the cap keeps threads free for Execute.
+        self.max_followers = max_followers
+        self._followers = threading.BoundedSemaphore(max_followers)
+        self.follow_queue_rows = follow_queue_rows  # rows a follower may fall behind by
         self.node = node
         self.store = store
         self.sources = sources
@@ -70,3 +78,30 @@ class EdgeService(pxo_pb2_grpc.EdgeServicer):
         finally:
             self.metrics.fragments.labels(outcome).inc()
             self.metrics.fragment_seconds.observe(time.monotonic() - started)
+
+    def Follow(self, request: pxo_pb2.FollowRequest,
+               context: grpc.ServicerContext) -> Iterator[pxo_pb2.ArrowBatch]:
+        if not self._followers.acquire(blocking=False):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"this node already serves {self.max_followers} followers, its most")
+        stop = threading.Event()
+        context.add_callback(stop.set)  # the caller cancelled or went away
+        try:
+            for batch in self.store.follow(
+                request.table, request.sql,
+                start=from_unix_us(request.start_unix_us) if request.start_unix_us else None,
+                end=from_unix_us(request.end_unix_us) if request.end_unix_us else None,
+                backlog=request.backlog, row_limit=request.row_limit, stop=stop,
+                timeout=self.fragment_timeout, max_queued_rows=self.follow_queue_rows,
+            ):
+                if not context.is_active():
+                    break
+                yield pxo_pb2.ArrowBatch(ipc_stream=arrowipc.encode(batch))
+        except FollowerTooSlow as exc:
+            log.warning("follower of %s ended: %s", request.table, exc)
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except FragmentError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        finally:
+            stop.set()
+            self._followers.release()

@@ -14,6 +14,16 @@ Reads: each fragment runs on its own cursor (DuckDB MVCC: a read never blocks
 ingest), after the SQL gate, on a connection with external access off,
 extension autoload off, memory and thread limits, and configuration locked;
 with a deadline (the query is interrupted) and a row cap.
+
+Follow (``pxo query --follow``): ``follow`` subscribes to one table; after
+each commit the writer hands the committed rows, as Arrow, to every
+subscriber of that table (a bounded queue each: the writer never waits for a
+reader; a subscriber that falls behind by more than its bound is ended with
+"follower too slow, N rows dropped"). The subscriber's own thread runs the
+gated fragment over those rows only, in a small hardened in-memory DuckDB
+(never on the writer's connection). A backlog of stored rows is read from a
+snapshot pinned under the same lock the writer holds to commit and publish,
+so no row comes twice and none falls between the backlog and the live rows.
 """
 
 from __future__ import annotations
@@ -41,7 +51,61 @@ from pxo.edge.sources.base import SourceStatus
 log = logging.getLogger(__name__)
 
 DEFAULT_ROW_CAP = 1_000_000
+DEFAULT_FOLLOW_QUEUE_ROWS = 100_000
 _FLUSH = object()  # stands for "the flush deadline passed" inside the writer
+
+
+class FollowerTooSlow(FragmentError):
+    """A follower read more slowly than its table was written: its queue overflowed."""
+
+
+class Subscription:
+    """The committed rows of one table waiting for one follower: bounded in rows.
+
+    ``offer`` is called by the writer (under the store's subscription lock) and never
+    blocks; once the bound is exceeded the subscription is marked overflowed and
+    everything offered afterwards is counted as dropped."""
+
+    def __init__(self, table: str, max_rows: int) -> None:
+        self.table = table
+        self.max_rows = max_rows
+        self._q: queue.SimpleQueue[pa.Table] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self.queued_rows = 0
+        self.dropped = 0
+        self.overflowed = False
+
+    def offer(self, batch: pa.Table) -> None:
+        with self._lock:
+            if self.overflowed or self.queued_rows + batch.num_rows > self.max_rows:
+                self.overflowed = True
+                self.dropped += batch.num_rows
+                return
+            self.queued_rows += batch.num_rows
+        self._q.put(batch)
+
+    def get(self, timeout: float) -> pa.Table | None:
+        """The next committed batch, None when none came within ``timeout``;
+        FollowerTooSlow once the queue has overflowed (what was still queued counts as dropped)."""
+        with self._lock:
+            if self.overflowed:
+                raise FollowerTooSlow(f"follower too slow, {self.dropped + self.queued_rows} rows dropped "
+                                      f"(more than {self.max_rows} rows were waiting for it)")
+        try:
+            batch = self._q.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        with self._lock:
+            self.queued_rows -= batch.num_rows
+        return batch
+
+
+def _empty(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]) -> pa.RecordBatch:
+    try:
+        schema = con.sql(f"SELECT * FROM ({sql}) LIMIT 0", params=params or None).to_arrow_table().schema
+    except duckdb.Error as exc:
+        raise FragmentError(str(exc).splitlines()[0]) from exc
+    return pa.RecordBatch.from_pylist([], schema=schema)
 
 
 class Store:
@@ -87,6 +151,11 @@ class Store:
         # rows, flush barriers (Events), or None to stop the writer
         self._queue: queue.Queue[tuple[str, Mapping[str, Any]] | threading.Event | None] = queue.Queue()
         self._writer: threading.Thread | None = None
+        # Followers by table; the writer commits and publishes under _sub_lock, so a
+        # follower's backlog snapshot and its subscription see the same commits.
+        self._sub_lock = threading.Lock()
+        self._subs: dict[str, list[Subscription]] = defaultdict(list)
+        self._memory_limit = memory_limit
         self.rows_written = 0
         self.write_error: str = ""
         try:
@@ -176,7 +245,10 @@ class Store:
             try:
                 cur.register("pxo_batch", batch)
                 try:
-                    cur.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM pxo_batch')
+                    with self._sub_lock:  # commit and publish as one step for followers
+                        cur.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM pxo_batch')
+                        for sub in self._subs.get(name, ()):
+                            sub.offer(batch)
                 finally:
                     cur.unregister("pxo_batch")
             except duckdb.Error as exc:
@@ -300,9 +372,24 @@ class Store:
         if "$end" in sql:
             params["end"] = end
         cur = self._con.cursor()
+        try:
+            yield from self._read(cur, sql, params, cap, timeout, batch_rows)
+        finally:
+            cur.close()
+
+    def _read(self, cur: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any], cap: int, timeout: float,
+              batch_rows: int = 65_536, *, what: str = "query", complete: bool = False) -> Iterator[pa.RecordBatch]:
+        """Batches of an already gated SELECT on ``cur`` (at least one, maybe empty), cut at
+        ``cap`` rows, or with ``complete`` refused when more than ``cap`` rows match;
+        interrupted after ``timeout`` seconds."""
         timer = threading.Timer(timeout, cur.interrupt)
         timer.start()
         try:
+            if complete:
+                n = cur.sql(f"SELECT count(*) FROM ({sql})", params=params or None).fetchall()[0][0]
+                if n > cap:
+                    raise FragmentError(f"the {what} holds {n} matching rows, more than the cap of {cap}: "
+                                        "shorten the range or narrow the where clause")
             reader = cur.sql(sql, params=params or None).to_arrow_reader(batch_rows)
             sent = 0
             yielded = False
@@ -317,12 +404,95 @@ class Store:
             if not yielded:
                 yield pa.RecordBatch.from_pylist([], schema=reader.schema)
         except duckdb.InterruptException as exc:
-            raise FragmentError(f"the query ran longer than its {timeout:g} s deadline and was stopped") from exc
+            raise FragmentError(f"the {what} ran longer than its {timeout:g} s deadline and was stopped") from exc
         except duckdb.Error as exc:
             raise FragmentError(str(exc).splitlines()[0]) from exc
         finally:
             timer.cancel()
-            cur.close()
+
+    # -- follow ------------------------------------------------------------------
+
+    def followers(self, table: str | None = None) -> int:
+        with self._sub_lock:
+            return sum(len(v) for k, v in self._subs.items() if table in (None, k))
+
+    def follow(
+        self,
+        table: str,
+        sql: str,
+        *,
+        start: dt.datetime | None = None,
+        end: dt.datetime | None = None,
+        backlog: bool = False,
+        row_limit: int = 0,
+        stop: threading.Event | None = None,
+        timeout: float = 30.0,
+        max_queued_rows: int = DEFAULT_FOLLOW_QUEUE_ROWS,
+        poll: float = 0.25,
+    ) -> Iterator[pa.RecordBatch]:
+        """Rows of ``table`` through one gated SELECT over that table alone: first (with
+        ``backlog``) the stored rows, then the rows of every later commit, until ``stop``
+        is set or the caller stops iterating. The first batch, sent once subscribed, has
+        the schema and no rows; every later one has rows. FollowerTooSlow when the caller falls behind by more
+        than ``max_queued_rows``; FragmentError for a refused or failing SELECT."""
+        stop = stop or threading.Event()
+        if table not in self.tables:
+            raise FragmentError(f"refused: no table {table!r} on this node")
+        try:
+            used = sqlgate.check(sql, self.tables)
+        except sqlgate.SqlRefused as exc:
+            raise FragmentError(f"refused: {exc}") from exc
+        if used != {table}:
+            raise FragmentError(f"refused: a follow fragment reads exactly the table {table}")
+        params = {k: v for k, v in (("start", start), ("end", end)) if f"${k}" in sql}
+        scratch = duckdb.connect(":memory:", config={
+            "enable_external_access": False, "autoload_known_extensions": False,
+            "autoinstall_known_extensions": False, "threads": 1,
+            "memory_limit": self._memory_limit})
+        cur: duckdb.DuckDBPyConnection | None = None
+        sub = Subscription(table, max_queued_rows)
+        try:
+            scratch.execute(self.tables[table].ddl())
+            scratch.execute("SET lock_configuration = true")
+            with self._sub_lock:
+                if backlog:  # pin the snapshot: it holds exactly the commits published before sub
+                    cur = self._con.cursor()
+                    cur.execute("BEGIN TRANSACTION")
+                    cur.execute(f'SELECT 1 FROM "{table}" LIMIT 1').fetchall()
+                self._subs[table].append(sub)
+            # first, the schema and no rows: the caller knows it is subscribed
+            yield _empty(scratch, sql, params)
+            if cur is not None:
+                cap = min(row_limit or self.row_cap, self.row_cap)
+                yield from (b for b in self._read(cur, sql, params, cap, timeout, what="backlog", complete=True)
+                            if b.num_rows)
+                cur.close()
+                cur = None
+            while not stop.is_set():
+                committed = sub.get(poll)
+                if committed is None:
+                    continue
+                scratch.execute("BEGIN TRANSACTION")
+                try:
+                    scratch.register("pxo_batch", committed)
+                    scratch.execute(f'INSERT INTO "{table}" BY NAME SELECT * FROM pxo_batch')
+                    scratch.unregister("pxo_batch")
+                    out = scratch.sql(sql, params=params or None).to_arrow_table()
+                except duckdb.Error as exc:
+                    raise FragmentError(str(exc).splitlines()[0]) from exc
+                finally:
+                    scratch.execute("ROLLBACK")
+                for batch in out.to_batches():
+                    if batch.num_rows:
+                        yield batch
+        finally:
+            with self._sub_lock:
+                if sub in self._subs.get(table, ()):
+                    self._subs[table].remove(sub)
+            if cur is not None:
+                with contextlib.suppress(duckdb.Error):
+                    cur.close()
+            scratch.close()
 
     def close(self) -> None:
         if self._writer is not None:

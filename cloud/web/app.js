@@ -24,6 +24,8 @@ async function api(method, path, body) {
   const data = resp.status === 204 ? null : await resp.json().catch(() => null);
   if (resp.status === 401) { signOut("Your key was refused: " + ((data && data.error && data.error.message) || "401")); }
   if (!resp.ok) throw new ApiError(resp.status, data);
+  // a query answer is streamed: a collector that fails after the rows started ends it with "error"
+  if (data && data.error) throw new ApiError(502, data);
   return data;
 }
 
@@ -275,6 +277,8 @@ async function runQuery() {
     const bad = ans.nodes.filter((n) => n.state !== "ok" && n.state !== "skipped");
     $("query-status").textContent = `${ans.rows.length} rows in ${Math.round(performance.now() - t0)} ms` +
       (ans.truncated ? " (cut at the row cap)" : "") +
+      ((ans.approximate_columns || []).length ? ` (approximate, within ${(100 * ans.relative_error).toFixed(2)}%: ` +
+        `${ans.approximate_columns.join(", ")})` : "") +
       (bad.length ? ` — partial: ${bad.map((n) => `${n.node} ${n.state}`).join(", ")}` : "");
     const c = chartable(ans.columns);
     if (c && ans.rows.length) {
