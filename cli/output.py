@@ -31,6 +31,8 @@ def cell(name: str, value: Any) -> str:
     if isinstance(value, str) and len(value) >= 20 and value[4:5] == "-" and value[10:11] == "T":
         return value[:19].replace("T", " ")  # an ISO timestamp, shown to the second
     if isinstance(value, float):
+        if 1e6 <= abs(value) < 1e15:  # a large measure (a sketch's p99 of bytes): digits, not 7.18832e+07
+            return f"{value:.0f}"
         return f"{value:.6g}"
     return str(value)
 

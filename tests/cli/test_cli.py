@@ -82,6 +82,13 @@ def test_tables_fit_or_become_records() -> None:
     assert output.human_bytes(71958528) == "68.6 MiB" and output.cell("x", None) == "-"
 
 
+def test_cells_show_sizes_and_large_numbers_plainly() -> None:
+    assert output.cell("p99_anon_rss_bytes", 71958528.3) == "68.6 MiB"
+    assert output.cell("p", 71883193.4) == "71883193"  # not 7.18832e+07
+    assert output.cell("ratio", 0.123456789) == "0.123457"
+    assert output.cell("x", None) == "-"
+
+
 def test_help_imports_no_heavy_modules() -> None:
     code = ("import sys; from pxo.cli.main import main; main(['--help']); "
             "heavy = [m for m in ('grpc', 'duckdb', 'fastapi', 'pyarrow', 'pydantic', 'bcc') if m in sys.modules]; "
