@@ -471,9 +471,9 @@ def cmd_clusters_list(args: argparse.Namespace) -> int:
 
         print(output.as_json(clusters))
         return EXIT_OK
-    _print_table(args, ["cluster", "address", "default", "token"],
-                 [[c["name"], c["address"], "yes" if c["default"] else "", "yes" if c["authenticated"] else "no"]
-                  for c in clusters], "(no clusters)")
+    _print_table(args, ["cluster", "address", "default", "token", "tls"],
+                 [[c["name"], c["address"], "yes" if c["default"] else "", "yes" if c["authenticated"] else "no",
+                   "yes" if c.get("tls") else "no"] for c in clusters], "(no clusters)")
     return EXIT_OK
 
 

@@ -178,6 +178,7 @@ class ClusterOut(BaseModel):
     address: str
     default: bool
     authenticated: bool = Field(description="a cluster token is sent to this collector")
+    tls: bool = Field(False, description="the collector is reached with mutual TLS (certificates set)")
 
 
 class TableColumnOut(BaseModel):
@@ -613,7 +614,8 @@ def create_app(settings: CloudSettings, *, db: Database | None = None,
 
     def cluster_out(c: Cluster) -> dict[str, Any]:
         # never the token, the key nor the certificates
-        return {"name": c.name, "address": c.address, "default": c.is_default, "authenticated": bool(c.token)}
+        return {"name": c.name, "address": c.address, "default": c.is_default, "authenticated": bool(c.token),
+                "tls": c.tls}
 
     @app.get("/api/v1/clusters", response_model=list[ClusterOut], responses=ERRORS, tags=["clusters"])
     def list_clusters(caller: Viewer) -> list[dict[str, Any]]:

@@ -95,6 +95,7 @@ def test_a_cluster_added_with_tls_is_queried_over_tls(far: dict) -> None:
     status, listed, _ = http("GET", url + "/api/v1/clusters", key=key)
     for text in (r.stdout, str(listed)):
         assert "far" in text and "BEGIN" not in text and "PRIVATE" not in text
+    assert {c["name"]: c["tls"] for c in listed}["far"] is True  # ... but that it has TLS is
     # ... but kept by the cloud, in its private store
     db = far["root"] / "cloud" / "cloud.sqlite"
     for p in (db, db.with_name("cloud.sqlite-wal")):

@@ -55,11 +55,11 @@ def test_clusters_default_add_remove(stack: Stack) -> None:
     url = stack.url + "/api/v1/clusters"
     status, clusters, _, _ = call("GET", url, key=stack.key)
     assert clusters == [{"name": "default", "address": stack.collector_addr, "default": True,
-                         "authenticated": False}]
+                         "authenticated": False, "tls": False}]
     status, made, _, _ = call("POST", url, {"name": "dead", "address": "127.0.0.1:9", "token": "t" * 20},
                               key=stack.key)
     assert status == 201 and made == {"name": "dead", "address": "127.0.0.1:9", "default": False,
-                                      "authenticated": True}
+                                      "authenticated": True, "tls": False}
     assert "t" * 20 not in str(call("GET", url, key=stack.key)[1])  # the token is never shown
     status, body, _, _ = call("GET", stack.url + "/api/v1/nodes?cluster=dead", key=stack.key)
     assert status == 502 and "127.0.0.1:9" in body["error"]["message"]
