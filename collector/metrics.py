@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -64,6 +64,8 @@ class CollectorMetrics:
                                         buckets=BUCKETS)
         self.query_seconds = Histogram("pxo_collector_query_seconds", "Time to stream a whole answer",
                                        registry=self.registry, buckets=BUCKETS)
+        self.follow_streams = Gauge("pxo_collector_follow_streams", "pxo query --follow streams open now",
+                                    registry=self.registry)
         for outcome in ("ok", "partial", "error"):
             self.queries.labels(outcome)  # present at 0 before the first query
 

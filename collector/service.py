@@ -38,8 +38,15 @@ class CollectorService(pxo_pb2_grpc.CollectorServicer):
 
     def Follow(self, request: pxo_pb2.QueryRequest, context: grpc.ServicerContext) -> Iterator[pxo_pb2.QueryReply]:
         """`pxo query --follow`: see collector/follow.py."""
-        yield from follow.serve(request, context, registry=self.registry, stub=self.executor.stub,
-                                row_cap=self.executor.row_cap, now=self.executor.clock)
+        streams = self.metrics.follow_streams if self.metrics else None
+        if streams is not None:
+            streams.inc()
+        try:
+            yield from follow.serve(request, context, registry=self.registry, stub=self.executor.stub,
+                                    row_cap=self.executor.row_cap, now=self.executor.clock)
+        finally:
+            if streams is not None:
+                streams.dec()
 
     def ListNodes(self, request: pxo_pb2.ListNodesRequest, context: grpc.ServicerContext) -> pxo_pb2.ListNodesReply:
         return pxo_pb2.ListNodesReply(nodes=[

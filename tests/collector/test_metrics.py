@@ -4,12 +4,15 @@ per-node states and the fan-out latency histogram."""
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from pathlib import Path
 
+import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from pxo.common.addr import read_addr_file
+from pxo.v1 import pxo_pb2, pxo_pb2_grpc
 from tests.collector.test_collector import query, seed_store, wait_nodes
 from tests.conftest import Service, start_collector, start_edge
 
@@ -44,6 +47,17 @@ def test_metrics_after_queries(tmp_path: Path, services: list[Service]) -> None:
     assert m[("pxo_collector_node_answers_total", (("state", "ok"),))] == 2
     assert m[("pxo_collector_fanout_seconds_count", ())] == 2
     assert m[("pxo_collector_query_seconds_count", ())] == 2
+
+    # a follow stream is counted while it is open
+    with grpc.insecure_channel(addr) as ch:
+        stream = pxo_pb2_grpc.CollectorStub(ch).Follow(pxo_pb2.QueryRequest(text="oom_events"), timeout=30)
+        next(stream)  # the columns: the stream is open
+        assert scrape(metrics)[("pxo_collector_follow_streams", ())] == 1
+        stream.cancel()
+    deadline = time.monotonic() + 10
+    while scrape(metrics)[("pxo_collector_follow_streams", ())] != 0:
+        assert time.monotonic() < deadline, "the follow stream is still counted after its cancel"
+        time.sleep(0.05)
 
     edges["node-b"].stop()
     assert query(addr, "oom_events | last 1h")["summary"].partial
