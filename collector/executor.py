@@ -15,7 +15,7 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent import futures
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -112,12 +112,7 @@ class Executor:
                 silent = time.time() - entry.last_seen_wall
                 r.state, r.detail = State.DOWN, f"edge down: no heartbeat for {silent:.0f} s"
                 continue
-            tables = {t.name for t in entry.info.tables}
-            missing = sorted({f.table for f in plan.fragments.values() if f.table not in tables})
-            if missing:
-                r.state, r.detail = State.SKIPPED, f"no table {', '.join(missing)} on this node"
-                continue
-            reason = plan.skip_reason(entry.node)
+            reason = skip_reason(entry, [f.table for f in plan.fragments.values()], plan.skip_reason)
             if reason:
                 r.state, r.detail = State.SKIPPED, reason
                 continue
@@ -201,6 +196,16 @@ class Executor:
             self._channels.clear()
 
 
+def skip_reason(entry: EdgeEntry, tables: Iterable[str], excluded: Callable[[str], str]) -> str:
+    """Why an edge cannot contribute to a query reading ``tables`` ('' when it can): it lacks
+    one of them, or ``excluded`` (the query's where node ...) says why not."""
+    have = {t.name for t in entry.info.tables}
+    missing = sorted({t for t in tables if t not in have})
+    if missing:
+        return f"no table {', '.join(missing)} on this node"
+    return excluded(entry.node)
+
+
 P = TypeVar("P")
 
 
@@ -251,26 +256,27 @@ def merge_and_finish(plan: planner.Plan, parts: list[tuple[str, Mapping[str, pa.
                              "query may ship to the collector; narrow it (a shorter range, a where, "
                              "fewer 'by' keys)")
     with scratch(threads=2) as con:
-        registered = _fill(con, plan, parts)
+        registered: list[str] = []
         try:
-            answer = con.sql(f"SELECT * FROM ({plan.final_sql}) LIMIT {cap + 1}").to_arrow_table()
-        except duckdb.Error as exc:
-            raise QueryError(str(exc).splitlines()[0]) from exc
+            _fill(con, plan, parts, registered)
+            try:
+                answer = con.sql(f"SELECT * FROM ({plan.final_sql}) LIMIT {cap + 1}").to_arrow_table()
+            except duckdb.Error as exc:
+                raise QueryError(str(exc).splitlines()[0]) from exc
         finally:
-            for name in registered:
+            for name in registered:  # the view goes with the rollback, the Arrow data with this
                 con.unregister(name)
     truncated = answer.num_rows > cap or any(t.num_rows > cap for _, ts in parts for t in ts.values())
     return answer.slice(0, cap), truncated
 
 
-def _fill(con: duckdb.DuckDBPyConnection, plan: planner.Plan,
-          parts: list[tuple[str, Mapping[str, pa.Table]]]) -> list[str]:
+def _fill(con: duckdb.DuckDBPyConnection, plan: planner.Plan, parts: list[tuple[str, Mapping[str, pa.Table]]],
+          registered: list[str]) -> None:
     """One relation per fragment holding every node's partial answer, cast to the planned
     types: a view over the parts concatenated in Arrow, which the final step reads in
     place (only the columns it needs; copying the rows into a table first cost more than
-    the rest of the query). Returns the names of the Arrow tables registered on ``con``,
-    to unregister once the final step has run."""
-    registered: list[str] = []
+    the rest of the query). The names of the Arrow tables it registers on ``con`` go into
+    ``registered``: the caller unregisters them once the final step has run."""
     try:
         for i, (name, fragment) in enumerate(plan.fragments.items()):
             pieces = []
@@ -296,10 +302,5 @@ def _fill(con: duckdb.DuckDBPyConnection, plan: planner.Plan,
             registered.append(arrow_name)
             casts = ", ".join(f'CAST("{n}" AS {t}) AS "{n}"' for n, t in fragment.columns)
             con.execute(f'CREATE VIEW "{name}" AS SELECT {casts} FROM {arrow_name}')
-    except BaseException as exc:
-        for arrow_name in registered:
-            con.unregister(arrow_name)
-        if isinstance(exc, duckdb.Error):
-            raise QueryError(f"the nodes' partial answers do not merge: {str(exc).splitlines()[0]}") from exc
-        raise
-    return registered
+    except duckdb.Error as exc:
+        raise QueryError(f"the nodes' partial answers do not merge: {str(exc).splitlines()[0]}") from exc

@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from pxo.collector import planner, query
 from pxo.collector.errors import QueryError
-from pxo.collector.executor import plan_or_refusal
+from pxo.collector.executor import plan_or_refusal, skip_reason
 from pxo.collector.registry import EdgeEntry, Registry
 from pxo.collector.scratch import scratch
 from pxo.common import arrowipc
@@ -199,9 +199,7 @@ class Follow:
                 link = self._links.setdefault(entry.node, _Link(entry.node))
             if link.running:
                 continue
-            tables = {t.name for t in entry.info.tables}
-            reason = self.plan.fragment.table not in tables and f"no table {self.plan.table} on this node"
-            reason = reason or self.plan.skip_reason(entry.node)
+            reason = skip_reason(entry, [self.plan.table], self.plan.skip_reason)
             if reason:
                 changed += self._note(entry.node, State.SKIPPED, reason)
                 continue

@@ -443,6 +443,9 @@ def _sort_order(keys: tuple[SortKey, ...], rel: _Rel) -> list[str]:
         + _all_cols_order(rel)
 
 
+TOP_N_THRESHOLD = _INTERNAL + "thr"  # the CTE holding an edge's N-th sort key
+
+
 def _top_n_edge(prev: str, keys: list[tuple[str, bool]], n: int, rel: _Rel,
                 ctes: list[tuple[str, str]]) -> tuple[str, int]:
     """One edge's share of a top-N: a superset of its first N rows in the total order
@@ -460,9 +463,8 @@ def _top_n_edge(prev: str, keys: list[tuple[str, bool]], n: int, rel: _Rel,
     if len(keys) != 1 or n == 0:
         return f"SELECT * FROM {prev} ORDER BY {', '.join(total)} LIMIT {n}", n
     (k, desc), = keys
-    thr = _INTERNAL + "thr"
-    ctes.append((thr, f"SELECT {k} AS t FROM {prev} ORDER BY {total[0]} LIMIT 1 OFFSET {n - 1}"))
-    t = f"(SELECT t FROM {ident(thr)})"
+    ctes.append((TOP_N_THRESHOLD, f"SELECT {k} AS t FROM {prev} ORDER BY {total[0]} LIMIT 1 OFFSET {n - 1}"))
+    t = f"(SELECT t FROM {ident(TOP_N_THRESHOLD)})"
     cols = ", ".join(ident(c) for c in rel.user)
     sql = (f"SELECT {cols} FROM {prev} WHERE {k} {'>' if desc else '<'} {t} "
            f"UNION ALL SELECT {cols} FROM {prev} WHERE {k} IS NOT NULL AND {t} IS NULL "
@@ -767,15 +769,15 @@ def _conjuncts(e: Expr) -> list[Expr]:
 
 
 def _with(ctes: list[tuple[str, str]], select: str, *, inline: bool = False) -> str:
-    """``inline``: never materialize a CTE (DuckDB otherwise materializes one that is
-    read twice, as the top-N pushdown does: a copy of every row), except the top-N
-    threshold (one row, computed once)."""
+    """``inline``: never materialize a row-level CTE (DuckDB otherwise materializes one
+    that is read twice, as the top-N pushdown does: a copy of every row); the top-N
+    threshold (TOP_N_THRESHOLD, one row read three times) is materialized, computed once."""
     if not ctes:
         return select
     def how(name: str) -> str:
         if not inline:
             return ""
-        return " MATERIALIZED" if name == _INTERNAL + "thr" else " NOT MATERIALIZED"
+        return " MATERIALIZED" if name == TOP_N_THRESHOLD else " NOT MATERIALIZED"
     return "WITH " + ", ".join(f"{ident(n)} AS{how(n)} ({s})" for n, s in ctes) + " " + select
 
 
@@ -872,7 +874,7 @@ def _time_range(p: query.Pipeline, table: Table, now: dt.datetime) -> tuple[dt.d
     return rng.start, rng.end
 
 
-_PROBE_NOW = dt.datetime(2000, 1, 1)
+_PROBE_NOW = dt.datetime(2100, 1, 1)  # after any 'since': only the SQL's types depend on it
 
 
 @functools.lru_cache(maxsize=256)
@@ -880,7 +882,7 @@ def _plan_cached(text: str, table: Table) -> Plan:
     """The plan of ``text``, its range resolved against a fixed instant (callers put the
     real bounds in): a pure function of its arguments, so it can be remembered."""
     p = query.parse(text)
-    return _plan(text, p, table, *_time_range(p, table, _PROBE_NOW + dt.timedelta(days=365 * 100)))
+    return _plan(text, p, table, *_time_range(p, table, _PROBE_NOW))
 
 
 def _plan(text: str, p: query.Pipeline, table: Table, start: dt.datetime | None, end: dt.datetime | None) -> Plan:
@@ -899,6 +901,7 @@ def _plan(text: str, p: query.Pipeline, table: Table, start: dt.datetime | None,
     table_cols = ", ".join(ident(c) for c in cols[1:])
     base_single = f"SELECT {ident(NODE)}, {table_cols} FROM {ident(table.name)}{where}"
     base_edge = ("SELECT ", f" AS {ident(NODE)}, {table_cols} FROM {ident(table.name)}{where}")
+    params: dict[str, object] = {"start": start, "end": end} if where else {}
 
     # The single-database form: every operator in order (the reference, and the answer's shape).
     single: list[tuple[str, str]] = [(_INTERNAL + "s0", base_single)]
@@ -924,10 +927,8 @@ def _plan(text: str, p: query.Pipeline, table: Table, start: dt.datetime | None,
     approx: set[str] = set()
     if isinstance(head, Summarize):
         spec = _summarize_spec(head, rel)
-        _check_sketch_args(spec, table, edge_ctes, prev, where, start, end)
-        sketched = {a.index for a in spec.aggs if a.call.name in SKETCH}
-        approx = {name.lower() for name, e in spec.outputs
-                  if any(a.index in sketched for a in spec.aggs if any(a.call is c for c in _agg_calls(e)))}
+        _check_sketch_args(spec, table, sql_literal("probe").join(base_edge), edge_ctes, prev, params)
+        approx = {name.lower() for name, e in spec.outputs if any(c.name in SKETCH for c in _agg_calls(e))}
         approx = _approximate_after(rest[1:], approx)
         edge_select = _summarize_edge(spec).replace(PREV, ident(prev))
         ctes, sql, srel = _summarize_final(spec, merged)
@@ -961,7 +962,6 @@ def _plan(text: str, p: query.Pipeline, table: Table, start: dt.datetime | None,
     # the node literal goes into s0: split the SQL around it
     head_sql, tail_sql = edge_sql.split(f"{ident(_INTERNAL + 's0')} AS NOT MATERIALIZED ()", 1)
     parts = (f"{head_sql}{ident(_INTERNAL + 's0')} AS NOT MATERIALIZED ({base_edge[0]}", f"{base_edge[1]}){tail_sql}")
-    params: dict[str, object] = {"start": start, "end": end} if where else {}
 
     # Bind both halves on empty tables: type errors surface now, with a position.
     with scratch() as con:
@@ -988,20 +988,18 @@ def _plan(text: str, p: query.Pipeline, table: Table, start: dt.datetime | None,
                 reference_sql, tuple(out_rel.user), tuple(c for c in out_rel.user if c.lower() in approx))
 
 
-def _check_sketch_args(spec: _SummarizeSpec, table: Table, ctes: list[tuple[str, str]], prev: str, where: str,
-                       start: dt.datetime | None, end: dt.datetime | None) -> None:
-    """Sketch percentiles take numbers: refuse any other type at the call, naming it."""
+def _check_sketch_args(spec: _SummarizeSpec, table: Table, base: str, ctes: list[tuple[str, str]], prev: str,
+                       params: dict[str, object]) -> None:
+    """Sketch percentiles take numbers: refuse any other type at the call, naming it.
+    ``base`` is the edge's first stage (a probe node's), ``ctes`` the stages after it."""
     calls = [a for a in spec.aggs if a.call.name in SKETCH]
     if not calls:
         return
-    cols = ", ".join(ident(c) for c in table.column_names if c != NODE)
-    base = f"SELECT 'probe' AS {ident(NODE)}, {cols} FROM {ident(table.name)}{where}"
-    sql = _with([(_INTERNAL + "s0", base), *ctes],
-                f"SELECT {', '.join(a.arg for a in calls)} FROM {ident(prev)}")
+    sql = _with([(_INTERNAL + "s0", base), *ctes], f"SELECT {', '.join(a.arg for a in calls)} FROM {ident(prev)}")
     with scratch() as con:
         con.execute(table.ddl())
         try:
-            types = _probe_types(con, sql, {"start": start, "end": end} if where else {})
+            types = _probe_types(con, sql, params)
         except duckdb.Error:
             return  # the argument does not bind: the full probe reports it with its position
     for a, (_, typ) in zip(calls, types, strict=True):
