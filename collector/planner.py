@@ -451,26 +451,28 @@ def _top_n_edge(prev: str, keys: list[tuple[str, bool]], n: int, rel: _Rel,
     """One edge's share of a top-N: a superset of its first N rows in the total order
     (the sort keys, then every column), and how many rows it can be.
 
-    Sorting on every column costs a full sort, so with one sort key k the edge
-    finds the key T of its N-th row by k alone (a CTE added to ``ctes``) and sends
-    the rows whose k comes strictly before T (fewer than N: k > T, or every non-null
-    k when T is null, as nulls sort last), and of the rows whose k equals T its first
-    N in the total order. Any row of the global first N is among them: a row after T
-    has N rows of this edge before it. At most 2N - 1 rows go out. Each part is a
-    plain comparison with a scalar, which DuckDB pushes into the scan (an OR of
-    them is many times slower). With several sort keys the edge sorts fully."""
+    Sorting every row on every column costs a full sort, so with one sort key k the
+    edge first finds T, the last non-null key among its first N keys by k alone (a
+    top-N that DuckDB answers from a one-column scan; a CTE added to ``ctes``). Its
+    first N rows in the total order are then its first N among the rows whose k is
+    T or before it (a plain comparison with a scalar, which DuckDB pushes into the
+    scan), or, when it has fewer than N non-null keys, those rows and its first N
+    rows with a null k (nulls sort last). Only these few rows are sorted on every
+    column; at most 2N go out. (An OR of the two filters defeats the pushdown and
+    is many times slower.) With several sort keys the edge sorts fully."""
     total = [f"{k} {'DESC' if desc else 'ASC'} NULLS LAST" for k, desc in keys] + _all_cols_order(rel)
     if len(keys) != 1 or n == 0:
         return f"SELECT * FROM {prev} ORDER BY {', '.join(total)} LIMIT {n}", n
     (k, desc), = keys
-    ctes.append((TOP_N_THRESHOLD, f"SELECT {k} AS t FROM {prev} ORDER BY {total[0]} LIMIT 1 OFFSET {n - 1}"))
+    ctes.append((TOP_N_THRESHOLD, f"SELECT {'min' if desc else 'max'}(t) AS t FROM (SELECT {k} AS t FROM {prev} "
+                                  f"ORDER BY {total[0]} LIMIT {n})"))
     t = f"(SELECT t FROM {ident(TOP_N_THRESHOLD)})"
     cols = ", ".join(ident(c) for c in rel.user)
-    sql = (f"SELECT {cols} FROM {prev} WHERE {k} {'>' if desc else '<'} {t} "
-           f"UNION ALL SELECT {cols} FROM {prev} WHERE {k} IS NOT NULL AND {t} IS NULL "
-           f"UNION ALL SELECT * FROM (SELECT {cols} FROM {prev} WHERE {k} IS NOT DISTINCT FROM {t} "
-           f"ORDER BY {', '.join(total)} LIMIT {n})")
-    return sql, 2 * n - 1
+    order = ", ".join(total)
+    sql = (f"SELECT * FROM (SELECT {cols} FROM {prev} WHERE {k} {'>=' if desc else '<='} {t} "
+           f"ORDER BY {order} LIMIT {n}) "
+           f"UNION ALL SELECT * FROM (SELECT {cols} FROM {prev} WHERE {k} IS NULL ORDER BY {order} LIMIT {n})")
+    return sql, 2 * n
 
 
 def _new_name(name: str, pos: int) -> str:

@@ -202,6 +202,8 @@ def _same(a: object, b: object) -> bool:
             and not isinstance(a, bool) and not isinstance(b, bool):
         return decimal.Decimal(a) == decimal.Decimal(b)
     if isinstance(a, float) and isinstance(b, float | int | decimal.Decimal):
+        if math.isnan(a) or math.isnan(float(b)):
+            return math.isnan(a) and math.isnan(float(b))
         return math.isclose(a, float(b), rel_tol=1e-9, abs_tol=1e-9)
     return a == b
 
@@ -265,7 +267,7 @@ def test_the_percentile_rank_matches_quantile_disc() -> None:
 @st.composite
 def ordered_queries(draw: st.DrawFn) -> str:
     """top-N pushdown, where ties decide: few distinct keys, small N."""
-    key = draw(st.sampled_from(["pod", "ns", "flag", "node", "pid % 2", "bytes"]))
+    key = draw(st.sampled_from(["pod", "ns", "flag", "node", "pid % 2", "bytes", "score"]))
     order = draw(st.sampled_from(["", " asc", " desc"]))
     n = draw(st.integers(0, 4))
     head = draw(st.sampled_from(["", " | where pid > 0", " | extend p2 = pid % 2"]))
@@ -280,6 +282,18 @@ def test_top_n_pushdown_is_exact_under_ties(rows: list[dict], n_nodes: int, text
     assign = data.draw(st.lists(st.integers(0, n_nodes - 1), min_size=len(rows), max_size=len(rows)))
     plan = planner.plan_pipe(text, CATALOG, now=NOW)
     assert_same(distributed(plan, rows, assign, n_nodes), reference(plan, rows, assign), text)
+
+
+def test_top_n_pushdown_orders_nan_and_infinities_like_one_duckdb() -> None:
+    """NaN sorts above +inf in DuckDB: the edge's threshold and its filter must agree."""
+    values = [float("nan"), float("nan"), float("inf"), 2.0, 2.0, float("-inf"), None, None, 0.0]
+    rows = [{"time": NOW - dt.timedelta(seconds=1), "pod": f"p{i}", "ns": "prod", "pid": i, "bytes": 1,
+             "score": v, "flag": None} for i, v in enumerate(values)]
+    for text in ["events | top 1 by score", "events | top 3 by score", "events | top 2 by score asc",
+                 "events | top 9 by score asc", "events | top 8 by score", "events | sort by score | take 4"]:
+        plan = planner.plan_pipe(text, CATALOG, now=NOW)
+        for assign in ([0] * len(rows), [i % 3 for i in range(len(rows))], [i // 4 for i in range(len(rows))]):
+            assert_same(distributed(plan, rows, assign, 3), reference(plan, rows, assign), text)
 
 
 # -- the sketch percentiles' error bound ------------------------------------------------
