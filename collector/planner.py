@@ -880,6 +880,30 @@ _PROBE_NOW = dt.datetime(2100, 1, 1)  # after any 'since': only the SQL's types 
 
 
 @functools.lru_cache(maxsize=256)
+def _op_refs(op: query.Op) -> list[str]:
+    """The columns a row-local operator or a summarize reads (lower case)."""
+    if isinstance(op, Where):
+        return _refs(op.predicate)
+    if isinstance(op, (Project, Extend)):
+        return [c for it in op.items for c in _refs(it.expr)]
+    if isinstance(op, ProjectAway):
+        return [c.name.lower() for c in op.names]
+    if isinstance(op, Summarize):
+        return [c for it in (*op.aggs, *op.keys) for c in _refs(it.expr)]
+    raise AssertionError(f"no column list for {type(op).__name__}")
+
+
+def _edge_columns(head: list[query.Op], cols: list[str]) -> list[str]:
+    """The columns an edge's first stage selects: when the edge's part ends in a
+    summarize, only those it reads (binding every column of a wide table costs the
+    edge as much as a tenth of a count by pod); otherwise all of them. Unknown names
+    were refused already, by the single-database form, with every column to hint from."""
+    if not head or not isinstance(head[-1], Summarize):
+        return cols
+    used = {c for op in head for c in _op_refs(op)}
+    return [c for c in cols if c == NODE or c.lower() in used]
+
+
 def _plan_cached(text: str, table: Table) -> Plan:
     """The plan of ``text``, its range resolved against a fixed instant (callers put the
     real bounds in): a pure function of its arguments, so it can be remembered."""
@@ -900,9 +924,7 @@ def _plan(text: str, p: query.Pipeline, table: Table, start: dt.datetime | None,
     if rng is not None and first_global is not None and p.ops.index(rng) > first_global:
         raise _Err("the time range ('last', 'since', 'between') must come before summarize, sort, take, top "
                    "and distinct", rng.pos)
-    table_cols = ", ".join(ident(c) for c in cols[1:])
-    base_single = f"SELECT {ident(NODE)}, {table_cols} FROM {ident(table.name)}{where}"
-    base_edge = ("SELECT ", f" AS {ident(NODE)}, {table_cols} FROM {ident(table.name)}{where}")
+    base_single = f"SELECT {ident(NODE)}, {', '.join(ident(c) for c in cols[1:])} FROM {ident(table.name)}{where}"
     params: dict[str, object] = {"start": start, "end": end} if where else {}
 
     # The single-database form: every operator in order (the reference, and the answer's shape).
@@ -912,8 +934,11 @@ def _plan(text: str, p: query.Pipeline, table: Table, start: dt.datetime | None,
 
     # The edge: the row-local prefix, then the split operator's partial form.
     split = next((i for i, op in enumerate(ops) if not isinstance(op, LOCAL)), len(ops))
+    edge_cols = _edge_columns(ops[:split + 1], cols)
+    base_edge = ("SELECT ", f" AS {ident(NODE)}{''.join(', ' + ident(c) for c in edge_cols[1:])} "
+                            f"FROM {ident(table.name)}{where}")
     edge_ctes: list[tuple[str, str]] = []
-    rel = _Rel(list(cols))
+    rel = _Rel(list(edge_cols))
     prev = _INTERNAL + "s0"
     for op in ops[:split]:
         name = f"{_INTERNAL}s{len(edge_ctes) + 1}"

@@ -17,6 +17,7 @@ import re
 
 import duckdb
 import pyarrow as pa
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -282,6 +283,25 @@ def test_top_n_pushdown_is_exact_under_ties(rows: list[dict], n_nodes: int, text
     assign = data.draw(st.lists(st.integers(0, n_nodes - 1), min_size=len(rows), max_size=len(rows)))
     plan = planner.plan_pipe(text, CATALOG, now=NOW)
     assert_same(distributed(plan, rows, assign, n_nodes), reference(plan, rows, assign), text)
+
+
+@pytest.mark.parametrize("text, reads", [
+    ("events | summarize n = count() by pod", ["pod"]),
+    ("events | summarize n = count()", []),
+    ("events | where pid > 3 | extend pod = ns | summarize s = sum(bytes) by pod", ["ns", "pid", "pod", "bytes"]),
+    ("events | project-away pod | summarize n = dcount(ns) by bin(time, 5m)", ["time", "pod", "ns"]),
+    ("events | project p = pid * 2, ns | summarize p99(p) by ns", ["pid", "ns"]),
+])
+def test_an_edge_that_summarizes_reads_only_the_columns_it_uses(text: str, reads: list[str]) -> None:
+    rows = [{"time": NOW - dt.timedelta(seconds=i), "pod": "ab"[i % 2], "ns": ["prod", "dev"][i % 3 == 0],
+             "pid": i, "bytes": i * 1000, "score": i / 4, "flag": i % 2 == 0} for i in range(20)]
+    plan = planner.plan_pipe(text, CATALOG, now=NOW)
+    first = plan.fragments["events"].sql("n0").split(" FROM ", 1)[0]
+    assert sorted(re.findall(r'"(\w+)"', first.split("AS NOT MATERIALIZED", 1)[1])) == sorted(
+        ["node", *(c for c in TABLE.column_names if c in reads)]), first
+    assign = [i % 3 for i in range(len(rows))]
+    assert_same(distributed(plan, rows, assign, 3), reference(plan, rows, assign), text,
+                approximate=plan.approximate)
 
 
 def test_top_n_pushdown_orders_nan_and_infinities_like_one_duckdb() -> None:
