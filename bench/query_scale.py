@@ -12,11 +12,18 @@ the same question in SQL, timed in the same run, interleaved.
 This machine has 2 cores: all edges share them, where a real cluster gives
 each edge its own node. The figures say how the design scales on one box,
 not how fast a 64-node cluster answers.
+
+The "floor" column is what no design that scans each edge's rows can beat on
+this box: the CPU the edges' DuckDB alone spends on their fragments (run in
+this process, warm, one thread each: see scan_floor), divided by the cores, as
+if every other cost (gRPC, Python, the merge) were zero and the work spread
+perfectly. "floor ratio" divides it by one DuckDB's p50.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import shutil
 import signal
@@ -30,6 +37,7 @@ from pathlib import Path
 import duckdb
 import grpc
 
+from pxo.collector import planner
 from pxo.common import arrowipc
 from pxo.common.addr import read_addr_file
 from pxo.edge.sources import all_tables
@@ -102,6 +110,30 @@ def cpu_seconds(proc: subprocess.Popen[bytes]) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def scan_floor(root: Path, n: int, pipe: str, repeat: int = 5) -> float:
+    """CPU seconds that n edges' DuckDB alone spends on one query: each edge's own
+    fragment, as the collector plans it, run in this process on that edge's file
+    (one thread, as an edge runs it), warm, the median of ``repeat`` runs, summed
+    over the edges. No gRPC, no Python server, no merge: a floor under pxo's CPU."""
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    plan = planner.plan_pipe(pipe, {t.name: t for t in all_tables()}, now=now)
+    total = 0.0
+    for i in range(n):
+        con = duckdb.connect(str(root / f"e{i}" / "edge.duckdb"), read_only=True, config={"threads": 1})
+        for frag in plan.fragments.values():
+            sql = frag.sql(f"node-{i:02d}")
+            params = {k: v for k, v in (("start", plan.start), ("end", plan.end)) if f"${k}" in sql}
+            con.sql(sql, params=params or None).to_arrow_table()
+            cpu = []
+            for _ in range(repeat):
+                c0 = time.process_time()
+                con.sql(sql, params=params or None).to_arrow_table()
+                cpu.append(time.process_time() - c0)
+            total += statistics.median(cpu)
+        con.close()
+    return total
+
+
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))]
@@ -122,8 +154,10 @@ def main() -> int:
         (root / f"e{i}").mkdir()
         generate(root / f"e{i}" / "edge.duckdb", args.rows, seed=i)
 
+    cores = os.cpu_count() or 1
     print(f"{'edges':>5}  {'query':<20} {'pxo p50':>9} {'pxo p99':>9} {'1 DuckDB p50':>13} {'ratio p50':>9}"
-          f"  {'CPU/query: edges':>16} {'per edge':>9} {'collector':>9} {'1 DuckDB':>9}")
+          f"  {'CPU/query: edges':>16} {'per edge':>9} {'collector':>9} {'1 DuckDB':>9}"
+          f"  {'floor':>7} {'floor ratio':>11}")
     for n in counts:
         single = root / f"single-{n}.duckdb"
         con = duckdb.connect(str(single))
@@ -137,6 +171,9 @@ def main() -> int:
         con.close()
         ref = duckdb.connect(str(single), read_only=True, config={"threads": 2})
 
+        # the edges' scans alone, spread perfectly over this machine's cores (before
+        # the edges start: each holds its file's lock)
+        floors = {name: scan_floor(root, n, pipe) / cores for name, (pipe, _) in QUERIES.items()}
         procs: list[subprocess.Popen[bytes]] = []
         cdir = root / f"collector-{n}"
         cdir.mkdir()
@@ -186,7 +223,8 @@ def main() -> int:
                 k = 1000 / args.repeat  # ms per query
                 print(f"{n:>5}  {name:<20} {p50 * 1000:>7.0f}ms {p99 * 1000:>7.0f}ms {r50 * 1000:>11.0f}ms "
                       f"{p50 / r50:>8.2f}x  {edge_cpu * k:>14.0f}ms {edge_cpu * k / n:>7.1f}ms "
-                      f"{collector_cpu * k:>7.0f}ms {ref_cpu * k:>7.0f}ms", flush=True)
+                      f"{collector_cpu * k:>7.0f}ms {ref_cpu * k:>7.0f}ms"
+                      f"  {floors[name] * 1000:>5.0f}ms {floors[name] / r50:>10.2f}x", flush=True)
         finally:
             for group in (procs[1:], procs[:1]):  # the edges first: they would complain about a gone collector
                 for p in group:
