@@ -879,7 +879,6 @@ def _time_range(p: query.Pipeline, table: Table, now: dt.datetime) -> tuple[dt.d
 _PROBE_NOW = dt.datetime(2100, 1, 1)  # after any 'since': only the SQL's types depend on it
 
 
-@functools.lru_cache(maxsize=256)
 def _op_refs(op: query.Op) -> list[str]:
     """The columns a row-local operator or a summarize reads (lower case)."""
     if isinstance(op, Where):
@@ -904,6 +903,7 @@ def _edge_columns(head: list[query.Op], cols: list[str]) -> list[str]:
     return [c for c in cols if c == NODE or c.lower() in used]
 
 
+@functools.lru_cache(maxsize=256)
 def _plan_cached(text: str, table: Table) -> Plan:
     """The plan of ``text``, its range resolved against a fixed instant (callers put the
     real bounds in): a pure function of its arguments, so it can be remembered."""

@@ -207,3 +207,18 @@ def test_values_that_look_like_planner_text_stay_values() -> None:
     assert "'{prev}'" in sql and "'\"__pxo_s0\" AS ()'" in sql
     with pytest.raises(QueryError, match="NUL"):
         planner.plan_pipe('oom_events | where comm == "\x00"', FULL, now=NOW)
+
+
+def test_a_repeated_query_reuses_its_plan_and_binds_a_new_range() -> None:
+    """The registry rebuilds the catalog from the edges' protos for every query: equal
+    tables must still find the remembered plan (planning costs more than a small query)."""
+    text = "oom_events | last 1h | summarize n = count() by pid"
+    planner._plan_cached.cache_clear()
+    first = planner.plan_pipe(text, {n: Table.from_proto(t.to_proto()) for n, t in CATALOG.items()}, now=NOW)
+    later = NOW + dt.timedelta(minutes=5)
+    again = planner.plan_pipe(text, {n: Table.from_proto(t.to_proto()) for n, t in CATALOG.items()}, now=later)
+    info = planner._plan_cached.cache_info()
+    assert (info.misses, info.hits) == (1, 1)
+    assert again.fragments == first.fragments and again.final_sql == first.final_sql
+    assert (first.start, first.end) == (NOW - dt.timedelta(hours=1), NOW)
+    assert (again.start, again.end) == (later - dt.timedelta(hours=1), later)
