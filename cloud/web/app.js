@@ -293,7 +293,12 @@ async function runQuery() {
       $("answer-legend").replaceChildren();
     }
   } catch (err) {
+    // the previous answer must not read as this query's
     $("query-status").textContent = "";
+    $("answer").replaceChildren();
+    chart.hidden = true;
+    delete chart.dataset.rendered;
+    $("answer-legend").replaceChildren();
     const i = err.info || {};
     let msg = err.message;
     if (i.line && i.column) {

@@ -109,10 +109,12 @@ def test_sign_in_timeline_query_chart_and_nodes(stack: Stack, page: Any) -> None
     assert page.locator("#history button").count() == 2
     assert page.locator("#history button").nth(0).text_content() == "oom_events | last 1h"
 
-    # a bad query shows the message with a caret
+    # a bad query shows the message with a caret, and no longer the previous answer
     page.fill("#query", "oom_events | last 1x")
     page.click("#run")
     page.wait_for_function("document.getElementById('query-error').textContent.includes('^')")
+    assert page.evaluate("document.getElementById('answer').rows.length") == 0
+    assert not page.is_visible("#answer-chart")
 
     page.screenshot(path=str(stack.root / "page.png"), full_page=True)
     assert all(u.startswith(stack.url) for u in requests), [u for u in requests if not u.startswith(stack.url)]
