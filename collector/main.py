@@ -20,6 +20,7 @@ from pxo.collector.executor import Executor
 from pxo.collector.metrics import CollectorMetrics
 from pxo.collector.registry import Registry
 from pxo.collector.service import CollectorService
+from pxo.common import sqlgate
 from pxo.common.addr import split_hostport, write_addr_file
 from pxo.common.settings import SettingsError, configure_logging, load_settings, wait_for_shutdown
 from pxo.common.tls import (
@@ -114,6 +115,7 @@ def serve(settings: CollectorSettings) -> tuple[grpc.Server, str, Executor, heal
     port = add_port(server, settings.listen, settings.tls)
     if port == 0:
         raise OSError(f"cannot listen on {settings.listen} (address in use?)")
+    sqlgate.check("SELECT 1", ())  # the gate's parser database opens now, not in the first query
     server.start()
     healthz.set("", health_pb2.HealthCheckResponse.SERVING)
     healthz.set("pxo.v1.Collector", health_pb2.HealthCheckResponse.SERVING)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
+
 import pytest
 
+from pxo.common import sqlgate
 from pxo.common.sqlgate import SqlRefused, check
 
 TABLES = ["oom_events", "kill_events"]
@@ -87,3 +91,28 @@ def test_what_the_planner_generates_passes() -> None:
           "AND CURRENT ROW) AS cum FROM oom_events) "
           "SELECT m.pid, h.cum, row_number() OVER (ORDER BY m.c DESC NULLS LAST) AS o FROM m "
           "LEFT JOIN h ON m.pid IS NOT DISTINCT FROM h.pid QUALIFY o <= 3", TABLES)
+
+
+def test_threads_share_one_parser_database_and_get_the_same_verdicts() -> None:
+    """Each thread parses on its own cursor of one database: concurrent checks of good
+    and hostile SQL give the verdicts a single thread gives."""
+    texts = [f"SELECT pid + {i} FROM oom_events" for i in range(40)] + \
+            [f"SELECT * FROM read_csv('/etc/passwd{i}')" for i in range(40)]
+
+    def verdict(sql: str) -> str:
+        try:
+            return ",".join(sorted(sqlgate._check(sql, frozenset({"oom_events"}))))
+        except sqlgate.SqlRefused as exc:
+            return f"refused: {exc}"
+
+    want = [verdict(t) for t in texts]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        for _ in range(5):
+            assert list(pool.map(verdict, texts)) == want
+    assert want[0] == "oom_events" and want[-1].startswith("refused: table function read_csv()")
+    cursors = []
+    for _ in range(3):
+        t = threading.Thread(target=lambda: cursors.append(sqlgate._parser()))
+        t.start()
+        t.join()
+    assert len({id(c) for c in cursors}) == 3  # a cursor per thread
