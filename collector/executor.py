@@ -291,7 +291,7 @@ def _fill(con: duckdb.DuckDBPyConnection, plan: planner.Plan, parts: list[tuple[
                 pieces.append(part)
             if not pieces:
                 cols = ", ".join(f'"{n}" {t}' for n, t in fragment.columns)
-                con.execute(f'CREATE TABLE "{name}" ({cols})')
+                con.execute(f'CREATE TEMP TABLE "{name}" ({cols})')
                 continue
             try:
                 merged = pa.concat_tables(pieces, promote_options="permissive")
@@ -301,6 +301,6 @@ def _fill(con: duckdb.DuckDBPyConnection, plan: planner.Plan, parts: list[tuple[
             con.register(arrow_name, merged)
             registered.append(arrow_name)
             casts = ", ".join(f'CAST("{n}" AS {t}) AS "{n}"' for n, t in fragment.columns)
-            con.execute(f'CREATE VIEW "{name}" AS SELECT {casts} FROM {arrow_name}')
+            con.execute(f'CREATE TEMP VIEW "{name}" AS SELECT {casts} FROM {arrow_name}')
     except duckdb.Error as exc:
         raise QueryError(f"the nodes' partial answers do not merge: {str(exc).splitlines()[0]}") from exc

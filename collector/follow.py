@@ -86,7 +86,7 @@ def plan_follow(request: pxo_pb2.QueryRequest, catalog: Mapping[str, Table], *, 
     end = plan.end if isinstance(rng, query.Between) else (FOREVER if rng is not None else None)
     params = {"start": plan.start, "end": end} if rng is not None else {}
     with scratch() as con:
-        con.execute(catalog[fragment.table].ddl())
+        con.execute(catalog[fragment.table].ddl(temp=True))
         schema = con.sql(f"SELECT * FROM ({fragment.sql('probe')}) LIMIT 0",
                          params=params or None).to_arrow_table().schema
     return FollowPlan(fragment.table, fragment, plan.start, end, rng is not None, schema, plan.skip_reason)

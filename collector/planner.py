@@ -35,7 +35,6 @@ import functools
 import math
 import re
 import sys
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -293,18 +292,13 @@ def compile_expr(e: Expr, cols: list[str], agg: AggRender | None = None, *, in_a
     return f"{fn}({', '.join(args)})"
 
 
-_regex_local = threading.local()
-
-
 def _check_regex(pattern: str, pos: int) -> None:
     """Refuse a pattern DuckDB (RE2) cannot compile, now rather than on every edge."""
-    con = getattr(_regex_local, "con", None)
-    if con is None:
-        con = _regex_local.con = _probe_con()
-    try:
-        con.execute("SELECT regexp_matches('', $1::VARCHAR)", [pattern]).fetchall()
-    except duckdb.Error as exc:
-        raise _Err(f"bad regular expression: {_first_line(exc)}", pos) from None
+    with scratch() as con:
+        try:
+            con.execute("SELECT regexp_matches('', $1::VARCHAR)", [pattern]).fetchall()
+        except duckdb.Error as exc:
+            raise _Err(f"bad regular expression: {_first_line(exc)}", pos) from None
 
 
 def _arity(lo: int, hi: int) -> str:
@@ -842,11 +836,6 @@ def _probe_types(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, obj
     return [(n, str(t)) for n, t in zip(rel.columns, rel.types, strict=True)]
 
 
-def _probe_con() -> duckdb.DuckDBPyConnection:
-    return duckdb.connect(":memory:", config={"enable_external_access": False, "autoload_known_extensions": False,
-                                              "autoinstall_known_extensions": False, "threads": 1})
-
-
 def _first_line(exc: Exception) -> str:
     msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return re.sub(r"^[A-Za-z ]+ Error: ", "", msg)
@@ -1003,14 +992,14 @@ def _plan(text: str, p: query.Pipeline, table: Table, start: dt.datetime | None,
 
     # Bind both halves on empty tables: type errors surface now, with a position.
     with scratch() as con:
-        con.execute(table.ddl())
+        con.execute(table.ddl(temp=True))
         try:
             columns = _probe_types(con, sql_literal("probe").join(parts), params)
         except duckdb.Error as exc:
             raise _locate(con, text, ops, cols, table, params, exc) from None
     fragment = Fragment(table.name, parts, tuple(columns))
     with scratch() as con:
-        con.execute(f"CREATE TABLE {merged} ({', '.join(f'{ident(n)} {t}' for n, t in columns)})")
+        con.execute(f"CREATE TEMP TABLE {merged} ({', '.join(f'{ident(n)} {t}' for n, t in columns)})")
         try:
             con.sql(final_sql).limit(0).fetchall()
         except duckdb.Error as exc:
@@ -1036,7 +1025,7 @@ def _check_sketch_args(spec: _SummarizeSpec, table: Table, base: str, ctes: list
         return
     sql = _with([(_INTERNAL + "s0", base), *ctes], f"SELECT {', '.join(a.arg for a in calls)} FROM {ident(prev)}")
     with scratch() as con:
-        con.execute(table.ddl())
+        con.execute(table.ddl(temp=True))
         try:
             types = _probe_types(con, sql, params)
         except duckdb.Error:

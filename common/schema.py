@@ -32,9 +32,10 @@ class Table:
     def column_names(self) -> list[str]:
         return [c.name for c in self.columns]
 
-    def ddl(self) -> str:
+    def ddl(self, *, temp: bool = False) -> str:
+        """CREATE TABLE for this table; ``temp``: a TEMP table (the collector's scratch)."""
         cols = ",\n  ".join(f'"{c.name}" {c.type}' for c in self.columns)
-        return f'CREATE TABLE IF NOT EXISTS "{self.name}" (\n  {cols}\n)'
+        return f'CREATE {"TEMP " if temp else ""}TABLE IF NOT EXISTS "{self.name}" (\n  {cols}\n)'
 
     def to_proto(self) -> pxo_pb2.Table:
         return pxo_pb2.Table(
