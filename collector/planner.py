@@ -312,47 +312,38 @@ def _hint_list(name: str, choices: list[str], what: str) -> str:
     return (f"did you mean {close[0]}? " if close else "") + f"{what}: " + ", ".join(choices)
 
 
-def _agg_calls(e: Expr) -> list[Call]:
+def _children(e: Expr) -> tuple[Expr, ...]:
+    """The expressions directly inside ``e``, left to right."""
     if isinstance(e, Call):
-        if e.name in AGGREGATES:
-            return [e]
-        return [c for a in e.args for c in _agg_calls(a)]
+        return e.args
     if isinstance(e, Unary):
-        return _agg_calls(e.operand)
+        return (e.operand,)
     if isinstance(e, Binary):
-        return _agg_calls(e.left) + _agg_calls(e.right)
+        return (e.left, e.right)
     if isinstance(e, InList):
-        return _agg_calls(e.operand) + [c for i in e.items for c in _agg_calls(i)]
-    return []
+        return (e.operand, *e.items)
+    return ()
+
+
+def _agg_calls(e: Expr) -> list[Call]:
+    if isinstance(e, Call) and e.name in AGGREGATES:
+        return [e]
+    return [c for x in _children(e) for c in _agg_calls(x)]
 
 
 def _refs_outside_aggs(e: Expr) -> list[Col]:
     if isinstance(e, Col):
         return [e]
-    if isinstance(e, Call):
-        return [] if e.name in AGGREGATES else [c for a in e.args for c in _refs_outside_aggs(a)]
-    if isinstance(e, Unary):
-        return _refs_outside_aggs(e.operand)
-    if isinstance(e, Binary):
-        return _refs_outside_aggs(e.left) + _refs_outside_aggs(e.right)
-    if isinstance(e, InList):
-        return _refs_outside_aggs(e.operand) + [c for i in e.items for c in _refs_outside_aggs(i)]
-    return []
+    if isinstance(e, Call) and e.name in AGGREGATES:
+        return []
+    return [c for x in _children(e) for c in _refs_outside_aggs(x)]
 
 
 def _refs(e: Expr) -> list[str]:
     """Every column ``e`` reads, inside aggregations or not (lower case)."""
     if isinstance(e, Col):
         return [e.name.lower()]
-    if isinstance(e, Call):
-        return [c for a in e.args for c in _refs(a)]
-    if isinstance(e, Unary):
-        return _refs(e.operand)
-    if isinstance(e, Binary):
-        return _refs(e.left) + _refs(e.right)
-    if isinstance(e, InList):
-        return _refs(e.operand) + [c for i in e.items for c in _refs(i)]
-    return []
+    return [c for x in _children(e) for c in _refs(x)]
 
 
 def _approximate_after(ops: list[query.Op], approx: set[str]) -> set[str]:
@@ -549,7 +540,15 @@ class _SummarizeSpec:
     keys: list[tuple[str, str]]  # (output name, SQL over the input)
     aggs: list[_Agg]
     outputs: list[tuple[str, Expr]]  # (output name, expression over aggregate calls)
-    holistic: list[str]  # distinct SQL of what dcount/percentile partials group by (_Agg.holistic)
+
+    @property
+    def holistic(self) -> list[str]:
+        """The distinct SQL of what dcount/percentile partials group by (_Agg.holistic)."""
+        out: list[str] = []
+        for a in self.aggs:
+            if a.holistic and a.holistic not in out:
+                out.append(a.holistic)
+        return out
 
 
 def _summarize_spec(op: Summarize, rel: _Rel) -> _SummarizeSpec:
@@ -577,15 +576,7 @@ def _summarize_spec(op: Summarize, rel: _Rel) -> _SummarizeSpec:
         name = it.name or _default_name(it.expr) or f"agg{len(outputs) + 1}"
         outputs.append((_new_name(name, it.pos), it.expr, it.pos))
     _check_unique([(n, p) for n, _, p in keys] + [(n, p) for n, _, p in outputs])
-    return _SummarizeSpec([(n, s) for n, s, _ in keys], aggs, [(n, e) for n, e, _ in outputs], _holistic(aggs))
-
-
-def _holistic(aggs: list[_Agg]) -> list[str]:
-    out: list[str] = []
-    for a in aggs:
-        if a.holistic and a.holistic not in out:
-            out.append(a.holistic)
-    return out
+    return _SummarizeSpec([(n, s) for n, s, _ in keys], aggs, [(n, e) for n, e, _ in outputs])
 
 
 def _naive_agg(a: _Agg) -> str:
@@ -1035,7 +1026,6 @@ def _check_sketch_args(spec: _SummarizeSpec, table: Table, base: str, ctes: list
             raise _Err(f"{a.call.name}() is approximate and takes a number, not {typ}", a.call.pos,
                        "percentile_exact(x, q) takes any ordered value, exactly")
         a.arg_type = typ
-    spec.holistic[:] = _holistic(spec.aggs)  # the buckets' SQL now knows the types
 
 
 def _locate(con: duckdb.DuckDBPyConnection, text: str, ops: list[query.Op], cols: list[str], table: Table,

@@ -19,19 +19,15 @@ from contextlib import contextmanager
 
 import duckdb
 
+from pxo.common.sqlgate import HARDENED
+
 _local = threading.local()
 _roots: dict[tuple[int, str], duckdb.DuckDBPyConnection] = {}
 _roots_lock = threading.Lock()
 
 
 def _connect(threads: int, memory_limit: str) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect(":memory:", config={
-        "enable_external_access": False,
-        "autoload_known_extensions": False,
-        "autoinstall_known_extensions": False,
-        "threads": threads,
-        "memory_limit": memory_limit,
-    })
+    con = duckdb.connect(":memory:", config={**HARDENED, "threads": threads, "memory_limit": memory_limit})
     con.execute("SET lock_configuration = true")
     return con
 

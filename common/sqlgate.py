@@ -66,6 +66,15 @@ class SqlRefused(Exception):
         return self.message
 
 
+# Settings of every DuckDB connection that parses or runs query SQL (with
+# lock_configuration set after opening, where the owner has no more to set):
+# no files, no network, no extensions loaded or installed behind our back.
+HARDENED: dict[str, bool] = {
+    "enable_external_access": False,
+    "autoload_known_extensions": False,
+    "autoinstall_known_extensions": False,
+}
+
 _local = threading.local()
 _root: duckdb.DuckDBPyConnection | None = None
 _root_lock = threading.Lock()
@@ -80,12 +89,7 @@ def _parser() -> duckdb.DuckDBPyConnection:
     if con is None:
         with _root_lock:
             if _root is None:
-                _root = duckdb.connect(":memory:", config={
-                    "enable_external_access": False,
-                    "autoload_known_extensions": False,
-                    "autoinstall_known_extensions": False,
-                    "threads": 1,
-                })
+                _root = duckdb.connect(":memory:", config={**HARDENED, "threads": 1})
             con = _local.con = _root.cursor()
     return con
 
