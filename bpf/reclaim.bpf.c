@@ -2,13 +2,16 @@
  * is short of free pages), memory cgroup reclaim (a cgroup is at its limit),
  * and, where the kernel has them, cgroup v1 soft-limit and NUMA node reclaim.
  *
- * Hooks: the vmscan tracepoints that bracket each episode,
- *   mm_vmscan_{direct,memcg,memcg_softlimit,node}_reclaim_begin (order, gfp_flags)
- *   mm_vmscan_{direct,memcg,memcg_softlimit,node}_reclaim_end   (nr_reclaimed)
- * Classic tracepoints, read by field name from tracefs (BCC generates the
- * args struct from each event's format file), so no argument order is
- * assumed; they fire once per episode, not per page, so their cost does not
- * matter.
+ * Hooks: the vmscan tracepoints that bracket each episode, as raw
+ * tracepoints (no tracefs needed):
+ *   mm_vmscan_{direct,memcg,memcg_softlimit,node}_reclaim_begin (..., order, gfp_flags, ...)
+ *   mm_vmscan_{direct,memcg,memcg_softlimit,node}_reclaim_end   (nr_reclaimed, ...)
+ * Where each argument is differs between events and kernels (node reclaim
+ * passes the node first; 7.2 appends a memcg id), so user space finds them
+ * in the kernel's BTF (btf_trace_<event>: the int before the gfp_t is the
+ * order, the first unsigned long of _end is nr_reclaimed) and passes the
+ * positions as <KIND>_ORDER_ARG, <KIND>_GFP_ARG and <KIND>_NR_ARG. They fire
+ * once per episode, not per page, so their cost does not matter.
  *
  * Reclaim is synchronous: an episode's _begin and _end run in the task that
  * needed memory, which cannot begin another episode of the same kind before
@@ -116,50 +119,28 @@ static __always_inline int reclaim_end(u32 kind, u64 nr_reclaimed)
 	return 0;
 }
 
-TRACEPOINT_PROBE(vmscan, mm_vmscan_direct_reclaim_begin)
-{
-	return reclaim_begin(RECLAIM_DIRECT, args->order, args->gfp_flags);
-}
+/* One begin/end pair of raw tracepoints per kind; HAVE_<KIND> is 1 when the
+ * kernel has both (the memcg ones need CONFIG_MEMCG, node reclaim NUMA). */
+#define RECLAIM_PAIR(event, kind, ORDER_ARG, GFP_ARG, NR_ARG)                        \
+	RAW_TRACEPOINT_PROBE(event##_begin)                                          \
+	{                                                                            \
+		return reclaim_begin(kind, (int)ctx->args[ORDER_ARG], ctx->args[GFP_ARG]); \
+	}                                                                            \
+	RAW_TRACEPOINT_PROBE(event##_end)                                            \
+	{                                                                            \
+		return reclaim_end(kind, ctx->args[NR_ARG]);                          \
+	}
 
-TRACEPOINT_PROBE(vmscan, mm_vmscan_direct_reclaim_end)
-{
-	return reclaim_end(RECLAIM_DIRECT, args->nr_reclaimed);
-}
-
-/* The other pairs exist only in some kernels (the memcg ones need
- * CONFIG_MEMCG): user space sets each HAVE_* to 1 when tracefs has the pair. */
-#if HAVE_MEMCG_RECLAIM
-TRACEPOINT_PROBE(vmscan, mm_vmscan_memcg_reclaim_begin)
-{
-	return reclaim_begin(RECLAIM_MEMCG, args->order, args->gfp_flags);
-}
-
-TRACEPOINT_PROBE(vmscan, mm_vmscan_memcg_reclaim_end)
-{
-	return reclaim_end(RECLAIM_MEMCG, args->nr_reclaimed);
-}
+#if HAVE_DIRECT
+RECLAIM_PAIR(mm_vmscan_direct_reclaim, RECLAIM_DIRECT, DIRECT_ORDER_ARG, DIRECT_GFP_ARG, DIRECT_NR_ARG)
 #endif
-
-#if HAVE_SOFTLIMIT_RECLAIM
-TRACEPOINT_PROBE(vmscan, mm_vmscan_memcg_softlimit_reclaim_begin)
-{
-	return reclaim_begin(RECLAIM_MEMCG_SOFTLIMIT, args->order, args->gfp_flags);
-}
-
-TRACEPOINT_PROBE(vmscan, mm_vmscan_memcg_softlimit_reclaim_end)
-{
-	return reclaim_end(RECLAIM_MEMCG_SOFTLIMIT, args->nr_reclaimed);
-}
+#if HAVE_MEMCG
+RECLAIM_PAIR(mm_vmscan_memcg_reclaim, RECLAIM_MEMCG, MEMCG_ORDER_ARG, MEMCG_GFP_ARG, MEMCG_NR_ARG)
 #endif
-
-#if HAVE_NODE_RECLAIM
-TRACEPOINT_PROBE(vmscan, mm_vmscan_node_reclaim_begin)
-{
-	return reclaim_begin(RECLAIM_NODE, args->order, args->gfp_flags);
-}
-
-TRACEPOINT_PROBE(vmscan, mm_vmscan_node_reclaim_end)
-{
-	return reclaim_end(RECLAIM_NODE, args->nr_reclaimed);
-}
+#if HAVE_MEMCG_SOFTLIMIT
+RECLAIM_PAIR(mm_vmscan_memcg_softlimit_reclaim, RECLAIM_MEMCG_SOFTLIMIT, MEMCG_SOFTLIMIT_ORDER_ARG,
+	     MEMCG_SOFTLIMIT_GFP_ARG, MEMCG_SOFTLIMIT_NR_ARG)
+#endif
+#if HAVE_NODE
+RECLAIM_PAIR(mm_vmscan_node_reclaim, RECLAIM_NODE, NODE_ORDER_ARG, NODE_GFP_ARG, NODE_NR_ARG)
 #endif

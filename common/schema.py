@@ -27,6 +27,9 @@ class Table:
     name: str
     description: str
     columns: tuple[Column, ...] = field(default_factory=tuple)
+    # Rare rows someone is waiting for (an OOM kill): the edge commits them within
+    # milliseconds instead of at its next periodic flush. Edge-only: not sent in protos.
+    urgent: bool = False
 
     @property
     def column_names(self) -> list[str]:

@@ -685,7 +685,7 @@ def with_attribution(table: Table) -> Table:
     """``table`` with the ATTRIBUTION_COLUMNS appended, when it has a cgroup_path to attribute."""
     if "cgroup_path" not in table.column_names or "container_id" in table.column_names:
         return table
-    return Table(table.name, table.description, (*table.columns, *ATTRIBUTION_COLUMNS))
+    return dataclasses.replace(table, columns=(*table.columns, *ATTRIBUTION_COLUMNS))
 
 
 class AttributingSink:

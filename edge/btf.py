@@ -42,6 +42,7 @@ class _Type:
     members: tuple[tuple[str, int, int], ...] = ()  # (name, type id, bit offset)
     array: tuple[int, int] | None = None  # (element type id, number of elements)
     enumerators: tuple[tuple[str, int], ...] = ()
+    params: tuple[int, ...] = ()  # FUNC_PROTO: the parameters' type ids (0: "...")
 
 
 class Btf:
@@ -92,6 +93,7 @@ class Btf:
             members: tuple[tuple[str, int, int], ...] = ()
             array = None
             enumerators: tuple[tuple[str, int], ...] = ()
+            params: tuple[int, ...] = ()
             if kind in (_INT, _VAR, _DECL_TAG):
                 pos += 4
             elif kind == _ARRAY:
@@ -121,6 +123,7 @@ class Btf:
                     es.append((self._str(e_name), (hi << 32) | lo))
                 enumerators = tuple(es)
             elif kind == _FUNC_PROTO:
+                params = tuple(unpack("<II", buf, pos + 8 * i)[1] for i in range(vlen))
                 pos += 8 * vlen
             elif kind == _DATASEC:
                 pos += 12 * vlen
@@ -128,8 +131,8 @@ class Btf:
                               _FLOAT, _TYPE_TAG):
                 raise BtfError(f"unknown BTF kind {kind} at type id {len(self._types)}")
             type_id = len(self._types)
-            self._types.append(_Type(kind, name, size_or_type, members, array, enumerators))
-            if name and kind in (_STRUCT, _UNION, _ENUM, _ENUM64):
+            self._types.append(_Type(kind, name, size_or_type, members, array, enumerators, params))
+            if name and kind in (_STRUCT, _UNION, _ENUM, _ENUM64, _TYPEDEF):
                 self._by_name.setdefault((kind, name), type_id)
             for e_name, e_val in enumerators:
                 self._enumerators.setdefault(e_name, e_val)
@@ -212,6 +215,50 @@ class Btf:
 
     def has_enumerator(self, name: str) -> bool:
         return name in self._enumerators
+
+    def type_name(self, tid: int) -> str:
+        """A type as C spells it, typedef names kept: "struct task_struct *", "uid_t", "int"."""
+        t = self._types[tid]
+        if t is None:
+            return "void"
+        if t.kind == _PTR:
+            return self.type_name(t.size_or_type) + " *"
+        if t.kind in (_CONST, _VOLATILE, _RESTRICT, _TYPE_TAG):
+            prefix = {_CONST: "const ", _VOLATILE: "volatile "}.get(t.kind, "")
+            return prefix + self.type_name(t.size_or_type)
+        if t.kind in (_STRUCT, _UNION, _ENUM, _ENUM64, _FWD):
+            tag = "union" if t.kind == _UNION or (t.kind == _FWD and t.size_or_type) else (
+                "struct" if t.kind in (_STRUCT, _FWD) else "enum")
+            return f"{tag} {t.name}"
+        if t.kind == _ARRAY and t.array is not None:
+            return f"{self.type_name(t.array[0])}[{t.array[1]}]"
+        if t.kind == _FUNC_PROTO:
+            return "fn"
+        return t.name
+
+    def raw_tracepoint_args(self, event: str) -> tuple[str, ...] | None:
+        """The arguments a raw tracepoint on ``event`` passes, after its context, as C type names;
+        None when the kernel has no such tracepoint.
+
+        The kernel declares, for every tracepoint, ``typedef void (*btf_trace_<event>)(void *, <TP_PROTO>)``
+        (include/trace/bpf_probe.h) so that BPF programs can be typed against it: this is what
+        ``ctx->args[i]`` holds on this very kernel, whatever its version says and whether or not
+        tracefs is mounted.
+        """
+        tid = self._by_name.get((_TYPEDEF, f"btf_trace_{event}"))
+        if tid is None:
+            return None
+        ptr = self._types[self._types[tid].size_or_type]  # type: ignore[union-attr]
+        proto = self._types[ptr.size_or_type] if ptr is not None and ptr.kind == _PTR else None
+        if proto is None or proto.kind != _FUNC_PROTO:
+            raise BtfError(f"btf_trace_{event} is not a pointer to a function in this kernel's BTF")
+        return tuple(self.type_name(p) for p in proto.params[1:])  # [0] is the context (void *)
+
+    def member_is_array(self, struct_name: str, member: str) -> bool:
+        found = self._find_member(self._struct(struct_name), member)
+        if found is None:
+            raise BtfError(f"struct {struct_name} has no member {member!r} in this kernel")
+        return self._resolve(found[1]).array is not None
 
     def array_member(self, struct_name: str, member: str) -> tuple[str, int]:
         """(element type name, element count) of an array member, e.g. mm_struct.rss_stat."""

@@ -22,12 +22,27 @@ For every OOM kill the kernel prints (mm/oom_kill.c, mm/memcontrol.c):
 Everything up to and including the ``oom-kill:`` line is rate limited by the
 kernel (``oom_rs``: a burst of 10 per 5 s); the ``Killed process`` line is
 not. So in a burst some kills arrive with no report: they are still kills.
+
+A memory.oom.group kill prints, after the chosen victim's line, "Tasks in
+/g are going to be killed due to memory.oom.group set" and then a "Killed
+process" line for every task of /g, the chosen victim AGAIN among them (the
+kernel kills and counts it twice: memory.events says oom_kill 4 for a group
+of 3). That repeated line is flagged ``duplicate``; the others are members.
+
+``KmsgInput`` reads the device: the backlog the kernel still holds when the
+edge starts, then new records as they come.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from pxo.edge.errors import EdgeError
 
 CONSTRAINTS = {
     "CONSTRAINT_NONE": "global",
@@ -40,6 +55,9 @@ CONSTRAINTS = {
 # "Killed process" line this much later than its report belongs to another
 # (rate-limited, so unreported) OOM.
 REPORT_WINDOW_US = 5_000_000
+# A group kill's member lines follow its "Tasks in" line within microseconds
+# to milliseconds (one task at a time, under the OOM lock).
+GROUP_WINDOW_US = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -117,6 +135,19 @@ class Kill:
     uid: int | None
     oom_score_adj: int | None
     report: OomReport | None
+    chosen: bool = True  # the OOM killer chose it; False: a member of the chosen victim's memory.oom.group
+    group_cgroup: str | None = None  # members: the cgroup whose memory.oom.group killed them
+    duplicate: bool = False  # the kernel's second line for the chosen victim of a group kill
+
+
+@dataclass
+class _Group:
+    """A memory.oom.group kill under way: its cgroup and its chosen victim."""
+
+    cgroup: str
+    chosen_pid: int
+    ts_us: int
+    repeated: bool = False  # the chosen victim's second line was seen
 
 
 _INVOKED = re.compile(
@@ -139,6 +170,8 @@ class OomLogParser:
     def __init__(self) -> None:
         self.report: OomReport | None = None
         self._columns: list[str] | None = None  # the candidate table's header, while inside it
+        self._last_kill: Kill | None = None
+        self._group: _Group | None = None
 
     def feed(self, rec: Record) -> Kill | None:
         text = rec.text
@@ -146,12 +179,21 @@ class OomLogParser:
         if m:
             self.report = OomReport(rec.seq, rec.ts_us, m["comm"], m["gfp"].rstrip(","), int(m["order"]))
             self._columns = None
+            self._group = None  # a new OOM: whatever group kill came before is over
             return None
         r = self.report
         if r is not None and rec.ts_us - r.ts_us > REPORT_WINDOW_US:
             self.report = r = None
+        if self._group is not None and rec.ts_us - self._group.ts_us > GROUP_WINDOW_US:
+            self._group = None
         if text.startswith("Killed process", text.find(": ") + 2) and (m := _KILLED.match(text)):
             return self._kill(rec, m)
+        if (m := _GROUP.match(text)) and self._last_kill is not None:
+            # Printed whether or not the report was (it is not rate-limited).
+            self._group = _Group(m["path"], self._last_kill.pid, rec.ts_us)
+            if r is not None:
+                r.group_kill_cgroup = m["path"]
+            return None
         if r is None:
             return None
         if self._columns is not None:
@@ -182,8 +224,6 @@ class OomLogParser:
             r.oom_memcg = kv.get("oom_memcg")
             r.task_memcg = kv.get("task_memcg")
             r.victim_pid = int(kv["pid"]) if kv.get("pid", "").isdigit() else None
-        elif m := _GROUP.match(text):
-            r.group_kill_cgroup = m["path"]
         return None
 
     def _candidate(self, r: OomReport, pid: int, values: list[str]) -> None:
@@ -217,5 +257,55 @@ class OomLogParser:
         if r is not None and not (r.victim_pid == pid or r.group_kill_cgroup is not None
                                   or r.victim_pid is None):
             r = None
-        return Kill(rec.seq, rec.ts_us, pid, m["comm"], m["reason"], values,
+        kill = Kill(rec.seq, rec.ts_us, pid, m["comm"], m["reason"], values,
                     int(uid.group(1)) if uid else None, int(adj.group(1)) if adj else None, r)
+        g = self._group
+        if g is None:
+            self._last_kill = kill
+        elif pid == g.chosen_pid and not g.repeated:
+            g.repeated = True
+            kill.duplicate = True
+        else:
+            kill.chosen, kill.group_cgroup = False, g.cgroup
+        return kill
+
+
+class KmsgInput:
+    """/dev/kmsg as kills: ``open()`` reads what the kernel still holds (the backlog),
+    ``poll()`` what arrived since; each kill goes to ``on_kill(kill, backlog)``."""
+
+    def __init__(self, path: Path, *, on_kill: Callable[[Kill, bool], None]) -> None:
+        self.path = path
+        self._on_kill = on_kill
+        self._parser = OomLogParser()
+        self.fd: int | None = None
+        self.overwritten = 0  # records the kernel's ring overwrote before we read them
+
+    def open(self) -> None:
+        """Raises OSError when the log cannot be read (needs root or CAP_SYSLOG)."""
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+        self.read(backlog=True)
+
+    def read(self, *, backlog: bool = False) -> None:
+        assert self.fd is not None
+        while True:
+            try:
+                raw = os.read(self.fd, 8192)
+            except OSError as exc:
+                if exc.errno == errno.EAGAIN:
+                    return
+                if exc.errno == errno.EPIPE:  # the ring overwrote records we had not read yet
+                    self.overwritten += 1
+                    continue
+                raise EdgeError(f"reading {self.path} failed: {exc.strerror}") from exc
+            rec = parse_record(raw)
+            if rec is None:
+                continue
+            kill = self._parser.feed(rec)
+            if kill is not None:
+                self._on_kill(kill, backlog)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

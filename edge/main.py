@@ -37,7 +37,7 @@ from pxo.edge.metrics import EdgeCollector, EdgeMetrics
 from pxo.edge.registration import Registration
 from pxo.edge.service import EdgeService
 from pxo.edge.sources import SOURCES, all_tables, build_sources
-from pxo.edge.sources.base import Source, SourceStatus
+from pxo.edge.sources.base import Source, SourceContext, SourceStatus
 from pxo.edge.store import Store
 from pxo.v1 import pxo_pb2_grpc
 
@@ -109,9 +109,8 @@ class Edge:
         self.pods = KubePodWatcher.from_environment(settings.node)
         self.attributor = Attributor(pods=self.pods)
         sink = AttributingSink(self.store, self.attributor, self.store.tables.values())
-        self.sources: list[Source] = build_sources(settings.sources, sink=sink,
-                                                   oom_recorded=self.store.oom_kill_recorded,
-                                                   more_status=self.extra_status)
+        ctx = SourceContext(sink=sink, oom_recorded=self.store.oom_kill_recorded, statuses=self.extra_status)
+        self.sources: list[Source] = build_sources(settings.sources, ctx)
         self.address = ""
         self.metrics = EdgeMetrics()
         self.metrics.watch(EdgeCollector(node=settings.node, sources=self.sources, store=self.store,

@@ -1,5 +1,11 @@
 """What an eBPF source needs from the node, checked before anything is loaded,
-so that a missing piece is reported as one sentence that says how to fix it."""
+so that a missing piece is reported as one sentence that says how to fix it.
+
+The order is the order a person fixes them in: privileges first (without
+them nothing else can even be checked truthfully), then BTF (a kernel
+property no package fixes), then BCC, then the headers BCC compiles with.
+Which tracepoints the kernel has comes after all of these, from BTF
+(edge/kernel.py): tracefs is never needed."""
 
 from __future__ import annotations
 
@@ -10,8 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pxo.edge.errors import PrerequisiteError
-
-TRACEFS_ROOTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 
@@ -56,6 +60,11 @@ def missing_for_bpf(
             "root: loading eBPF programs needs root privileges (CAP_SYS_ADMIN, or CAP_BPF with "
             "CAP_PERFMON); run the edge as root (in Kubernetes: a privileged container)"
         )
+    if not btf_path.is_file():
+        missing.append(
+            f"BTF: {btf_path} is missing; the kernel needs CONFIG_DEBUG_INFO_BTF=y "
+            "so that pxo can take struct offsets from it"
+        )
     try:
         import_module("bcc")
     except ImportError:
@@ -70,25 +79,10 @@ def missing_for_bpf(
             f"kernel headers: {where} has none; install linux-headers-{release}, "
             "or run scripts/setup.sh, which links Debian's linux-headers-amd64 there as a fallback"
         )
-    if not btf_path.is_file():
-        missing.append(
-            f"BTF: {btf_path} is missing; the kernel needs CONFIG_DEBUG_INFO_BTF=y "
-            "so that pxo can take struct offsets from it"
-        )
     return missing
 
 
-def require_bpf(**kwargs: object) -> None:
-    missing = missing_for_bpf(**kwargs)  # type: ignore[arg-type]
+def require_bpf(*, btf_path: Path = Path("/sys/kernel/btf/vmlinux")) -> None:
+    missing = missing_for_bpf(btf_path=btf_path)
     if missing:
         raise PrerequisiteError("cannot load eBPF programs; missing " + "; ".join(missing))
-
-
-def tracepoint_format(category: str, event: str) -> str | None:
-    for root in TRACEFS_ROOTS:
-        fmt = root / "events" / category / event / "format"
-        try:
-            return fmt.read_text()
-        except OSError:
-            continue
-    return None

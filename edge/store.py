@@ -124,7 +124,6 @@ class Store:
         max_bytes: int = 1 << 30,
         retention_interval: float = 60.0,
         max_pending_rows: int = 200_000,
-        urgent_tables: Iterable[str] = ("oom_events", "oom_candidates", "kill_events"),
         urgent_delay: float = 0.02,
         clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
@@ -138,9 +137,9 @@ class Store:
         self.max_bytes = max_bytes
         self.retention_interval = retention_interval
         self.max_pending_rows = max_pending_rows
-        # Rare rows someone is waiting for (an OOM kill) commit within urgent_delay;
-        # high-rate tables are batched for flush_interval.
-        self.urgent_tables = frozenset(urgent_tables)
+        # Rare rows someone is waiting for (an OOM kill: Table.urgent) commit within
+        # urgent_delay; high-rate tables are batched for flush_interval.
+        self.urgent_tables = frozenset(t.name for t in self.tables.values() if t.urgent)
         self.urgent_delay = urgent_delay
         self._clock = clock
         # Rows a failed commit (e.g. a full disk) left behind, retried on every flush.
@@ -353,7 +352,7 @@ class Store:
         try:
             row = cur.execute(
                 'SELECT 1 FROM oom_events WHERE boot_id = $boot AND (kmsg_seq = $seq OR '
-                '(pid = $pid AND "time" BETWEEN $lo AND $hi)) LIMIT 1',
+                '((tid = $pid OR pid = $pid) AND "time" BETWEEN $lo AND $hi)) LIMIT 1',
                 {"boot": boot_id, "seq": kmsg_seq, "pid": pid, "lo": when - slack, "hi": when + slack},
             ).fetchall()
         finally:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from dataclasses import replace
 
 from pxo.common.schema import Table
 from pxo.edge.attribution import with_attribution
 from pxo.edge.sources.alloc import AllocRateBpfSource
-from pxo.edge.sources.base import Sink, Source, SourceStatus
+from pxo.edge.sources.base import Source, SourceContext, SourceStatus
 from pxo.edge.sources.cgroupfs import ContainerMemorySource
 from pxo.edge.sources.exit import ProcessExitBpfSource
 from pxo.edge.sources.oom import OomSource
@@ -34,18 +33,15 @@ def all_tables() -> list[Table]:
     return list(seen.values())
 
 
-def build_sources(names: list[str], *, sink: Sink, use_bpf: bool = True,
-                  oom_recorded: Callable[..., bool] | None = None,
-                  more_status: Callable[[], list[SourceStatus]] = list) -> list[Source]:
-    """The named sources, each given what it needs from the edge."""
+def build_sources(names: list[str], ctx: SourceContext) -> list[Source]:
+    """The named sources, each given the edge's context; ``ctx.statuses`` is extended so that
+    probe_status also sees every source built here."""
     built: list[Source] = []
-    for name in names:
-        cls = SOURCES[name]
-        kwargs: dict[str, Any] = {"sink": sink}
-        if cls is OomSource:
-            kwargs.update(use_bpf=use_bpf, recorded=oom_recorded)
-        elif cls is ProbeStatusSource:
-            kwargs.update(statuses=lambda: [s.status for s in built if s.name != ProbeStatusSource.name]
-                          + more_status())
-        built.append(cls(**kwargs))
+    outer = ctx.statuses
+
+    def statuses() -> list[SourceStatus]:
+        return [s.status for s in built if s.name != ProbeStatusSource.name] + outer()
+
+    ctx = replace(ctx, statuses=statuses)
+    built.extend(SOURCES[name](ctx) for name in names)
     return built

@@ -16,17 +16,14 @@ import resource
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from pxo.common.schema import TIME, Column, Table
 from pxo.common.timeutil import from_unix_us
-from pxo.edge import prereqs
-from pxo.edge.bpf import PXO_COMM_LEN, SharedStruct, comm, load_program, read_counter, require_tracepoint
-from pxo.edge.btf import VMLINUX
+from pxo.edge.bpf import PXO_COMM_LEN, SharedStruct, comm, load_program, read_counter
 from pxo.edge.cgroups import CgroupError, CgroupResolver, memory_hierarchy
-from pxo.edge.errors import EdgeError
-from pxo.edge.sources.base import Sink, Source
+from pxo.edge.errors import EdgeError, PrerequisiteError
+from pxo.edge.sources.base import Source, SourceContext
 
 log = logging.getLogger(__name__)
 
@@ -101,16 +98,14 @@ class AllocRateBpfSource(Source):
     name = "alloc_bpf"
     tables = (ALLOC_RATE,)
 
-    def __init__(self, *, sink: Sink, interval: float = 1.0, grace: float = 0.01, slots: int = 512,
-                 max_keys: int = 4096, btf_path: Path = VMLINUX, proc: Path = Path("/proc"),
-                 mountinfo: Path = Path("/proc/self/mountinfo"),
-                 resolver: CgroupResolver | None = None, **kwargs: Any) -> None:
+    def __init__(self, ctx: SourceContext, *, interval: float = 1.0, grace: float = 0.01, slots: int = 512,
+                 max_keys: int = 4096, resolver: CgroupResolver | None = None) -> None:
         """``interval``: seconds per row; ``grace``: seconds between ending an
         interval and reading its maps; ``slots`` (a power of two): per-CPU
         counting slots, and ``max_keys``: (process, memory cgroup) pairs the
         overflow hash holds per interval (see bpf/alloc.bpf.c; each of the two
         generations preallocates slots x 32 + max_keys x 8 bytes per possible CPU)."""
-        super().__init__(sink=sink, **kwargs)
+        super().__init__(ctx)
         if interval <= 0 or grace < 0 or grace >= interval:
             raise ValueError("need interval > grace >= 0")
         if slots < 1 or slots & (slots - 1) or max_keys < 1:
@@ -120,9 +115,6 @@ class AllocRateBpfSource(Source):
         self.slots = slots
         self.max_keys = max_keys
         self.drains = 0  # intervals drained so far (tests wait on it)
-        self._btf_path = btf_path
-        self._proc = proc
-        self._mountinfo = mountinfo
         self._resolver = resolver
         self._no_memcg = False  # set once when no memory hierarchy can be found
         self._bpf: Any = None
@@ -135,17 +127,21 @@ class AllocRateBpfSource(Source):
     # -- lifecycle --------------------------------------------------------------
 
     def open(self) -> None:
-        require_tracepoint("kmem", "mm_page_alloc", field="order")
-        rename = prereqs.tracepoint_format("task", "task_rename") or ""
+        if not self.ctx.use_bpf:
+            raise PrerequisiteError("eBPF disabled by configuration")
+        kernel = self.ctx.kernel()
+        kernel.require_hook("mm_page_alloc", ("struct page *", "unsigned int", "gfp_t", "int"))
         settings = {
             "ALLOC_SLOT_SIZE": ctypes.sizeof(AllocSlotC),
             "ALLOC_KEY_SIZE": ctypes.sizeof(AllocKeyC),
             "ALLOC_SLOTS": self.slots,
             "ALLOC_MAX_KEYS": self.max_keys,
             # Without it a process keeps the name it had at its first allocation of an interval.
-            "HAVE_TASK_RENAME": int(" pid;" in rename and " newcomm[" in rename),
+            "HAVE_TASK_RENAME": int(kernel.hook("task_rename") == ("struct task_struct *", "const char *")),
+            # Before 5.11: no BTF-typed current task; the same loads through bpf_probe_read_kernel()
+            "HAVE_TASK_BTF": int(kernel.has_helper("get_current_task_btf")),
         }
-        self._bpf = load_program("alloc", settings=settings, btf_path=self._btf_path)
+        self._bpf = load_program("alloc", kernel=kernel, settings=settings)
         self._ncpu = self._bpf["counts_0"].total_cpu  # possible CPUs: one value each per entry
         # One buffer per map shape, reused by every drain.
         self._buffers = {
@@ -286,14 +282,14 @@ class AllocRateBpfSource(Source):
         except KeyError:
             pass
         try:
-            return (self._proc / str(tgid) / "comm").read_text().rstrip("\n")
+            return (self.ctx.proc / str(tgid) / "comm").read_text().rstrip("\n")
         except OSError:
             return None
 
     def _cgroup_path(self, memcg_id: int) -> str | None:
         if self._resolver is None and not self._no_memcg:
             try:
-                self._resolver = CgroupResolver(memory_hierarchy(self._mountinfo))
+                self._resolver = CgroupResolver(memory_hierarchy(self.ctx.mountinfo))
             except (CgroupError, OSError) as exc:
                 log.warning("alloc_rate: memory cgroup paths off (%s); cgroup_id only", exc)
                 self._no_memcg = True

@@ -8,15 +8,19 @@ and reported to the collector and the ``probe_status`` view.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from pxo.common.schema import Table
+from pxo.edge.btf import VMLINUX
+from pxo.edge.kernel import Kernel, running_kernel
 from pxo.v1 import pxo_pb2
 
 log = logging.getLogger(__name__)
@@ -46,16 +50,43 @@ class SourceStatus:
         )
 
 
+def _never_recorded(_boot_id: str, _kmsg_seq: int, _pid: int, _when: dt.datetime) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class SourceContext:
+    """Everything the edge gives its sources, in one typed bundle: every source takes
+    the same context, and tests pass fixture trees and clocks through it."""
+
+    sink: Sink
+    clock: Callable[[], float] = time.time
+    btf_path: Path = VMLINUX  # the running kernel's BTF: hooks and struct offsets (edge/kernel.py)
+    proc: Path = Path("/proc")
+    mountinfo: Path = Path("/proc/self/mountinfo")
+    kmsg: Path = Path("/dev/kmsg")
+    use_bpf: bool = True  # False: eBPF sources refuse, the OOM source runs on the kernel log alone
+    # recorded(boot_id, kmsg_seq, tid, time): is this OOM kill already in the store? (backlog recovery)
+    oom_recorded: Callable[[str, int, int, dt.datetime], bool] = _never_recorded
+    # the status of everything else the edge runs (probe_status reports them)
+    statuses: Callable[[], list[SourceStatus]] = field(default=list)
+
+    def kernel(self) -> Kernel:
+        """The running kernel, once the node has what eBPF needs (else PrerequisiteError, one sentence)."""
+        return running_kernel(self.btf_path)
+
+
 class Source(ABC):
     """Base of every edge source. Subclasses set ``name`` and ``tables``."""
 
     name: str = ""
     tables: tuple[Table, ...] = ()
 
-    def __init__(self, *, sink: Sink, clock: Callable[[], float] = time.time) -> None:
-        self._sink = sink
-        self._clock = clock
-        self.status = SourceStatus(self.name, since=clock())
+    def __init__(self, ctx: SourceContext) -> None:
+        self.ctx = ctx
+        self._sink = ctx.sink
+        self._clock = ctx.clock
+        self.status = SourceStatus(self.name, since=ctx.clock())
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -126,10 +157,10 @@ class SamplingSource(Source):
     rather than a long silence.
     """
 
-    def __init__(self, *, sink: Sink, period: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, ctx: SourceContext, *, period: float) -> None:
         if period <= 0:
             raise ValueError(f"period must be positive, not {period!r}")
-        super().__init__(sink=sink, clock=clock)
+        super().__init__(ctx)
         self.period = period
         self._last_at = float("-inf")
         self._next_at = float("-inf")

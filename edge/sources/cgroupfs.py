@@ -50,7 +50,6 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +57,7 @@ from pxo.common.schema import TIME, Column, Table
 from pxo.common.timeutil import EPOCH
 from pxo.edge.cgroups import Hierarchy, memory_hierarchy
 from pxo.edge.errors import EdgeError
-from pxo.edge.sources.base import SamplingSource, Sink
+from pxo.edge.sources.base import SamplingSource, SourceContext
 
 log = logging.getLogger(__name__)
 
@@ -337,19 +336,17 @@ class ContainerMemorySource(SamplingSource):
     name = "cgroupfs"
     tables = (CONTAINER_MEMORY,)
 
-    def __init__(self, *, sink: Sink, hierarchy: Hierarchy | None = None, period: float = 10.0,
-                 max_cgroups: int = 5000, mountinfo: Path = Path("/proc/self/mountinfo"),
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, ctx: SourceContext, *, hierarchy: Hierarchy | None = None, period: float = 10.0,
+                 max_cgroups: int = 5000) -> None:
         if max_cgroups < 1:
             raise ValueError(f"max_cgroups must be at least 1, not {max_cgroups!r}")
-        super().__init__(sink=sink, period=period, clock=clock)
+        super().__init__(ctx, period=period)
         self.hierarchy = hierarchy
         self.max_cgroups = max_cgroups
-        self._mountinfo = mountinfo
         self._reader: MemcgReader | None = None
 
     def open(self) -> None:
-        self.hierarchy = self.hierarchy or resolve_memory_hierarchy(self._mountinfo)
+        self.hierarchy = self.hierarchy or resolve_memory_hierarchy(self.ctx.mountinfo)
         check_readable(self.hierarchy)
         self._reader = MemcgReader(self.hierarchy)
 

@@ -34,10 +34,11 @@ from pxo.edge.bpf import (
     boot_to_utc,
     cgroup_path,
     comm,
-    require_tracepoint,
 )
 from pxo.edge.cgroups import CgroupResolver, hierarchies
-from pxo.edge.sources.base import Sink
+from pxo.edge.errors import PrerequisiteError
+from pxo.edge.kernel import Kernel
+from pxo.edge.sources.base import SourceContext
 from pxo.edge.sources.ringbuf import RingBufferSource
 
 log = logging.getLogger(__name__)
@@ -129,19 +130,26 @@ class ProcessExitBpfSource(RingBufferSource):
     tables = (PROCESS_EXITS,)
     program, event, ring, lost_counter, table = "exit", ExitEventC, "exit_events", "exit_lost", "process_exits"
 
-    def __init__(self, *, sink: Sink, v2_resolver: CgroupResolver | None = None,
-                 mountinfo: Path = Path("/proc/self/mountinfo"), **kwargs: Any) -> None:
-        super().__init__(sink=sink, **kwargs)
+    def __init__(self, ctx: SourceContext, *, v2_resolver: CgroupResolver | None = None,
+                 group_dead: bool | None = None) -> None:
+        """``group_dead``: use the tracepoint's group_dead argument (None: when this kernel passes it;
+        False on a kernel that has it makes the program tell the last thread as older kernels need)."""
+        super().__init__(ctx)
         self._v2 = v2_resolver
-        self._mountinfo = mountinfo
+        self.group_dead = group_dead
 
-    def check(self) -> None:
-        # The (task, group_dead) form of Linux 6.16+: one event per process needs group_dead.
-        require_tracepoint("sched", "sched_process_exit", field="group_dead")
+    def settings(self, kernel: Kernel) -> dict[str, int]:
+        args = kernel.require_hook("sched_process_exit", ("struct task_struct *", "bool"),
+                                   ("struct task_struct *",))
+        if self.group_dead is None:
+            self.group_dead = len(args) == 2
+        elif self.group_dead and len(args) != 2:
+            raise PrerequisiteError(f"kernel {kernel.release}'s sched_process_exit passes no group_dead")
         if self._v2 is None:
-            self._v2 = default_v2_resolver(self._mountinfo)
+            self._v2 = default_v2_resolver(self.ctx.mountinfo)
             if self._v2 is None:
                 log.info("no cgroup v2 hierarchy is mounted: process_exits.cgroup_v2_path stays empty")
+        return {"HAVE_GROUP_DEAD": int(self.group_dead)}
 
     def _v2_path(self, cgroup_id: int) -> str | None:
         return self._v2.path(cgroup_id) if self._v2 is not None else None

@@ -1,27 +1,30 @@
-"""OOM kills, one row per killed task, from two inputs joined here:
+"""OOM kills, one row per killed task, built from two inputs and a joiner:
 
-- eBPF (bpf/oom.bpf.c): a raw tracepoint on oom:mark_victim reads the victim's
-  own task_struct with offsets from the running kernel's BTF: exact memory
-  figures and the victim's cgroups walked in the kernel at the moment of the
-  kill. Fires for every killed task, group-kill members included.
-- the kernel log (/dev/kmsg, edge/kmsg.py): why the kernel killed (the
-  constraint), which memory cgroup hit its limit, the pool it chose from, the
-  allocation that failed, and the table of candidate tasks (oom_candidates).
-  Each record has a sequence number, so the backlog read at start recovers
-  kills that happened while the edge was down, without duplicates.
+- eBPF (bpf/oom.bpf.c, a ``RingBufferInput``): a raw tracepoint on
+  oom:mark_victim reads the victim's own task_struct with offsets from the
+  running kernel's BTF: exact memory figures, the victim's cgroups walked in
+  the kernel at the moment of the kill, the cgroup counters that say which
+  cgroup ran out, and the kernel stack that says whether a cgroup or the
+  node ran out and whether the task was chosen or killed with its
+  memory.oom.group. Fires for every killed task.
+- the kernel log (/dev/kmsg, a ``KmsgInput``, edge/kmsg.py): why the kernel
+  killed (the constraint), which memory cgroup hit its limit, the pool it
+  chose from, the allocation that failed, and the table of candidate tasks
+  (oom_candidates), when the kernel did not rate-limit its report. Each
+  record has a sequence number, so the backlog read at start recovers kills
+  that happened while the edge was down, without duplicates.
+- the joiner (edge/oomjoin.py) makes one row per killed task from the two,
+  grouping the members of a group kill under one ``oom_id``.
 
-The two are joined by victim pid within ``join_window`` seconds of each other.
-When one input is missing the source still runs, degraded, and says which half
-is missing; every row records where it came from (``origin``).
+When one input is missing the source still runs, degraded, and says which
+half is missing; every row records where it came from (``origin``).
 """
 
 from __future__ import annotations
 
 import ctypes
 import datetime as dt
-import errno
 import logging
-import os
 import resource
 import select
 import time
@@ -32,21 +35,21 @@ from typing import Any
 from pxo.common.schema import TIME, Column, Table
 from pxo.edge.bpf import (
     PXO_COMM_LEN,
+    PXO_PATH_DEPTH,
     CgroupC,
     SharedStruct,
     boot_to_utc,
     cgroup_path,
     comm,
-    load_program,
-    read_counter,
-    require_tracepoint,
 )
-from pxo.edge.btf import VMLINUX
 from pxo.edge.cgroups import Hierarchy, memory_hierarchy
 from pxo.edge.errors import EdgeError, PrerequisiteError
-from pxo.edge.kmsg import Kill, OomLogParser, OomReport, parse_record
-from pxo.edge.sources.base import Sink, Source
+from pxo.edge.kmsg import Kill, KmsgInput, OomReport
+from pxo.edge.ksyms import KernelSymbols
+from pxo.edge.oomjoin import BpfKill, OomJoiner
+from pxo.edge.sources.base import Source, SourceContext
 from pxo.edge.sources.cgroupfs import read_memcg
+from pxo.edge.sources.ringbuf import RingBufferInput
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +83,18 @@ OOM_EVENTS = Table(
         Column("cgroup_v2_id", "UBIGINT", "Inode number of the victim's v2 cgroup directory"),
         Column("constraint", "VARCHAR",
                "Why the kernel had to kill: memcg (a cgroup hit its limit), global (the node ran out), cpuset "
-               "or mempolicy. From the kernel log; NULL when the kernel rate-limited its report"),
+               "or mempolicy. From the kernel's report; when it rate-limited the report, from the kernel stack "
+               "at the kill (memcg or global: cpuset and mempolicy are then reported as global on NUMA nodes)"),
         Column("oom_memcg_path", "VARCHAR",
-               "The memory cgroup whose limit was hit (memcg OOMs): the victim's own or an ancestor's"),
+               "The memory cgroup whose limit was hit (memcg OOMs): the victim's own or an ancestor's. From the "
+               "report, or from the page counters of the victim's cgroups at the kill"),
+        Column("chosen", "BOOLEAN",
+               "The OOM killer chose this task; false for the other members of a memory.oom.group kill"),
+        Column("oom_group_path", "VARCHAR",
+               "For a memory.oom.group kill: the cgroup whose tasks were all killed (NULL otherwise)"),
+        Column("report_logged", "BOOLEAN",
+               "The kernel logged its report for this kill (constraint, cgroup, candidate table); false when "
+               "it rate-limited it (about 10 per 5 s): oom_candidates then has no rows for it"),
         Column("pool_bytes", "UBIGINT",
                "Size of the pool the kernel chose the victim from: the OOMing cgroup's limit plus the swap it "
                "may use, or all RAM plus swap for a global OOM. NOT the victim's usage (bcc's oomkill "
@@ -96,14 +108,15 @@ OOM_EVENTS = Table(
         Column("memcg_swap_bytes", "UBIGINT", "Swap used by the OOMing memory cgroup, bytes"),
         Column("memcg_oom_kills", "UBIGINT", "The OOMing memory cgroup's own count of OOM kills, this one included"),
         Column("oom_id", "VARCHAR",
-               "Identifies the OOM report: links a kill to its candidates in oom_candidates, and the "
-               "members of one group kill to each other (<boot id>:<kernel log sequence number>)"),
+               "Identifies one invocation of the OOM killer: links a kill to its candidates in oom_candidates, "
+               "and the members of one group kill to each other (<boot id>:<kernel log sequence number>)"),
         Column("kmsg_seq", "UBIGINT", "Kernel log sequence number of the 'Killed process' record"),
         Column("boot_id", "VARCHAR", "The node's boot id when the kill happened"),
         Column("origin", "VARCHAR",
                "Where the row came from: bpf+kmsg, bpf (no kernel log record), kmsg (eBPF unavailable), or "
                "kmsg-backlog (a kill that happened while the edge was not running)"),
     ),
+    urgent=True,
 )
 
 OOM_CANDIDATES = Table(
@@ -129,10 +142,30 @@ OOM_CANDIDATES = Table(
         Column("oom_memcg_path", "VARCHAR", "The memory cgroup whose tasks were listed (memcg OOMs)"),
         Column("constraint", "VARCHAR", "memcg, global, cpuset or mempolicy"),
     ),
+    urgent=True,
 )
 
 
 # -- the struct shared with bpf/oom.h -------------------------------------------
+
+PXO_OOM_STACK_DEPTH = 32
+
+
+class MemcgLevelC(SharedStruct):
+    """Mirror of struct pxo_memcg_level: keep in sync with bpf/oom.h."""
+
+    c_header = "oom.h"
+    c_struct = "pxo_memcg_level"
+    _fields_ = [
+        ("id", ctypes.c_uint64),
+        ("usage_pages", ctypes.c_uint64),
+        ("max_pages", ctypes.c_uint64),
+        ("memsw_usage_pages", ctypes.c_uint64),
+        ("memsw_max_pages", ctypes.c_uint64),
+        ("oom_events", ctypes.c_uint64),
+        ("oom_group", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+    ]
 
 
 class OomEventC(SharedStruct):
@@ -159,24 +192,30 @@ class OomEventC(SharedStruct):
         ("memcg", CgroupC),
         ("cgroup_v2", CgroupC),
         ("trigger_memcg_id", ctypes.c_uint64),
+        ("levels", MemcgLevelC * PXO_PATH_DEPTH),
+        ("trigger_path_ids", ctypes.c_uint64 * PXO_PATH_DEPTH),
+        ("trigger_depth", ctypes.c_uint32),
+        ("stack_bytes", ctypes.c_int32),
+        ("kstack", ctypes.c_uint64 * PXO_OOM_STACK_DEPTH),
     ]
 
 
 def event_row(e: OomEventC, *, to_utc: Callable[[int], dt.datetime] = boot_to_utc) -> dict[str, Any]:
     """The eBPF half of an oom_events row: pages become bytes here."""
+    found = e.victim_tgid != 0  # 0: the (int pid) form of mark_victim, whose task was not found
     return {
         "time": to_utc(e.boot_ns),
-        "pid": e.victim_tgid,
+        "pid": e.victim_tgid if found else e.victim_tid,
         "tid": e.victim_tid,
-        "comm": comm(e.victim_comm),
-        "uid": e.uid,
-        "oom_score_adj": e.oom_score_adj,
-        "total_vm_bytes": e.total_vm_pages * PAGE_SIZE,
-        "anon_rss_bytes": e.anon_rss_pages * PAGE_SIZE,
-        "file_rss_bytes": e.file_rss_pages * PAGE_SIZE,
-        "shmem_rss_bytes": e.shmem_rss_pages * PAGE_SIZE,
-        "swap_bytes": e.swap_pages * PAGE_SIZE,
-        "pgtables_bytes": e.pgtables_bytes,
+        "comm": comm(e.victim_comm) if found else None,
+        "uid": e.uid if found else None,
+        "oom_score_adj": e.oom_score_adj if found else None,
+        "total_vm_bytes": e.total_vm_pages * PAGE_SIZE if found else None,
+        "anon_rss_bytes": e.anon_rss_pages * PAGE_SIZE if found else None,
+        "file_rss_bytes": e.file_rss_pages * PAGE_SIZE if found else None,
+        "shmem_rss_bytes": e.shmem_rss_pages * PAGE_SIZE if found else None,
+        "swap_bytes": e.swap_pages * PAGE_SIZE if found else None,
+        "pgtables_bytes": e.pgtables_bytes if found else None,
         "trigger_pid": e.trigger_tgid,
         "trigger_tid": e.trigger_tid,
         "trigger_comm": comm(e.trigger_comm),
@@ -184,8 +223,88 @@ def event_row(e: OomEventC, *, to_utc: Callable[[int], dt.datetime] = boot_to_ut
         "cgroup_id": e.memcg.id or None,
         "cgroup_v2_path": cgroup_path(e.cgroup_v2),
         "cgroup_v2_id": e.cgroup_v2.id or None,
-        "origin": "bpf",
     }
+
+
+# -- which cgroup ran out, from its page counters ---------------------------------------
+
+# PAGE_COUNTER_MAX is LONG_MAX / PAGE_SIZE: any limit this high is "no limit".
+_UNLIMITED_PAGES = 1 << 50
+# A charge that invokes the OOM killer is at most 2^PAGE_ALLOC_COSTLY_ORDER pages.
+_COSTLY_PAGES = 8
+
+
+def _level_paths(e: OomEventC) -> list[str]:
+    """The path of each entry of e.levels (the victim's memcg first, then its ancestors)."""
+    names = [bytes(e.memcg.names[i].value).decode("utf-8", "replace") for i in range(e.memcg.depth)]
+    prefix = "/..." if e.memcg.truncated else ""
+    return [prefix + "/" + "/".join(reversed(names[i:])) for i in range(len(names))]
+
+
+def _margin(level: MemcgLevelC) -> float | None:
+    """Pages left below the level's limit (memory, and v1's memory+swap); None when unlimited."""
+    margins = [lim - use for use, lim in ((level.usage_pages, level.max_pages),
+                                          (level.memsw_usage_pages, level.memsw_max_pages))
+               if 0 < lim < _UNLIMITED_PAGES]
+    return min(margins) if margins else None
+
+
+def oom_memcg_level(e: OomEventC) -> int | None:
+    """The index in e.levels of the memory cgroup whose limit the failed charge hit, or None.
+
+    The charge that failed was the trigger's, so the cgroup is one the
+    trigger's path and the victim's share (the victim was chosen inside it):
+    at or above their lowest common cgroup. A charge fails at the lowest
+    cgroup it would push past its limit, and an OOM follows only after that
+    cgroup's reclaim failed, so that cgroup is (within the few pages of the
+    charge) at its limit at the kill, and it has counted an OOM of its own
+    (memory.events.local oom). The lowest such level is it; when counters
+    moved since (tasks freeing memory), the closest to its limit is taken.
+    """
+    depth = min(e.memcg.depth, PXO_PATH_DEPTH)
+    trigger = {e.trigger_path_ids[i] for i in range(min(e.trigger_depth, PXO_PATH_DEPTH))}
+    start = next((i for i in range(depth) if e.levels[i].id in trigger), 0)
+    candidates = [(i, m) for i in range(start, depth)
+                  if e.levels[i].oom_events > 0 and (m := _margin(e.levels[i])) is not None]
+    if not candidates:
+        return None
+    for limit in (0, _COSTLY_PAGES - 1):
+        for i, m in candidates:
+            if m <= limit:
+                return i
+    return min(candidates, key=lambda c: c[1] / max(e.levels[c[0]].max_pages, 1))[0]
+
+
+def oom_group_level(e: OomEventC, oom_level: int | None) -> int | None:
+    """The memory.oom.group cgroup the kernel kills whole (mem_cgroup_get_oom_group): the
+    highest cgroup with oom_group set from the victim's up to the OOMing one (for a node
+    OOM, up to the root)."""
+    top = oom_level if oom_level is not None else min(e.memcg.depth, PXO_PATH_DEPTH) - 1
+    found = None
+    for i in range(top + 1):
+        if e.levels[i].oom_group:
+            found = i
+    return found
+
+
+def bpf_kill(e: OomEventC, *, symbols: KernelSymbols, single_node: bool,
+             to_utc: Callable[[int], dt.datetime] = boot_to_utc) -> BpfKill:
+    """eBPF's account of one victim, with what its stack and counters say about why."""
+    verdict = symbols.verdict(list(e.kstack)[: max(e.stack_bytes, 0) // 8])
+    paths = _level_paths(e)
+    level = oom_memcg_level(e)
+    memcg = verdict.memcg if verdict.memcg is not None else level is not None
+    constraint = "memcg" if memcg else ("global" if single_node else None)
+    group = oom_group_level(e, level if memcg else None)
+    lv = e.levels[level] if level is not None else None
+    return BpfKill(
+        tid=e.victim_tid, row=event_row(e, to_utc=to_utc), trigger_tid=e.trigger_tid,
+        killed=verdict.killed, member=verdict.member, constraint=constraint,
+        oom_memcg_path=paths[level] if memcg and level is not None else None,
+        oom_memcg_usage_bytes=lv.usage_pages * PAGE_SIZE if lv is not None else None,
+        oom_memcg_limit_bytes=lv.max_pages * PAGE_SIZE if lv is not None else None,
+        group_path=paths[group] if group is not None else None,
+    )
 
 
 # -- the kernel-log half -------------------------------------------------------------
@@ -213,67 +332,80 @@ def read_meminfo(path: Path) -> dict[str, int]:
     return out
 
 
-def pool_bytes(report: OomReport | None, meminfo: dict[str, int]) -> int | None:
+def pool_bytes(constraint: str | None, limit_bytes: int | None, swap_limit_bytes: int | None,
+               meminfo: dict[str, int]) -> int | None:
     """The size of what the kernel chose from (oom_control.totalpages), in bytes.
 
     memcg: mem_cgroup_get_max(): the limit, plus the swap the cgroup may use
-    (v1: memory+swap limit minus memory limit; v2: the swap limit), never
-    more swap than the node has. global: all RAM plus all swap.
-    cpuset/mempolicy: the allowed nodes' memory, which the log does not give.
+    (``swap_limit_bytes``: v1 memory+swap limit minus memory limit, v2 the
+    swap limit; None: unlimited), never more swap than the node has. global:
+    all RAM plus all swap. cpuset/mempolicy: the allowed nodes' memory,
+    which nothing at hand gives.
     """
-    if report is None:
-        return None
     swap_total = meminfo.get("SwapTotal", 0)
-    if report.constraint == "global":
-        return meminfo.get("MemTotal", 0) + swap_total if "MemTotal" in meminfo else None
-    if report.constraint == "memcg" and report.memory_limit_kb is not None:
-        limit = report.memory_limit_kb * KB
-        if report.memsw_limit_kb is not None:
-            swap = max(report.memsw_limit_kb * KB - limit, 0)
-        elif report.swap_limit_kb is not None:
-            swap = report.swap_limit_kb * KB
-        else:
-            swap = swap_total
-        return limit + min(swap, swap_total)
+    if constraint == "global":
+        return meminfo["MemTotal"] + swap_total if "MemTotal" in meminfo else None
+    if constraint == "memcg" and limit_bytes is not None:
+        swap = swap_total if swap_limit_bytes is None else swap_limit_bytes
+        return limit_bytes + min(swap, swap_total)
     return None
 
 
+def kmsg_row(kill: Kill, *, to_utc: Callable[[int], dt.datetime] = monotonic_to_utc) -> dict[str, Any]:
+    """The kernel log's account of a kill, for when eBPF has none. Its pid is the task id the
+    line names (the kernel prints no process id; they differ only for a thread that is not the leader)."""
+    r = kill.report
+    kb = kill.values_kb
+
+    def b(key: str) -> int | None:
+        return kb[key] * KB if key in kb else None
+
+    return {
+        "time": to_utc(kill.ts_us), "pid": kill.pid, "tid": kill.pid, "comm": kill.comm, "uid": kill.uid,
+        "oom_score_adj": kill.oom_score_adj, "total_vm_bytes": b("total-vm"), "anon_rss_bytes": b("anon-rss"),
+        "file_rss_bytes": b("file-rss"), "shmem_rss_bytes": b("shmem-rss"), "pgtables_bytes": b("pgtables"),
+        "trigger_pid": r.trigger_pid if r is not None else None,
+        "trigger_comm": r.trigger_comm if r is not None else None,
+        "cgroup_path": r.task_memcg if r is not None and r.victim_pid == kill.pid else None,
+    }
+
+
+def _single_memory_node(sys_node: Path = Path("/sys/devices/system/node/has_memory")) -> bool:
+    """One NUMA node with memory: then a node-wide OOM cannot be a cpuset or mempolicy one."""
+    try:
+        return sys_node.read_text().strip() in ("0", "")
+    except OSError:
+        return True  # no NUMA support at all
+
+
+# -- the source ----------------------------------------------------------------------
+
+
 class OomSource(Source):
-    """oom_events and oom_candidates: eBPF and the kernel log, joined by victim pid."""
+    """oom_events and oom_candidates: a ring-buffer input and a kernel-log input, joined."""
 
     name = "oom"
     tables = (OOM_EVENTS, OOM_CANDIDATES)
 
-    def __init__(
-        self,
-        *,
-        sink: Sink,
-        use_bpf: bool = True,
-        btf_path: Path = VMLINUX,
-        kmsg_path: Path = Path("/dev/kmsg"),
-        proc_root: Path = Path("/proc"),
-        join_window: float = 1.0,
-        recorded: Callable[[str, int, int, dt.datetime], bool] | None = None,
-        hierarchy: Hierarchy | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(sink=sink, **kwargs)
-        self._use_bpf = use_bpf
-        self._btf_path = btf_path
-        self._kmsg_path = kmsg_path
-        self._proc = proc_root
+    def __init__(self, ctx: SourceContext, *, join_window: float = 1.0, settle: float = 0.1,
+                 hierarchy: Hierarchy | None = None, victim_from_signal: bool | None = None) -> None:
+        """``victim_from_signal``: take the victim from the kernel's SIGKILL, as on kernels whose
+        mark_victim passes only a pid (None: when this kernel's BTF says so; True on a kernel
+        that passes the task emulates that form: tests use it, since no kernel at hand lacks it)."""
+        super().__init__(ctx)
         self.join_window = join_window
-        # recorded(boot_id, kmsg_seq, pid, time): is this kill already in the store?
-        self._recorded = recorded or (lambda *_: False)
+        self.settle = settle
+        self.victim_from_signal = victim_from_signal
         self._hierarchy = hierarchy  # the memory hierarchy, for the OOMing cgroup's state
-        self._bpf: Any = None
-        self._kmsg_fd: int | None = None
-        self._parser = OomLogParser()
+        self.bpf = RingBufferInput("oom", OomEventC, ring="oom_events", lost_counter="oom_lost",
+                                   on_event=self._on_bpf_event, status=self.status)
+        self.kmsg = KmsgInput(ctx.kmsg, on_kill=self._on_kill)
+        self.joiner: OomJoiner | None = None
         self.boot_id = ""
         self._meminfo: dict[str, int] = {}
-        self._pending_bpf: dict[int, tuple[float, dict[str, Any]]] = {}  # pid -> (deadline, row)
-        self._pending_kmsg: dict[int, tuple[float, Kill]] = {}
-        self._reports_emitted: set[int] = set()
+        self._symbols = KernelSymbols({})
+        self._single_node = True
+        self._attached_us = 0  # CLOCK_MONOTONIC when eBPF started watching (kmsg records after it are live)
         self.bpf_error = ""
         self.kmsg_error = ""
         self.kills_by_constraint: dict[str, int] = {}  # for the edge's metrics
@@ -284,172 +416,103 @@ class OomSource(Source):
 
     def open(self) -> None:
         try:
-            self.boot_id = (self._proc / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
+            self.boot_id = (self.ctx.proc / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
         except OSError:
             self.boot_id = "unknown"
-        self._meminfo = read_meminfo(self._proc / "meminfo")
+        self._meminfo = read_meminfo(self.ctx.proc / "meminfo")
+        self._single_node = _single_memory_node()
         if self._hierarchy is None:
             try:
-                self._hierarchy = memory_hierarchy()
+                self._hierarchy = memory_hierarchy(self.ctx.mountinfo)
             except EdgeError as exc:
                 log.info("no memory cgroup hierarchy (%s): oom_events.memcg_* columns stay empty", exc)
-        if self._use_bpf:
-            try:
-                require_tracepoint("oom", "mark_victim", field="uid")  # the (task, uid) form of Linux 6.9+
-                self._bpf = load_program("oom", settings={"OOM_EVENT_SIZE": ctypes.sizeof(OomEventC)},
-                                         btf_path=self._btf_path)
-                self._bpf["oom_events"].open_ring_buffer(self._on_bpf_event)
-            except PrerequisiteError as exc:
-                self.bpf_error = str(exc)
-        else:
-            self.bpf_error = "eBPF disabled by configuration"
+        has_bpf = self._open_bpf()
         try:
-            self._kmsg_fd = os.open(self._kmsg_path, os.O_RDONLY | os.O_NONBLOCK)
+            self._attached_us = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000 if has_bpf else 1 << 62
+            self.joiner = self._joiner(has_bpf=has_bpf, has_kmsg=True)
+            self.kmsg.open()  # the backlog, kills the edge did not see, comes now
         except OSError as exc:
-            self.kmsg_error = f"cannot read {self._kmsg_path}: {exc.strerror} (needs root or CAP_SYSLOG)"
-        if self._bpf is None and self._kmsg_fd is None:
+            self.kmsg_error = f"cannot read {self.ctx.kmsg}: {exc.strerror} (needs root or CAP_SYSLOG)"
+            self.joiner = self._joiner(has_bpf=has_bpf, has_kmsg=False)
+        if not has_bpf and self.kmsg.fd is None:
             raise PrerequisiteError(f"{self.bpf_error}; and the kernel log is unavailable: {self.kmsg_error}")
-        if self._bpf is None:
+        if not has_bpf:
             self.degrade(f"{self.bpf_error}. OOM kills come from the kernel log only: no swap, v2 cgroup or "
-                         "trigger task id, and no kill while the kernel rate-limits its reports")
-        elif self._kmsg_fd is None:
-            self.degrade(f"{self.kmsg_error}. OOM kills come from eBPF only: no constraint, OOMing cgroup, "
-                         "pool size or candidates, and no recovery of kills missed while the edge was down")
-        if self._kmsg_fd is not None:
-            self._read_kmsg(backlog=True)
+                         "trigger task id, and no why for kills whose report the kernel rate-limits")
+        elif self.kmsg.fd is None:
+            self.degrade(f"{self.kmsg_error}. OOM kills come from eBPF only: no pool size, failed allocation "
+                         "or candidates, and no recovery of kills missed while the edge was down")
+        self.joiner.expire(force=True)  # the backlog's rows are complete
+
+    def _open_bpf(self) -> bool:
+        if not self.ctx.use_bpf:
+            self.bpf_error = "eBPF disabled by configuration"
+            return False
+        try:
+            kernel = self.ctx.kernel()
+            args = kernel.require_hook("mark_victim", ("struct task_struct *", "uid_t"), ("int",))
+            task_arg = len(args) == 2
+            emulate = bool(self.victim_from_signal) and task_arg
+            if not task_arg or emulate:
+                kernel.require_hook("signal_generate",
+                                    ("int", "struct kernel_siginfo *", "struct task_struct *", "int", "int"))
+            self._symbols = KernelSymbols.load(self.ctx.proc / "kallsyms")
+            self.bpf.open(kernel, {"MARK_VICTIM_TASK_ARG": int(task_arg and not emulate),
+                                   "PXO_EMULATE_PID_FORM": int(emulate),
+                                   "TASK_REAL_CRED": kernel.btf.offset("task_struct", "real_cred"),
+                                   "CRED_UID": kernel.btf.offset("cred", "uid")})
+        except PrerequisiteError as exc:
+            self.bpf_error = str(exc)
+            return False
+        return True
+
+    def _joiner(self, *, has_bpf: bool, has_kmsg: bool) -> OomJoiner:
+        return OomJoiner(
+            boot_id=self.boot_id, emit_row=self._emit_kill, emit_candidates=self._emit_candidates,
+            memcg_state=self._memcg_state, kmsg_row=kmsg_row,
+            pool=lambda c, limit, swap: pool_bytes(c, limit, swap, self._meminfo),
+            recorded=self.ctx.oom_recorded, to_utc=monotonic_to_utc, has_bpf=has_bpf, has_kmsg=has_kmsg,
+            join_window=self.join_window, settle=self.settle)
 
     def poll(self, timeout: float) -> None:
-        if self._bpf is not None:
+        if self.bpf.bpf is not None:
             # A short wait keeps the kernel log's side of a join as fresh as the eBPF side.
-            self._bpf.ring_buffer_poll(int(min(timeout, 0.05) * 1000))
-            self.status.lost = max(self.status.lost, read_counter(self._bpf, "oom_lost"))
-        elif self._kmsg_fd is not None:
+            self.bpf.poll(min(timeout, 0.05))
+        elif self.kmsg.fd is not None:
             p = select.poll()
-            p.register(self._kmsg_fd, select.POLLIN)
-            p.poll(timeout * 1000)
-        if self._kmsg_fd is not None:
-            self._read_kmsg(backlog=False)
-        self._expire(time.monotonic())
+            p.register(self.kmsg.fd, select.POLLIN)
+            p.poll(min(timeout, 0.05) * 1000)
+        if self.kmsg.fd is not None:
+            self.kmsg.read()
+            self.status.lost = max(self.status.lost, self.kmsg.overwritten)
+        assert self.joiner is not None
+        self.joiner.expire()
 
     def close(self) -> None:
-        self._expire(float("inf"))  # nothing pending is lost at shutdown
-        if self._bpf is not None:
-            self._bpf.cleanup()
-            self._bpf = None
-        if self._kmsg_fd is not None:
-            os.close(self._kmsg_fd)
-            self._kmsg_fd = None
+        if self.joiner is not None:
+            self.joiner.expire(force=True)  # nothing pending is lost at shutdown
+        self.bpf.close()
+        self.kmsg.close()
 
-    # -- the two inputs ------------------------------------------------------------
+    # -- the inputs ------------------------------------------------------------------
 
-    def _on_bpf_event(self, _ctx: Any, data: int, size: int) -> None:
-        if size < ctypes.sizeof(OomEventC):
-            self.status.lost += 1
-            return
-        row = event_row(OomEventC.from_address(data))
-        row["boot_id"] = self.boot_id
-        pending = self._pending_kmsg.pop(row["pid"], None)
-        if pending is not None:
-            self._emit_kill(row, pending[1], origin="bpf+kmsg")
-        elif self._kmsg_fd is None:
-            self._emit_kill(row, None, origin="bpf")
-        else:
-            self._pending_bpf[row["pid"]] = (time.monotonic() + self.join_window, row)
+    def _on_bpf_event(self, event: OomEventC) -> None:
+        assert self.joiner is not None
+        self.joiner.on_bpf(bpf_kill(event, symbols=self._symbols, single_node=self._single_node))
 
-    def _read_kmsg(self, *, backlog: bool) -> None:
-        assert self._kmsg_fd is not None
-        while True:
-            try:
-                raw = os.read(self._kmsg_fd, 8192)
-            except OSError as exc:
-                if exc.errno == errno.EAGAIN:
-                    return
-                if exc.errno == errno.EPIPE:  # the ring overwrote records we had not read yet
-                    self.status.lost += 1
-                    continue
-                raise EdgeError(f"reading {self._kmsg_path} failed: {exc.strerror}") from exc
-            rec = parse_record(raw)
-            if rec is None:
-                continue
-            kill = self._parser.feed(rec)
-            if kill is not None:
-                self._on_kill(kill, backlog=backlog)
-
-    def _on_kill(self, kill: Kill, *, backlog: bool) -> None:
-        if backlog:
-            when = monotonic_to_utc(kill.ts_us)
-            if not self._recorded(self.boot_id, kill.seq, kill.pid, when):
-                self._emit_kill(self._kmsg_row(kill), kill, origin="kmsg-backlog")
-            return
-        pending = self._pending_bpf.pop(kill.pid, None)
-        if pending is not None:
-            self._emit_kill(pending[1], kill, origin="bpf+kmsg")
-        elif self._bpf is None:
-            self._emit_kill(self._kmsg_row(kill), kill, origin="kmsg")
-        else:
-            self._pending_kmsg[kill.pid] = (time.monotonic() + self.join_window, kill)
-
-    def _expire(self, now: float) -> None:
-        for pid, (deadline, row) in list(self._pending_bpf.items()):
-            if deadline <= now:
-                del self._pending_bpf[pid]
-                self._emit_kill(row, None, origin="bpf")
-        for pid, (deadline, kill) in list(self._pending_kmsg.items()):
-            if deadline <= now:  # eBPF did not see it (its ring buffer overflowed?)
-                del self._pending_kmsg[pid]
-                self._emit_kill(self._kmsg_row(kill), kill, origin="kmsg")
+    def _on_kill(self, kill: Kill, backlog: bool) -> None:
+        assert self.joiner is not None
+        # A record from before eBPF was watching is a kill the edge missed; one after it is live
+        # (eBPF saw it too), even when it is read with the backlog.
+        self.joiner.on_kmsg(kill, backlog=backlog and kill.ts_us < self._attached_us)
 
     # -- rows --------------------------------------------------------------------
 
-    def _kmsg_row(self, kill: Kill) -> dict[str, Any]:
-        """The kernel log's account of a kill, for when eBPF has none."""
-        r = kill.report
-        kb = kill.values_kb
-        path = r.task_memcg if r is not None else None
-        return {
-            "time": monotonic_to_utc(kill.ts_us),
-            "pid": kill.pid,
-            "tid": r.victim_pid if r is not None and r.victim_pid == kill.pid else None,
-            "comm": kill.comm,
-            "uid": kill.uid,
-            "oom_score_adj": kill.oom_score_adj,
-            "total_vm_bytes": kb.get("total-vm", 0) * KB if "total-vm" in kb else None,
-            "anon_rss_bytes": kb["anon-rss"] * KB if "anon-rss" in kb else None,
-            "file_rss_bytes": kb["file-rss"] * KB if "file-rss" in kb else None,
-            "shmem_rss_bytes": kb["shmem-rss"] * KB if "shmem-rss" in kb else None,
-            "pgtables_bytes": kb["pgtables"] * KB if "pgtables" in kb else None,
-            "trigger_pid": r.trigger_pid if r is not None else None,
-            "trigger_comm": r.trigger_comm if r is not None else None,
-            "cgroup_path": path,
-            "boot_id": self.boot_id,
-        }
+    def _memcg_state(self, path: str) -> dict[str, Any] | None:
+        """The OOMing cgroup's state, read now, milliseconds after the kill (None: removed by its runtime)."""
+        return read_memcg(self._hierarchy, path) if self._hierarchy is not None else None
 
-    def _emit_kill(self, row: dict[str, Any], kill: Kill | None, *, origin: str) -> None:
-        row = dict(row)
-        row["origin"] = origin
-        row.setdefault("boot_id", self.boot_id)
-        if origin != "kmsg-backlog":  # a past kill: today's state of its cgroup would mislead
-            self._add_memcg_state(row, kill.report if kill is not None else None)
-        if kill is not None:
-            r = kill.report
-            row["kmsg_seq"] = kill.seq
-            row["oom_id"] = f"{self.boot_id}:{r.seq if r is not None else kill.seq}"
-            if r is not None:
-                row.update({
-                    "constraint": r.constraint,
-                    "oom_memcg_path": r.oom_memcg,
-                    "pool_bytes": pool_bytes(r, self._meminfo),
-                    "gfp_mask": r.gfp_mask or None,
-                    "alloc_order": r.order,
-                })
-                if r.memory_usage_kb is not None:  # printed at the kill: better than read just after
-                    row["memcg_usage_bytes"] = r.memory_usage_kb * KB
-                    row["memcg_limit_bytes"] = r.memory_limit_kb * KB if r.memory_limit_kb is not None else None
-                if row.get("trigger_pid") is None:
-                    row["trigger_pid"] = r.trigger_pid
-                if r.seq not in self._reports_emitted:
-                    self._reports_emitted.add(r.seq)
-                    self._emit_candidates(r, row["oom_id"], row["time"])
+    def _emit_kill(self, row: dict[str, Any]) -> None:
         constraint = row.get("constraint") or "unknown"
         self.kills_by_constraint[constraint] = self.kills_by_constraint.get(constraint, 0) + 1
         attributor = getattr(self._sink, "attributor", None)  # AttributingSink: the pod's names, at the kill
@@ -459,20 +522,6 @@ class OomSource(Source):
                 key = (who.get("namespace") or "", who["pod"], who.get("container") or "")
                 self.kills_by_pod[key] = self.kills_by_pod.get(key, 0) + 1
         self.emit("oom_events", row)
-
-    def _add_memcg_state(self, row: dict[str, Any], report: OomReport | None) -> None:
-        """The OOMing cgroup's peak, swap and kill count, read now, milliseconds after the kill."""
-        path = (report.oom_memcg if report is not None else None) or row.get("cgroup_path")
-        if self._hierarchy is None or not path:
-            return
-        state = read_memcg(self._hierarchy, path)
-        if state is None:  # already removed by its runtime
-            return
-        row["memcg_usage_bytes"] = state.get("usage_bytes")
-        row["memcg_limit_bytes"] = state.get("limit_bytes")
-        row["memcg_peak_bytes"] = state.get("peak_bytes")
-        row["memcg_swap_bytes"] = state.get("swap_bytes")
-        row["memcg_oom_kills"] = state.get("events_oom_kill")
 
     def _emit_candidates(self, r: OomReport, oom_id: str, when: dt.datetime) -> None:
         for c in r.candidates:
@@ -489,5 +538,3 @@ class OomSource(Source):
                 "victim": c.tgid == r.victim_pid or c.pid == r.victim_pid,
                 "oom_memcg_path": r.oom_memcg or r.stats_cgroup, "constraint": r.constraint,
             })
-        if len(self._reports_emitted) > 10_000:  # bounded memory on a node that OOMs forever
-            self._reports_emitted = set(sorted(self._reports_emitted)[-1000:])

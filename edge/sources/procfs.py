@@ -32,14 +32,12 @@ import logging
 import os
 import resource
 import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from pxo.common.schema import TIME, Column, Table
 from pxo.edge.cgroups import Hierarchy
 from pxo.edge.errors import EdgeError
-from pxo.edge.sources.base import SamplingSource, Sink
+from pxo.edge.sources.base import SamplingSource, SourceContext
 from pxo.edge.sources.cgroupfs import (
     V1_UNLIMITED,
     SmallFileReader,
@@ -122,16 +120,15 @@ class ProcessMemorySource(SamplingSource):
     name = "procfs"
     tables = (PROCESS_MEMORY,)
 
-    def __init__(self, *, sink: Sink, proc_root: Path = Path("/proc"), hierarchy: Hierarchy | None = None,
+    def __init__(self, ctx: SourceContext, *, hierarchy: Hierarchy | None = None,
                  period: float = 10.0, top_n: int = 20, near_limit_ratio: float = 0.9,
-                 max_near_limit: int = 200, max_cgroups: int = 5000,
-                 clock: Callable[[], float] = time.time) -> None:
+                 max_near_limit: int = 200, max_cgroups: int = 5000) -> None:
         if top_n < 0 or max_near_limit < 0 or max_cgroups < 1:
             raise ValueError("top_n and max_near_limit must be >= 0 and max_cgroups >= 1")
         if not 0 < near_limit_ratio <= 1:
             raise ValueError(f"near_limit_ratio must be in (0, 1], not {near_limit_ratio!r}")
-        super().__init__(sink=sink, period=period, clock=clock)
-        self.proc_root = proc_root
+        super().__init__(ctx, period=period)
+        proc_root = self.proc_root = ctx.proc
         self.hierarchy = hierarchy
         self.top_n = top_n
         self.near_limit_ratio = near_limit_ratio

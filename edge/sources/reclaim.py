@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 from pxo.common.schema import TIME, Column, Table
-from pxo.edge import prereqs
 from pxo.edge.bpf import (
     PXO_COMM_LEN,
     CgroupC,
@@ -24,9 +23,10 @@ from pxo.edge.bpf import (
     boot_to_utc,
     cgroup_path,
     comm,
-    require_tracepoint,
 )
-from pxo.edge.sources.base import Sink
+from pxo.edge.errors import PrerequisiteError
+from pxo.edge.kernel import Kernel
+from pxo.edge.sources.base import SourceContext
 from pxo.edge.sources.ringbuf import RingBufferSource
 
 log = logging.getLogger(__name__)
@@ -40,11 +40,6 @@ _TRACEPOINTS: dict[str, str] = {
     "memcg": "mm_vmscan_memcg_reclaim",
     "memcg_softlimit": "mm_vmscan_memcg_softlimit_reclaim",
     "node": "mm_vmscan_node_reclaim",
-}
-_HAVE_FLAGS: dict[str, str] = {
-    "memcg": "HAVE_MEMCG_RECLAIM",
-    "memcg_softlimit": "HAVE_SOFTLIMIT_RECLAIM",
-    "node": "HAVE_NODE_RECLAIM",
 }
 
 RECLAIM_STALLS = Table(
@@ -113,9 +108,24 @@ def event_row(e: ReclaimEventC, *, to_utc: Callable[[int], dt.datetime] = boot_t
     }
 
 
-def _has_pair(kind: str) -> bool:
-    tp = _TRACEPOINTS[kind]
-    return all(prereqs.tracepoint_format("vmscan", f"{tp}_{end}") is not None for end in ("begin", "end"))
+def pair_arguments(kernel: Kernel, kind: str) -> dict[str, int] | None:
+    """Where a kind's begin/end raw tracepoints pass order, gfp flags and nr_reclaimed on this
+    kernel ({"ORDER": i, "GFP": j, "NR": k}); None when the kernel lacks the pair.
+
+    From the kernel's BTF: the order is the int just before the gfp_t of _begin
+    (node reclaim passes the node id first, 7.2 appends a memcg id), and
+    nr_reclaimed the first unsigned long of _end.
+    """
+    event = _TRACEPOINTS[kind]
+    begin, end = kernel.hook(f"{event}_begin"), kernel.hook(f"{event}_end")
+    if begin is None or end is None:
+        return None
+    if "gfp_t" not in begin or begin.index("gfp_t") == 0 or begin[begin.index("gfp_t") - 1] != "int" \
+            or "long unsigned int" not in end:
+        raise PrerequisiteError(f"kernel {kernel.release}'s {event}_begin/_end pass ({', '.join(begin)}) and "
+                                f"({', '.join(end)}): no (order, gfp_flags) and nr_reclaimed where pxo expects them")
+    gfp = begin.index("gfp_t")
+    return {"ORDER": gfp - 1, "GFP": gfp, "NR": end.index("long unsigned int")}
 
 
 class ReclaimBpfSource(RingBufferSource):
@@ -126,20 +136,28 @@ class ReclaimBpfSource(RingBufferSource):
     program, event, ring, lost_counter, table = (
         "reclaim", ReclaimEventC, "reclaim_events", "reclaim_lost", "reclaim_stalls")
 
-    def __init__(self, *, sink: Sink, **kwargs: Any) -> None:
-        super().__init__(sink=sink, **kwargs)
+    def __init__(self, ctx: SourceContext) -> None:
+        super().__init__(ctx)
         self.kinds: tuple[str, ...] = ()  # the kinds this kernel lets us measure (set by open)
 
-    def check(self) -> None:
-        require_tracepoint("vmscan", "mm_vmscan_direct_reclaim_begin", field="order")
-        require_tracepoint("vmscan", "mm_vmscan_direct_reclaim_end", field="nr_reclaimed")
-
-    def settings(self) -> dict[str, int]:
-        have = {kind: _has_pair(kind) for kind in _HAVE_FLAGS}
-        self.kinds = ("direct", *(k for k, ok in have.items() if ok))
-        if not have["memcg"]:
-            log.warning("reclaim_stalls: this kernel has no memcg reclaim tracepoints; direct reclaim only")
-        return {flag: int(have[kind]) for kind, flag in _HAVE_FLAGS.items()}
+    def settings(self, kernel: Kernel) -> dict[str, int]:
+        flags: dict[str, int] = {}
+        kinds = []
+        for kind in _TRACEPOINTS:
+            where = pair_arguments(kernel, kind)
+            if where is None and kind == "direct":
+                kernel.require_hook("mm_vmscan_direct_reclaim_begin")  # refuses, naming it
+                kernel.require_hook("mm_vmscan_direct_reclaim_end")
+            flags[f"HAVE_{kind.upper()}"] = int(where is not None)
+            for arg, index in (where or {}).items():
+                flags[f"{kind.upper()}_{arg}_ARG"] = index
+            if where is not None:
+                kinds.append(kind)
+        self.kinds = tuple(kinds)
+        if "memcg" not in self.kinds:
+            log.warning("reclaim_stalls: kernel %s has no memcg reclaim tracepoints; direct reclaim only",
+                        kernel.release)
+        return flags
 
     def row(self, event: ReclaimEventC) -> dict[str, Any]:
         return event_row(event)

@@ -23,8 +23,8 @@ from pxo.edge.bpf import (
     boot_to_utc,
     cgroup_path,
     comm,
-    require_tracepoint,
 )
+from pxo.edge.kernel import Kernel
 from pxo.edge.sources.ringbuf import RingBufferSource
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ KILL_EVENTS = Table(
         Column("result", "INTEGER",
                "Kernel's outcome: 0 delivered, 1 ignored (target already exiting), 2 already pending"),
     ),
+    urgent=True,
 )
 
 # -- the struct shared with bpf/signal.h ----------------------------------------
@@ -109,9 +110,11 @@ class KillBpfSource(RingBufferSource):
     tables = (KILL_EVENTS,)
     program, event, ring, lost_counter, table = "signal", KillEventC, "kill_events", "kill_lost", "kill_events"
 
-    def check(self) -> None:
-        # The (sig, info, task, group, result) form the program reads; result came last.
-        require_tracepoint("signal", "signal_generate", field="result")
+    def settings(self, kernel: Kernel) -> dict[str, int]:
+        # The (sig, info, task, group, result) form the program reads (Linux 4.20 on).
+        kernel.require_hook("signal_generate",
+                            ("int", "struct kernel_siginfo *", "struct task_struct *", "int", "int"))
+        return {}
 
     def row(self, event: KillEventC) -> dict[str, Any]:
         return event_row(event)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from typing import Any
 
 from pxo.common.schema import TIME, Column, Table
 from pxo.common.timeutil import utc_now
-from pxo.edge.sources.base import Sink, Source, SourceStatus
+from pxo.edge.sources.base import Source, SourceContext
 
 PROBE_STATUS = Table(
     "probe_status",
@@ -36,10 +35,10 @@ class ProbeStatusSource(Source):
     name = "probe_status"
     tables = (PROBE_STATUS,)
 
-    def __init__(self, *, sink: Sink, statuses: Callable[[], list[SourceStatus]], period: float = 10.0,
-                 now: Callable[[], dt.datetime] = utc_now, **kwargs: Any) -> None:
-        super().__init__(sink=sink, **kwargs)
-        self._statuses = statuses
+    def __init__(self, ctx: SourceContext, *, period: float = 10.0,
+                 now: Callable[[], dt.datetime] = utc_now) -> None:
+        super().__init__(ctx)
+        self._statuses = ctx.statuses
         self.period = period
         self._now = now
         self._next = 0.0

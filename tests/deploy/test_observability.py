@@ -23,6 +23,7 @@ from pxo.collector.registry import Registry
 from pxo.edge.attribution import AttributingSink, Attributor
 from pxo.edge.metrics import EdgeCollector, EdgeMetrics
 from pxo.edge.sources import all_tables
+from pxo.edge.sources.base import SourceContext
 from pxo.edge.sources.oom import OomSource
 from pxo.edge.store import Store
 
@@ -129,10 +130,10 @@ class Rows:
 def test_pod_oom_kills_counter(tmp_path: Path) -> None:
     rows = Rows()
     sink = AttributingSink(rows, Attributor(pods=Pods()), all_tables())
-    oom = OomSource(sink=sink, use_bpf=False)
+    oom = OomSource(SourceContext(sink=sink, use_bpf=False))
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     for pid, path in ((1, POD_CGROUP), (2, POD_CGROUP), (3, "/system.slice/cron.service")):
-        oom._emit_kill({"time": now, "pid": pid, "cgroup_path": path}, None, origin="bpf")
+        oom._emit_kill({"time": now, "pid": pid, "cgroup_path": path, "origin": "bpf"})
     assert oom.kills_by_pod == {("shop", "cart-7d9f", "cart"): 2}  # the non-pod kill has no pod series
     assert [r["pod"] for t, r in rows.rows if t == "oom_events"] == ["cart-7d9f", "cart-7d9f", None]
 

@@ -16,6 +16,7 @@ import pytest
 
 from pxo.edge.cgroups import ScratchCgroup
 from pxo.edge.sources.alloc import PAGE_SIZE, AllocRateBpfSource
+from pxo.edge.sources.base import SourceContext
 from tests.edge.sink import ListSink
 
 pytestmark = pytest.mark.requires_bpf
@@ -63,7 +64,7 @@ def wait_drains(src: AllocRateBpfSource, n: int, timeout: float = 10.0) -> None:
 @pytest.mark.parametrize("slots", [512, 1])
 def test_a_known_allocation_is_counted_for_its_process_and_memory_cgroup(slots: int) -> None:
     sink = ListSink()
-    src = AllocRateBpfSource(sink=sink, interval=0.25, slots=slots)
+    src = AllocRateBpfSource(SourceContext(sink=sink), interval=0.25, slots=slots)
     src.start()
     try:
         # A limit far above what the children use: the cgroup is there to be

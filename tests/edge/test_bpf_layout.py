@@ -10,7 +10,8 @@ import pkgutil
 import pytest
 
 import pxo.edge.sources
-from pxo.edge.bpf import SharedStruct, bpf_dir, kernel_offsets
+from pxo.edge.bpf import SharedStruct, bpf_dir
+from pxo.edge.kernel import running_kernel
 
 pytestmark = pytest.mark.requires_bpf
 
@@ -38,13 +39,13 @@ def layout_asserts(c_name: str, mirror: type[ctypes.Structure], fields: list[str
 def compile_text(text: str) -> None:
     from bcc import BPF
 
-    flags = [f"-D{k}={v}" for k, v in kernel_offsets().items()]
+    flags = [f"-D{k}={v}" for k, v in running_kernel().offsets.items()]
     BPF(text=text, cflags=[f"-I{bpf_dir()}", *flags]).cleanup()
 
 
 def test_every_shared_struct_is_found() -> None:
     names = {m.c_struct for m in mirrors()}
-    assert {"pxo_cgroup", "oom_event"} <= names
+    assert {"pxo_cgroup", "oom_event", "pxo_memcg_level"} <= names
     for m in mirrors():
         assert m.c_header and m.c_struct, m
 

@@ -14,6 +14,7 @@ import pytest
 
 from pxo.edge.cgroups import Hierarchy, ScratchCgroup, memory_hierarchy
 from pxo.edge.errors import EdgeError
+from pxo.edge.sources.base import SourceContext
 from pxo.edge.sources.cgroupfs import CONTAINER_MEMORY, ContainerMemorySource, read_memcg
 from tests.edge import sink
 from tests.fixtures.memtrees import CTR, PATHS, PG, POD, V1, V2, MiB, write_v1, write_v2
@@ -43,7 +44,7 @@ def ino(h: Hierarchy, path: str) -> int:
 
 def sample_once(h: Hierarchy, **kwargs: Any) -> tuple[ContainerMemorySource, ListSink]:
     sink = ListSink()
-    src = ContainerMemorySource(sink=sink, hierarchy=h, clock=lambda: T0, **kwargs)
+    src = ContainerMemorySource(SourceContext(sink=sink, clock=lambda: T0), hierarchy=h, **kwargs)
     src.open()
     src.poll(0)
     return src, sink
@@ -167,7 +168,7 @@ def test_capped_walk_keeps_the_top_levels_and_says_so(tmp_path: Path) -> None:
 def test_samples_once_per_period_of_its_clock(tmp_path: Path) -> None:
     now = [T0]
     sink = ListSink()
-    src = ContainerMemorySource(sink=sink, hierarchy=v2_tree(tmp_path), period=10, clock=lambda: now[0])
+    src = ContainerMemorySource(SourceContext(sink=sink, clock=lambda: now[0]), hierarchy=v2_tree(tmp_path), period=10)
     src.open()
     src.poll(0)
     assert len(sink.rows) == len(PATHS)
@@ -185,7 +186,7 @@ def test_samples_once_per_period_of_its_clock(tmp_path: Path) -> None:
 
 def test_runs_on_its_own_thread(tmp_path: Path) -> None:
     sink = ListSink()
-    src = ContainerMemorySource(sink=sink, hierarchy=v1_tree(tmp_path), period=3600)
+    src = ContainerMemorySource(SourceContext(sink=sink), hierarchy=v1_tree(tmp_path), period=3600)
     src.start()
     try:
         deadline = time.monotonic() + 30
@@ -201,14 +202,15 @@ def test_no_memory_hierarchy_fails_open_clearly(tmp_path: Path) -> None:
     info = tmp_path / "mountinfo"
     info.write_text("22 1 0:21 / /proc rw,nosuid - proc proc rw\n"
                     "31 23 0:28 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n")
-    src = ContainerMemorySource(sink=ListSink(), mountinfo=info)
+    src = ContainerMemorySource(SourceContext(sink=ListSink(), mountinfo=info))
     with pytest.raises(EdgeError, match="no cgroup hierarchy with the memory controller"):
         src.start()
     assert src.status.state == "failed"
     with pytest.raises(EdgeError, match="cannot read"):
-        ContainerMemorySource(sink=ListSink(), mountinfo=tmp_path / "absent").open()
+        ContainerMemorySource(SourceContext(sink=ListSink(), mountinfo=tmp_path / "absent")).open()
     with pytest.raises(EdgeError, match="cannot read the memory cgroup hierarchy"):
-        ContainerMemorySource(sink=ListSink(), hierarchy=Hierarchy(2, tmp_path / "gone", frozenset())).open()
+        gone = Hierarchy(2, tmp_path / "gone", frozenset())
+        ContainerMemorySource(SourceContext(sink=ListSink()), hierarchy=gone).open()
 
 
 def test_a_cgroup_removed_under_the_reader_is_skipped(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ import pytest
 
 from pxo.edge.cgroups import ScratchCgroup, cgroup_of, memory_hierarchy
 from pxo.edge.oomdrill import DRILL_COMM, run_drill
+from pxo.edge.sources.base import SourceContext
 from pxo.edge.sources.exit import ExitEventC, ProcessExitBpfSource, event_row
 from tests.edge import sink
 
@@ -49,7 +50,7 @@ class ListSink(sink.ListSink):
 @pytest.fixture(scope="module")
 def exits() -> Iterator[ListSink]:
     sink = ListSink()
-    src = ProcessExitBpfSource(sink=sink)
+    src = ProcessExitBpfSource(SourceContext(sink=sink))
     src.start()
     try:
         yield sink

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from pxo.edge.oomdrill import DRILL_COMM, run_drill
+from pxo.edge.sources.base import SourceContext
 from pxo.edge.sources.oom import OomSource
 from tests.edge.sink import ListSink
 
@@ -30,7 +31,7 @@ def kmsg_records_after(fd: int) -> list[str]:
 
 def test_real_oom_kill_is_attributed_to_the_victim_and_its_cgroup() -> None:
     sink = ListSink()
-    src = OomSource(sink=sink)
+    src = OomSource(SourceContext(sink=sink))
     src.start()
     kmsg = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
     os.lseek(kmsg, 0, os.SEEK_END)

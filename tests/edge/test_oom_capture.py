@@ -13,6 +13,7 @@ import pytest
 from pxo.common import arrowipc
 from pxo.edge.cgroups import ScratchCgroup
 from pxo.edge.oomdrill import run_drill, start_allocator
+from pxo.edge.sources.base import SourceContext
 from pxo.edge.sources.oom import OomSource
 from pxo.v1 import pxo_pb2, pxo_pb2_grpc
 from tests.conftest import Service, start_edge
@@ -28,7 +29,7 @@ def test_burst_of_23_kills_across_5_cgroups() -> None:
     import os
 
     sink = ListSink()
-    src = OomSource(sink=sink)
+    src = OomSource(SourceContext(sink=sink))
     src.start()
     kmsg = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
     os.lseek(kmsg, 0, os.SEEK_END)
@@ -192,7 +193,7 @@ def test_a_user_sigkill_is_a_kill_event_not_an_oom_kill() -> None:
     from pxo.edge.sources.signal import KillBpfSource
 
     sink = ListSink()
-    oom, kills = OomSource(sink=sink), KillBpfSource(sink=sink)
+    oom, kills = OomSource(SourceContext(sink=sink)), KillBpfSource(SourceContext(sink=sink))
     oom.start()
     kills.start()
     try:

@@ -22,8 +22,9 @@ def no_bcc(name: str) -> object:
 def test_everything_missing_is_named(tmp_path: Path) -> None:
     missing = missing_for_bpf(caps=0, import_module=no_bcc, release="9.9.9-test",
                               modules_root=tmp_path, btf_path=tmp_path / "vmlinux")
-    assert [m.split(":")[0] for m in missing] == ["root", "BCC", "kernel headers", "BTF"]
-    assert "python3-bpfcc" in missing[1] and "linux-headers-9.9.9-test" in missing[2]
+    # in the order a person fixes them: privileges, BTF, BCC, headers
+    assert [m.split(":")[0] for m in missing] == ["root", "BTF", "BCC", "kernel headers"]
+    assert "python3-bpfcc" in missing[2] and "linux-headers-9.9.9-test" in missing[3]
 
 
 def test_headers_found_in_the_modules_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from pxo.edge.cgroups import Hierarchy, ScratchCgroup, memory_hierarchy
 from pxo.edge.errors import EdgeError
+from pxo.edge.sources.base import SourceContext
 from pxo.edge.sources.procfs import PAGE_SIZE, PROCESS_MEMORY, ProcessMemorySource, memcg_of, parse_status
 from tests.fixtures.memtrees import CTR, PG, PROCS, MiB, write_proc, write_v1, write_v2
 from tests.fixtures.workload import AllocatingChild
@@ -46,7 +47,7 @@ def proc(tmp_path: Path) -> Path:
 
 def sample_once(proc: Path, h: Hierarchy | None, **kwargs: Any) -> tuple[ProcessMemorySource, ListSink]:
     sink = ListSink()
-    src = ProcessMemorySource(sink=sink, proc_root=proc, hierarchy=h, clock=lambda: T0, **kwargs)
+    src = ProcessMemorySource(SourceContext(sink=sink, proc=proc, clock=lambda: T0), hierarchy=h, **kwargs)
     src.open()
     src.poll(0)
     return src, sink
@@ -104,7 +105,7 @@ def test_without_memory_cgroups_reports_top_only(proc: Path) -> None:
 
 
 def test_unreadable_proc_fails_open(tmp_path: Path) -> None:
-    src = ProcessMemorySource(sink=ListSink(), proc_root=tmp_path / "absent")
+    src = ProcessMemorySource(SourceContext(sink=ListSink(), proc=tmp_path / "absent"))
     with pytest.raises(EdgeError, match="cannot read"):
         src.start()
     assert src.status.state == "failed"
@@ -113,8 +114,8 @@ def test_unreadable_proc_fails_open(tmp_path: Path) -> None:
 def test_samples_once_per_period(proc: Path, hierarchy: Hierarchy) -> None:
     now = [T0]
     sink = ListSink()
-    src = ProcessMemorySource(sink=sink, proc_root=proc, hierarchy=hierarchy, top_n=1, period=5,
-                              clock=lambda: now[0])
+    src = ProcessMemorySource(SourceContext(sink=sink, proc=proc, clock=lambda: now[0]), hierarchy=hierarchy,
+                              top_n=1, period=5)
     src.open()
     for t in (0, 1, 4.9, 5, 6):
         now[0] = T0 + t
@@ -144,7 +145,7 @@ def test_real_process_holding_a_known_allocation() -> None:
         sink = ListSink()
         # 48 MiB and the interpreter are over a quarter of 128 MiB: near its limit at 0.25,
         # whatever other engineers' processes on this machine do to the top 20.
-        src = ProcessMemorySource(sink=sink, hierarchy=h, near_limit_ratio=0.25)
+        src = ProcessMemorySource(SourceContext(sink=sink), hierarchy=h, near_limit_ratio=0.25)
         src.open()
         src.poll(0)
         mine = [r for r in sink.rows if r["pid"] == child.pid]

@@ -19,6 +19,7 @@ from typing import IO
 import pytest
 
 from pxo.edge.cgroups import ScratchCgroup
+from pxo.edge.sources.base import SourceContext
 from pxo.edge.sources.reclaim import PAGE_SIZE, ReclaimBpfSource
 from tests.edge.sink import ListSink
 
@@ -60,7 +61,7 @@ def uncached_file(directory: str, size: int) -> IO[bytes]:
 
 def test_memcg_reclaim_in_a_limited_cgroup_is_timed_and_attributed() -> None:
     sink = ListSink()
-    src = ReclaimBpfSource(sink=sink)
+    src = ReclaimBpfSource(SourceContext(sink=sink))
     src.start()
     try:
         assert "memcg" in src.kinds

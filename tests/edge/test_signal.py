@@ -21,6 +21,7 @@ import pytest
 
 from pxo.edge.cgroups import ScratchCgroup, cgroup_of, memory_hierarchy
 from pxo.edge.oomdrill import run_drill
+from pxo.edge.sources.base import SourceContext
 from pxo.edge.sources.signal import KillBpfSource
 from tests.edge import sink
 
@@ -52,7 +53,7 @@ class ListSink(sink.ListSink):
 @pytest.fixture(scope="module")
 def kills() -> Iterator[ListSink]:
     sink = ListSink()
-    src = KillBpfSource(sink=sink)
+    src = KillBpfSource(SourceContext(sink=sink))
     src.start()
     try:
         yield sink
