@@ -171,7 +171,7 @@ static __always_inline void read_trigger_path(void *css, struct oom_event *e)
 RAW_TRACEPOINT_PROBE(mark_victim)
 {
 	struct oom_event *e;
-	void *task = NULL, *mm = NULL, *signal = NULL, *current = (void *)bpf_get_current_task();
+	void *task = NULL, *mm = NULL, *signal = NULL, *cur = (void *)bpf_get_current_task();
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	u32 uid = 0;
 	short adj = 0;
@@ -212,8 +212,8 @@ RAW_TRACEPOINT_PROBE(mark_victim)
 	e->trigger_tgid = pid_tgid >> 32;
 	e->trigger_tid = (u32)pid_tgid;
 	bpf_get_current_comm(&e->trigger_comm, sizeof(e->trigger_comm));
-	e->trigger_memcg_id = pxo_cgroup_id(pxo_task_memcg(current));
-	read_trigger_path(task_memcg_css(current), e);
+	e->trigger_memcg_id = pxo_cgroup_id(pxo_task_memcg(cur));
+	read_trigger_path(task_memcg_css(cur), e);
 	e->uid = uid;
 
 	e->victim_tgid = 0;

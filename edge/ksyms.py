@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 KILL = ("__oom_kill_process",)
 OOM_KILL_PROCESS = ("oom_kill_process",)
 OUT_OF_MEMORY = ("out_of_memory",)
-MEMBER = ("oom_kill_memcg_member", "mem_cgroup_scan_tasks")
+MEMBER = ("oom_kill_memcg_member",)
 MEMCG_CALLERS = ("mem_cgroup_out_of_memory", "mem_cgroup_oom", "try_charge_memcg", "try_charge",
                  "mem_cgroup_oom_synchronize")
 NODE_CALLERS = ("__alloc_pages_may_oom", "__alloc_pages_slowpath", "pagefault_out_of_memory", "moom_callback")

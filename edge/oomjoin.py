@@ -116,6 +116,9 @@ class OomJoiner:
         self._waiting_kmsg: dict[int, _Victim] = {}  # tid -> a victim eBPF saw, its log line still to come
         self._waiting_bpf: dict[int, tuple[float, Kill]] = {}  # tid -> a log line, its eBPF event still to come
         self._reports_emitted: set[int] = set()
+        # tid -> when its row was written: an account of it that comes later still is not a new kill
+        self._written: dict[int, float] = {}
+        self.late = 0  # accounts that came after their kill's row was written (dropped)
         self.not_killed = 0  # tasks marked as victims because they were already exiting (nothing killed)
 
     # -- inputs ----------------------------------------------------------------
@@ -125,11 +128,13 @@ class OomJoiner:
         if k.killed is False:
             self.not_killed += 1
             return
+        if self._already_written(k.tid, now):
+            return
         inv = self._invocation_for(k, now)
         if inv.state_path is None:
             inv.state_path = k.oom_memcg_path or k.row.get("cgroup_path")
             inv.state = self._memcg_state(inv.state_path) if inv.state_path else None
-        v = _Victim(bpf=k, deadline=now + self.join_window)
+        v = _Victim(bpf=k, deadline=now + self.join_window if self.has_kmsg else now)
         waiting = self._waiting_bpf.pop(k.tid, None)
         if waiting is not None:
             v.kill = waiting[1]
@@ -147,6 +152,8 @@ class OomJoiner:
             return
         if kill.duplicate:
             return  # the kernel's second line for a group kill's chosen victim
+        if self._already_written(kill.pid, now):
+            return
         v = self._waiting_kmsg.pop(kill.pid, None)
         if v is not None:
             v.kill = kill
@@ -163,7 +170,7 @@ class OomJoiner:
         for tid, (deadline, kill) in list(self._waiting_bpf.items()):
             if force or deadline <= now:  # eBPF did not see it (a full ring buffer, or not yet loaded)
                 del self._waiting_bpf[tid]
-                self._add_kmsg_only(kill, now)
+                self._add_kmsg_only(kill, deadline - self.join_window)  # as of its arrival
         for inv in list(self._open):
             pending = any(not v.joined and v.deadline > now for v in inv.victims)
             if force or (not pending and now - inv.last_event >= self.settle):
@@ -172,6 +179,18 @@ class OomJoiner:
                     if v.bpf is not None:
                         self._waiting_kmsg.pop(v.bpf.tid, None)
                 self._write(inv)
+
+    def _already_written(self, tid: int, now: float) -> bool:
+        """Was this task's kill written in the last minute? (Its other account came too late to be
+        joined; one row per kill matters more. Task ids are not reused within a minute.)"""
+        if len(self._written) > 4096:
+            self._written = {t: at for t, at in self._written.items() if now - at < 60}
+        at = self._written.get(tid)
+        if at is not None and now - at < 60:
+            self.late += 1
+            log.info("the other account of task %d's OOM kill came %.1f s after its row was written", tid, now - at)
+            return True
+        return False
 
     # -- grouping --------------------------------------------------------------
 
@@ -242,6 +261,7 @@ class OomJoiner:
             rows.append(row)
         for row in rows:
             self._emit_row(row)
+            self._written[row["tid"]] = self._clock()
         if report is not None and report.seq not in self._reports_emitted:
             self._reports_emitted.add(report.seq)
             self._emit_candidates(report, oom_id, rows[0]["time"])

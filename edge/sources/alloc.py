@@ -28,6 +28,8 @@ from pxo.edge.sources.base import Source, SourceContext
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = resource.getpagesize()
+# errno of a batch operation the kernel lacks for a map type: ENOTSUPP (524, kernel-internal), EOPNOTSUPP, EINVAL
+_NO_BATCH = (524, errno.EOPNOTSUPP, errno.EINVAL)
 
 ALLOC_RATE = Table(
     "alloc_rate",
@@ -99,12 +101,14 @@ class AllocRateBpfSource(Source):
     tables = (ALLOC_RATE,)
 
     def __init__(self, ctx: SourceContext, *, interval: float = 1.0, grace: float = 0.01, slots: int = 512,
-                 max_keys: int = 4096, resolver: CgroupResolver | None = None) -> None:
+                 max_keys: int = 4096, resolver: CgroupResolver | None = None, array_batch: bool = True) -> None:
         """``interval``: seconds per row; ``grace``: seconds between ending an
         interval and reading its maps; ``slots`` (a power of two): per-CPU
         counting slots, and ``max_keys``: (process, memory cgroup) pairs the
         overflow hash holds per interval (see bpf/alloc.bpf.c; each of the two
-        generations preallocates slots x 32 + max_keys x 8 bytes per possible CPU)."""
+        generations preallocates slots x 32 + max_keys x 8 bytes per possible CPU);
+        ``array_batch``: read the slots with one batch call (False: slot by slot, as on
+        kernels before 5.11, which it falls back to by itself)."""
         super().__init__(ctx)
         if interval <= 0 or grace < 0 or grace >= interval:
             raise ValueError("need interval > grace >= 0")
@@ -123,6 +127,7 @@ class AllocRateBpfSource(Source):
         self._next = 0.0  # time.monotonic() at which the current interval ends
         self._ncpu = 0
         self._buffers: dict[str, Any] = {}
+        self._array_batch = array_batch  # BPF_MAP_LOOKUP_BATCH works on per-CPU arrays (not before 5.11)
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -237,17 +242,34 @@ class AllocRateBpfSource(Source):
     def _read_half(self, lib: Any, half: int) -> int:
         """BPF_MAP_LOOKUP_BATCH of one half of the slots array into the slot buffers; returns the entries read."""
         b = self._buffers
+        if not self._array_batch:
+            return self._read_half_one_by_one(lib, half)
         # An array's batch cursor is the last index read: the half starts after it.
         cursor, out, count = ctypes.c_uint32(half * self.slots - 1), ctypes.c_uint32(0), ctypes.c_uint32(self.slots)
         res = lib.bpf_lookup_batch(self._bpf["slots"].map_fd, ctypes.byref(cursor) if half else None,
                                    ctypes.byref(out), ctypes.byref(b["slot_keys"]), ctypes.byref(b["slots"]),
                                    ctypes.byref(count))
         err = ctypes.get_errno()
+        if res != 0 and err in _NO_BATCH:  # per-CPU arrays gained batch reads after 5.10
+            log.info("alloc_rate: this kernel cannot batch-read per-CPU arrays; reading slot by slot")
+            self._array_batch = False
+            return self._read_half_one_by_one(lib, half)
         if res != 0 and err != errno.ENOENT:
             raise EdgeError(f"cannot read the alloc_rate counters: {errno.errorcode.get(err, err)}")
         if count.value != self.slots:
             raise EdgeError(f"cannot read the alloc_rate counters: {count.value} of {self.slots} slots read")
         return count.value
+
+    def _read_half_one_by_one(self, lib: Any, half: int) -> int:
+        """The same as one batch read, one BPF_MAP_LOOKUP_ELEM per slot (each fills ncpu values)."""
+        fd, buf, step = self._bpf["slots"].map_fd, self._buffers["slots"], ctypes.sizeof(AllocSlotC) * self._ncpu
+        key = ctypes.c_uint32(0)
+        for i in range(self.slots):
+            key.value = half * self.slots + i
+            if lib.bpf_lookup_elem(fd, ctypes.byref(key), ctypes.byref(buf, i * step)) != 0:
+                err = ctypes.get_errno()
+                raise EdgeError(f"cannot read the alloc_rate counters: {errno.errorcode.get(err, err)}")
+        return self.slots
 
     @staticmethod
     def _batches(op: Any, fd: int, keys: Any, values: Any, capacity: int) -> Iterator[int]:

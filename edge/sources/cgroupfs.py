@@ -11,12 +11,16 @@ column                 cgroup v1 (memory hierarchy)          cgroup v2 (unified,
 usage_bytes            memory.usage_in_bytes                 memory.current (absent on the root)
 limit_bytes            memory.limit_in_bytes (huge = NULL)   memory.max ('max' = NULL)
 peak_bytes             memory.max_usage_in_bytes             memory.peak (Linux 5.19+)
+high_bytes             NULL                                  memory.high ('max' = NULL)
+swap_limit_bytes       memsw.limit_in_bytes minus limit      memory.swap.max ('max' = NULL)
 anon_bytes             memory.stat total_rss                 memory.stat anon
 file_bytes             memory.stat total_cache               memory.stat file
+shmem_bytes            memory.stat total_shmem               memory.stat shmem
 swap_bytes             memory.stat total_swap (else memsw    memory.swap.current
                        usage minus usage)
 working_set_bytes      usage - total_inactive_file           usage - inactive_file
 events_*               NULL                                  memory.events (hierarchical)
+events_local_*         NULL                                  memory.events.local (this cgroup's own)
 failcnt                memory.failcnt                        NULL (v2's equivalent is events_max)
 under_oom              memory.oom_control under_oom          NULL
 events_oom_kill        memory.oom_control oom_kill           memory.events oom_kill
@@ -71,9 +75,15 @@ CONTAINER_MEMORY = Table(
         Column("hierarchy", "VARCHAR", "'v1' (memory hierarchy) or 'v2' (unified hierarchy)"),
         Column("usage_bytes", "UBIGINT", "Memory charged to the cgroup and its descendants, bytes"),
         Column("limit_bytes", "UBIGINT", "Hard limit (v1 limit_in_bytes, v2 memory.max), bytes; NULL if unlimited"),
-        Column("peak_bytes", "UBIGINT", "Highest usage recorded (v1 max_usage_in_bytes, v2 memory.peak), bytes"),
+        Column("peak_bytes", "UBIGINT", "Highest usage recorded (v1 max_usage_in_bytes, v2 memory.peak from "
+                                        "Linux 5.19), bytes"),
+        Column("high_bytes", "UBIGINT", "v2 memory.high, the throttling limit, bytes; NULL if none (or v1)"),
+        Column("swap_limit_bytes", "UBIGINT",
+               "Swap the cgroup may use (v2 memory.swap.max, v1 memsw limit minus limit), bytes; NULL if unlimited"),
         Column("anon_bytes", "UBIGINT", "Anonymous memory (v1 total_rss, v2 anon), bytes"),
         Column("file_bytes", "UBIGINT", "Page cache incl. tmpfs/shmem (v1 total_cache, v2 file), bytes"),
+        Column("shmem_bytes", "UBIGINT", "tmpfs and shared memory, part of file_bytes (v1 total_shmem, v2 shmem), "
+                                         "bytes: page cache that cannot be reclaimed without swap"),
         Column("swap_bytes", "UBIGINT", "Swap used (v1 total_swap, v2 memory.swap.current), bytes"),
         Column("working_set_bytes", "UBIGINT",
                "cAdvisor's working set: usage minus inactive file pages (floored at 0), bytes"),
@@ -83,6 +93,11 @@ CONTAINER_MEMORY = Table(
         Column("events_oom", "UBIGINT", "v2 memory.events oom: allocations that hit the limit and were about to fail"),
         Column("events_oom_kill", "UBIGINT", "Processes killed by an OOM killer in this cgroup (v1 oom_control)"),
         Column("events_oom_group_kill", "UBIGINT", "v2 memory.events oom_group_kill: whole-group kills (5.17+)"),
+        Column("events_local_max", "UBIGINT", "v2 memory.events.local max: this cgroup's own limit, not a child's"),
+        Column("events_local_oom", "UBIGINT",
+               "v2 memory.events.local oom: times this cgroup's own limit invoked the OOM killer"),
+        Column("events_local_oom_kill", "UBIGINT",
+               "v2 memory.events.local oom_kill: OOM kills of this cgroup's own tasks, not its children's"),
         Column("failcnt", "UBIGINT", "v1 memory.failcnt: times usage hit the limit (v2: see events_max)"),
         Column("under_oom", "BOOLEAN", "v1 memory.oom_control under_oom: the cgroup is in OOM right now"),
         Column("psi_some_avg10", "DOUBLE", "memory.pressure: % of the last 10 s some task stalled on memory"),
@@ -260,6 +275,10 @@ class MemcgReader:
             memsw = _int(self._get(dfd, "memory.memsw.usage_in_bytes", d, root))
             swap = None if memsw is None else max(0, memsw - usage)
         row["swap_bytes"] = swap
+        row["shmem_bytes"] = _int(stat.get(b"total_shmem"))
+        memsw_limit = _v1_limit(self._get(dfd, "memory.memsw.limit_in_bytes", d, root))
+        limit = row["limit_bytes"]
+        row["swap_limit_bytes"] = None if memsw_limit is None or limit is None else max(0, memsw_limit - limit)
         row["failcnt"] = _int(self._get(dfd, "memory.failcnt", d, root))
         oom = flat_keyed(self._get(dfd, "memory.oom_control", d, root) or b"")
         row["events_oom_kill"] = _int(oom.get(b"oom_kill"))
@@ -275,15 +294,23 @@ class MemcgReader:
         row["usage_bytes"] = _int(self._get(dfd, "memory.current", d, root))
         row["limit_bytes"] = _v2_limit(self._get(dfd, "memory.max", d, root))
         row["peak_bytes"] = _int(self._get(dfd, "memory.peak", d, root))
+        row["high_bytes"] = _v2_limit(self._get(dfd, "memory.high", d, root))
         row["swap_bytes"] = _int(self._get(dfd, "memory.swap.current", d, root))
+        row["swap_limit_bytes"] = _v2_limit(self._get(dfd, "memory.swap.max", d, root))
         stat = flat_keyed(self._get(dfd, "memory.stat", d, root) or b"")
         row["anon_bytes"] = _int(stat.get(b"anon"))
         row["file_bytes"] = _int(stat.get(b"file"))
+        row["shmem_bytes"] = _int(stat.get(b"shmem"))
         events = self._get(dfd, "memory.events", d, root)
         if events is not None:
             ev = flat_keyed(events)
             for key in ("low", "high", "max", "oom", "oom_kill", "oom_group_kill"):
                 row[f"events_{key}"] = _int(ev.get(key.encode()))
+        local = self._get(dfd, "memory.events.local", d, root)
+        if local is not None:
+            ev = flat_keyed(local)
+            for key in ("max", "oom", "oom_kill"):
+                row[f"events_local_{key}"] = _int(ev.get(key.encode()))
         psi = self._get(dfd, "memory.pressure", d, root)
         if psi is not None:
             row.update(parse_psi(psi))

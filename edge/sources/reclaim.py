@@ -108,24 +108,24 @@ def event_row(e: ReclaimEventC, *, to_utc: Callable[[int], dt.datetime] = boot_t
     }
 
 
-def pair_arguments(kernel: Kernel, kind: str) -> dict[str, int] | None:
-    """Where a kind's begin/end raw tracepoints pass order, gfp flags and nr_reclaimed on this
-    kernel ({"ORDER": i, "GFP": j, "NR": k}); None when the kernel lacks the pair.
+def pair_arguments(begin: tuple[str, ...] | None, end: tuple[str, ...] | None) -> dict[str, int] | None:
+    """Where a begin/end pair of raw tracepoints passes order, gfp flags and nr_reclaimed
+    ({"ORDER": i, "GFP": j, "NR": k}), given what each passes (Kernel.hook); None when the
+    kernel lacks the pair, ValueError when they are not where pxo can find them.
 
-    From the kernel's BTF: the order is the int just before the gfp_t of _begin
-    (node reclaim passes the node id first, 7.2 appends a memcg id), and
-    nr_reclaimed the first unsigned long of _end.
+    From the kernel's BTF, whose typedefs give types, not names: the order is
+    the int next to the gfp_t of _begin (before it: (int order, gfp_t) up to
+    7.1, (int nid, int order, gfp_t) for node reclaim; after it: (gfp_t, int
+    order, struct mem_cgroup *) from 7.2), and nr_reclaimed the first
+    unsigned long of _end.
     """
-    event = _TRACEPOINTS[kind]
-    begin, end = kernel.hook(f"{event}_begin"), kernel.hook(f"{event}_end")
     if begin is None or end is None:
         return None
-    if "gfp_t" not in begin or begin.index("gfp_t") == 0 or begin[begin.index("gfp_t") - 1] != "int" \
-            or "long unsigned int" not in end:
-        raise PrerequisiteError(f"kernel {kernel.release}'s {event}_begin/_end pass ({', '.join(begin)}) and "
-                                f"({', '.join(end)}): no (order, gfp_flags) and nr_reclaimed where pxo expects them")
-    gfp = begin.index("gfp_t")
-    return {"ORDER": gfp - 1, "GFP": gfp, "NR": end.index("long unsigned int")}
+    gfp = begin.index("gfp_t") if "gfp_t" in begin else -1
+    order = next((i for i in (gfp - 1, gfp + 1) if gfp >= 0 and 0 <= i < len(begin) and begin[i] == "int"), -1)
+    if order < 0 or "long unsigned int" not in end:
+        raise ValueError(f"({', '.join(begin)}) and ({', '.join(end)}): no (order, gfp_flags) and nr_reclaimed")
+    return {"ORDER": order, "GFP": gfp, "NR": end.index("long unsigned int")}
 
 
 class ReclaimBpfSource(RingBufferSource):
@@ -143,8 +143,12 @@ class ReclaimBpfSource(RingBufferSource):
     def settings(self, kernel: Kernel) -> dict[str, int]:
         flags: dict[str, int] = {}
         kinds = []
-        for kind in _TRACEPOINTS:
-            where = pair_arguments(kernel, kind)
+        for kind, event in _TRACEPOINTS.items():
+            try:
+                where = pair_arguments(kernel.hook(f"{event}_begin"), kernel.hook(f"{event}_end"))
+            except ValueError as exc:
+                raise PrerequisiteError(f"kernel {kernel.release}'s {event}_begin/_end pass {exc} where pxo "
+                                        "expects them") from None
             if where is None and kind == "direct":
                 kernel.require_hook("mm_vmscan_direct_reclaim_begin")  # refuses, naming it
                 kernel.require_hook("mm_vmscan_direct_reclaim_end")

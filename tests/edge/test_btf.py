@@ -48,7 +48,20 @@ def sample() -> Btf:
                                        ("arr", arr, 192)))
     b.add(6, "", 2, 4, struct.pack("<Ii", b.s("E_A"), 0) + struct.pack("<Ii", b.s("E_B"), 5))
     b.add(4, "bits", 1, 4, b.members(("flag", i32, (1 << 24) | 3)), kflag=1)
+    # What the kernel declares for each tracepoint: typedef void (*btf_trace_x)(void *, <TP_PROTO>);
+    void_ptr = b.add(2, "", 0, 0)
+    task = b.add(4, "task_struct", 0, 0)
+    task_ptr = b.add(2, "", 0, task)
+    uid_t = b.add(8, "uid_t", 0, i32)
+    proto = b.add(13, "", 3, 0, struct.pack("<IIIIII", 0, void_ptr, 0, task_ptr, 0, uid_t))
+    b.add(8, "btf_trace_mark_victim", 0, b.add(2, "", 0, proto))
     return Btf(b.blob())
+
+
+def test_raw_tracepoint_arguments_from_the_btf_trace_typedef() -> None:
+    btf = sample()
+    assert btf.raw_tracepoint_args("mark_victim") == ("struct task_struct *", "uid_t")
+    assert btf.raw_tracepoint_args("no_such_event") is None
 
 
 def test_offsets_through_anonymous_members_typedefs_and_nesting() -> None:
@@ -87,3 +100,8 @@ def test_running_kernel() -> None:
     assert 0 < btf.offset("task_struct", "comm") < btf.sizeof("task_struct")
     assert btf.enumerator("MM_ANONPAGES") == 1
     assert btf.has_member("kernfs_node", "__parent") or btf.has_member("kernfs_node", "parent")
+    # The hooks pxo's programs use, as this kernel passes them (no tracefs involved).
+    assert btf.raw_tracepoint_args("mm_page_alloc") == ("struct page *", "unsigned int", "gfp_t", "int")
+    assert btf.raw_tracepoint_args("signal_generate") == (
+        "int", "struct kernel_siginfo *", "struct task_struct *", "int", "int")
+    assert btf.raw_tracepoint_args("mark_victim") in (("struct task_struct *", "uid_t"), ("int",))

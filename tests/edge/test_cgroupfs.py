@@ -63,8 +63,10 @@ def test_v1_tree_exact_values(tmp_path: Path) -> None:
         "time": dt.datetime(2025, 11, 24, 16, 0), "cgroup_path": POD, "cgroup_id": ino(h, POD), "hierarchy": "v1",
         "usage_bytes": 251658240, "limit_bytes": 256 * MiB, "peak_bytes": 268435456,
         "anon_bytes": 209715200, "file_bytes": 41943040, "swap_bytes": 4194304,
+        "high_bytes": None, "swap_limit_bytes": 0, "shmem_bytes": 0,  # memsw limit == limit: no swap allowed
         "working_set_bytes": 251658240 - 16777216,  # usage - total_inactive_file
         **NULL_EVENTS, "events_oom_kill": 3, "failcnt": 17, "under_oom": True, **NULL_PSI,
+        "events_local_max": None, "events_local_oom": None, "events_local_oom_kill": None,
     }
     assert set(rows[POD]) == set(CONTAINER_MEMORY.column_names)
     # The huge "no limit" value is NULL; hierarchical counters come from total_*.
@@ -85,6 +87,8 @@ def test_v2_tree_exact_values(tmp_path: Path) -> None:
         "time": dt.datetime(2025, 11, 24, 16, 0), "cgroup_path": POD, "cgroup_id": ino(h, POD), "hierarchy": "v2",
         "usage_bytes": 520093696, "limit_bytes": 512 * MiB, "peak_bytes": 536866816,
         "anon_bytes": 482344960, "file_bytes": 33554432, "swap_bytes": 0,
+        "high_bytes": None, "swap_limit_bytes": None, "shmem_bytes": 0,  # "max": no limit
+        "events_local_max": 0, "events_local_oom": 0, "events_local_oom_kill": 0,  # the container's, not the pod's
         "working_set_bytes": 520093696 - 8388608,  # memory.current - inactive_file
         "events_low": 0, "events_high": 0, "events_max": 1204, "events_oom": 7, "events_oom_kill": 2,
         "events_oom_group_kill": 1, "failcnt": None, "under_oom": None,
@@ -97,7 +101,9 @@ def test_v2_tree_exact_values(tmp_path: Path) -> None:
         "time": dt.datetime(2025, 11, 24, 16, 0), "cgroup_path": "/", "cgroup_id": h.mount.stat().st_ino,
         "hierarchy": "v2", "usage_bytes": None, "limit_bytes": None, "peak_bytes": None,
         "anon_bytes": V2["/"].anon, "file_bytes": V2["/"].file, "swap_bytes": None, "working_set_bytes": None,
-        **NULL_EVENTS, "events_oom_kill": None, "failcnt": None, "under_oom": None,
+        "high_bytes": None, "swap_limit_bytes": None, "shmem_bytes": 0,
+        "events_local_max": None, "events_local_oom": None, "events_local_oom_kill": None, **NULL_EVENTS,
+        "events_oom_kill": None, "failcnt": None, "under_oom": None,
         "psi_some_avg10": 0.12, "psi_full_avg10": 0.03, "psi_some_total_us": 91234567,
         "psi_full_total_us": 40123456,
     }

@@ -47,10 +47,12 @@ class ListSink(sink.ListSink):
         self.wait_exit(marker.pid)
 
 
-@pytest.fixture(scope="module")
-def exits() -> Iterator[ListSink]:
+@pytest.fixture(scope="module", params=[None, False], ids=["as-btf-says", "last-live-thread"])
+def exits(request: pytest.FixtureRequest) -> Iterator[ListSink]:
+    """Both ways of telling a process's last thread: the tracepoint's group_dead where this
+    kernel passes it, and the signal struct's live count that older kernels need."""
     sink = ListSink()
-    src = ProcessExitBpfSource(SourceContext(sink=sink))
+    src = ProcessExitBpfSource(SourceContext(sink=sink), group_dead=request.param)
     src.start()
     try:
         yield sink

@@ -107,3 +107,28 @@ def test_rate_limited_kill_has_no_report() -> None:
         "shmem-rss:0kB, UID:0 pgtables:4kB oom_score_adj:0",
     ]))
     assert [(k.pid, k.report is not None) for k in kills] == [(10, True), (20, False)]
+
+
+def test_group_kill_second_line_for_the_chosen_victim_is_a_duplicate() -> None:
+    """The kernel kills (and logs) the chosen victim again among its group's members."""
+    line = ("Memory cgroup out of memory: Killed process {} (x) total-vm:1kB, anon-rss:1kB, file-rss:0kB, "
+            "shmem-rss:0kB, UID:0 pgtables:4kB oom_score_adj:0")
+    for with_report in (True, False):  # the group lines are printed even when the report is rate-limited
+        head = ["x invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0, oom_score_adj=0",
+                "oom-kill:constraint=CONSTRAINT_MEMCG,oom_memcg=/g,task_memcg=/g/a,task=x,pid=10,uid=0"]
+        kills = feed(synthetic([*(head if with_report else []), line.format(10),
+                                "Tasks in /g are going to be killed due to memory.oom.group set",
+                                line.format(10), line.format(11), line.format(12)]))
+        assert [(k.pid, k.chosen, k.duplicate, k.group_cgroup) for k in kills] == [
+            (10, True, False, None), (10, True, True, None), (11, False, False, "/g"), (12, False, False, "/g")]
+        assert all((k.report is not None) == with_report for k in kills)
+
+
+def test_a_new_oom_ends_the_group() -> None:
+    line = ("Memory cgroup out of memory: Killed process {} (x) total-vm:1kB, anon-rss:1kB, file-rss:0kB, "
+            "shmem-rss:0kB, UID:0 pgtables:4kB oom_score_adj:0")
+    kills = feed(synthetic([line.format(10), "Tasks in /g are going to be killed due to memory.oom.group set",
+                            line.format(10), line.format(11),
+                            "y invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0, oom_score_adj=0",
+                            line.format(20)]))
+    assert [(k.pid, k.chosen) for k in kills if not k.duplicate] == [(10, True), (11, False), (20, True)]

@@ -28,9 +28,13 @@ def test_burst_of_23_kills_across_5_cgroups() -> None:
     allocators at once, so the kernel kills several tasks of one cgroup in a row."""
     import os
 
-    sink = ListSink()
+    sink, inferred = ListSink(), ListSink()
     src = OomSource(SourceContext(sink=sink))
     src.start()
+    # A second source without the kernel log: its why comes from eBPF alone, to check against the reports.
+    bpf_only = OomSource(SourceContext(sink=inferred, kmsg=Path("/nonexistent/kmsg")))
+    bpf_only.start()
+    assert bpf_only.status.state == "degraded" and "eBPF only" in bpf_only.status.detail
     kmsg = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
     os.lseek(kmsg, 0, os.SEEK_END)
     expected: dict[int, str] = {}  # pid -> cgroup path
@@ -62,6 +66,7 @@ def test_burst_of_23_kills_across_5_cgroups() -> None:
     finally:
         os.close(kmsg)
         src.stop()
+        bpf_only.stop()
 
     assert len(expected) == 23 and counted == 23  # the kernel's own counters agree
     ours = [r for t, r in sink.rows if t == "oom_events" and r["pid"] in expected]
@@ -71,9 +76,20 @@ def test_burst_of_23_kills_across_5_cgroups() -> None:
         assert r["origin"] in ("bpf+kmsg", "bpf")  # eBPF saw every one
     killed_lines = [ln for ln in log if "Killed process" in ln]
     assert sum(1 for pid in expected if any(f"Killed process {pid} " in ln for ln in killed_lines)) == 23
-    # Rows joined with a kernel log report carry the cgroup that hit its limit.
-    assert all(r["oom_memcg_path"] == expected[r["pid"]] for r in ours if r.get("constraint") == "memcg")
+    # Every row says why, the rate-limited ones too (at most 10 reports per 5 s: most of these).
+    assert all(r["constraint"] == "memcg" and r["oom_memcg_path"] == expected[r["pid"]] for r in ours), ours
+    unreported = [r for r in ours if not r["report_logged"]]
+    assert unreported and all(r["pid"] not in reported_pids(log) for r in unreported)
+    # eBPF's own reading of why agrees with every report the kernel did print.
+    why = {r["pid"]: (r["constraint"], r["oom_memcg_path"], r["chosen"]) for r in inferred.where("oom_events")}
+    assert all(why[r["pid"]] == (r["constraint"], r["oom_memcg_path"], True) for r in ours), why
+    assert all(r["origin"] == "bpf" for r in inferred.where("oom_events"))
     assert src.status.lost == 0
+
+
+def reported_pids(records: list[str]) -> set[int]:
+    """Victims whose OOM report ("oom-kill:" line) the kernel printed in these records."""
+    return {int(r.split(",pid=")[1].split(",")[0]) for r in records if "oom-kill:" in r and ",pid=" in r}
 
 
 def report_printed(pid: int) -> bool:

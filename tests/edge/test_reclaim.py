@@ -20,7 +20,7 @@ import pytest
 
 from pxo.edge.cgroups import ScratchCgroup
 from pxo.edge.sources.base import SourceContext
-from pxo.edge.sources.reclaim import PAGE_SIZE, ReclaimBpfSource
+from pxo.edge.sources.reclaim import PAGE_SIZE, ReclaimBpfSource, pair_arguments
 from tests.edge.sink import ListSink
 
 pytestmark = pytest.mark.requires_bpf
@@ -87,3 +87,24 @@ def test_memcg_reclaim_in_a_limited_cgroup_is_timed_and_attributed() -> None:
     # reclaim by other tasks may also have taken some of the child's pages.
     assert sum(r["reclaimed_bytes"] for r in memcg) >= (FILE_SIZE - LIMIT) // 2
     assert src.status.state == "stopped" and src.status.lost == 0
+
+
+@pytest.mark.parametrize(("begin", "end", "where"), [
+    # Debian 5.10, 6.1, 6.12 (and this 6.18): (int order, gfp_t gfp_flags) / (unsigned long nr_reclaimed)
+    (("int", "gfp_t"), ("long unsigned int",), {"ORDER": 0, "GFP": 1, "NR": 0}),
+    # node reclaim everywhere: (int nid, int order, gfp_t gfp_flags)
+    (("int", "int", "gfp_t"), ("long unsigned int",), {"ORDER": 1, "GFP": 2, "NR": 0}),
+    # Debian 7.2: (gfp_t gfp_flags, int order, struct mem_cgroup *) / (unsigned long, struct mem_cgroup *)
+    (("gfp_t", "int", "struct mem_cgroup *"), ("long unsigned int", "struct mem_cgroup *"),
+     {"ORDER": 1, "GFP": 0, "NR": 0}),
+    (None, ("long unsigned int",), None),
+])
+def test_where_each_kernel_passes_the_arguments(begin: tuple[str, ...] | None, end: tuple[str, ...],
+                                                where: dict[str, int] | None) -> None:
+    """What the kernels of the matrix declare (their btf_trace_* typedefs, read in each guest)."""
+    assert pair_arguments(begin, end) == where
+
+
+def test_arguments_pxo_cannot_place_are_refused() -> None:
+    with pytest.raises(ValueError, match="no \\(order, gfp_flags\\)"):
+        pair_arguments(("gfp_t", "struct page *"), ("long unsigned int",))
