@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,9 @@ BPFTRACE = 'tracepoint:oom:mark_victim { printf("victim pid=%d comm=%s\\n", args
 def _start(argv: list[str], out: Path, ready: str, timeout: float = 120) -> subprocess.Popen[bytes] | None:
     """Start a peer writing to ``out``; None when it cannot run here (its error stays in ``out``)."""
     f = out.open("wb")
-    p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    # bcc's tools are Python: unbuffered, or their banner (and kills) sit in a buffer until they exit
+    p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if ready in out.read_text(errors="replace"):
@@ -101,8 +104,9 @@ def inside() -> dict[str, Any]:
         if p is None:
             out["peers"][name] = {"victims": None, "error": text.strip().splitlines()[-1:] or ["not installed"]}
             continue
-        named = [pid for pid in pids if f"{pid}" in text]
-        lines = [ln for ln in text.splitlines() if any(str(pid) in ln for pid in pids)]
+        # oomkill-bpfcc: "... OOM kill of PID 166 ("x"), ..."; bpftrace: "victim pid=166 ..."
+        lines = [ln for ln in text.splitlines() if "OOM kill of PID" in ln or ln.startswith("victim pid=")]
+        named = {pid for pid in pids for ln in lines if f"PID {pid} " in ln or f"pid={pid} " in ln}
         out["peers"][name] = {"victims": len(lines), "named": len(named), "sample": lines[:1]}
     return out
 
@@ -148,17 +152,19 @@ def main() -> int:
         return 0
     from tests.helpers.guest import GuestError, run_in_guest
 
-    results: dict[str, dict[str, Any]] = {}
-    for suite in args.suites:
+    def one(suite: str) -> dict[str, Any]:
         try:
             r = run_in_guest(suite, [str(ROOT / ".venv/bin/python"), str(ROOT / "bench/oom_peers.py"), "--inside"],
                              cwd=str(ROOT), timeout=900, env={"PYTHONDONTWRITEBYTECODE": "1"})
         except GuestError as exc:
-            results[suite] = {"error": str(exc).splitlines()[0]}
-            continue
+            return {"error": str(exc).splitlines()[0]}
         _, _, raw = r.output.partition(MARK)
-        results[suite] = json.loads(raw.splitlines()[0]) if raw else {"error": r.output.strip()[-200:]}
-        print(f"{suite}: {json.dumps(results[suite])}", file=sys.stderr)
+        return json.loads(raw.splitlines()[0]) if raw else {"error": r.output.strip()[-200:]}
+
+    with ThreadPoolExecutor(max_workers=2) as pool:  # a guest takes one core
+        results = dict(zip(args.suites, pool.map(one, args.suites), strict=True))
+    for suite, r in results.items():
+        print(f"{suite}: {json.dumps(r)}", file=sys.stderr)
     text = markdown(results)
     if args.markdown:
         args.markdown.write_text(text)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything pxo needs on a Debian (bookworm) machine, as root:
 #   1. Debian packages: BCC (bpfcc-tools, python3-bpfcc), Python venv support,
-#      kernel headers (linux-headers-amd64).
+#      kernel headers (linux-headers-amd64); for the test suite, Chromium (the
+#      web page's tests) and qemu with a static busybox (the kernel matrix's
+#      guests, scripts/kernels.sh).
 #   2. The kernel-header fallback: when /lib/modules/$(uname -r)/build is
 #      missing (as on the project's machines, whose kernel ships no headers),
 #      link Debian's newest linux-headers tree there. BCC only needs headers to
@@ -14,7 +16,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${PXO_VENV:-$ROOT/.venv}
-APT_PACKAGES=(bpfcc-tools python3-bpfcc python3 python3-venv python3-pip linux-headers-amd64 chromium)
+APT_PACKAGES=(bpfcc-tools python3-bpfcc python3 python3-venv python3-pip linux-headers-amd64 chromium
+              qemu-system-x86 qemu-system-common busybox-static kmod)
 
 log() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }

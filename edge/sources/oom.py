@@ -104,7 +104,8 @@ OOM_EVENTS = Table(
         Column("memcg_usage_bytes", "UBIGINT", "Usage of the OOMing memory cgroup at the kill, bytes"),
         Column("memcg_limit_bytes", "UBIGINT", "Limit of the OOMing memory cgroup, bytes (NULL: unlimited)"),
         Column("memcg_peak_bytes", "UBIGINT",
-               "Peak usage the OOMing memory cgroup has recorded (v1 max_usage_in_bytes, v2 memory.peak)"),
+               "Peak usage the OOMing memory cgroup has recorded (v1 max_usage_in_bytes, v2 memory.peak from "
+               "Linux 5.19)"),
         Column("memcg_swap_bytes", "UBIGINT", "Swap used by the OOMing memory cgroup, bytes"),
         Column("memcg_oom_kills", "UBIGINT", "The OOMing memory cgroup's own count of OOM kills, this one included"),
         Column("oom_id", "VARCHAR",
@@ -119,6 +120,8 @@ OOM_EVENTS = Table(
     urgent=True,
 )
 
+_SPLIT_RSS = " (the kernel prints it from 6.12 on; not 5.10, 6.1)"
+
 OOM_CANDIDATES = Table(
     "oom_candidates",
     "The kernel's table of the tasks it considered for each OOM kill (vm.oom_dump_tasks): who else was "
@@ -132,9 +135,9 @@ OOM_CANDIDATES = Table(
         Column("comm", "VARCHAR", "Candidate's command name"),
         Column("total_vm_bytes", "UBIGINT", "Virtual memory size, bytes"),
         Column("rss_bytes", "UBIGINT", "Resident memory, bytes"),
-        Column("rss_anon_bytes", "UBIGINT", "Resident anonymous memory, bytes (newer kernels)"),
-        Column("rss_file_bytes", "UBIGINT", "Resident file-backed memory, bytes (newer kernels)"),
-        Column("rss_shmem_bytes", "UBIGINT", "Resident shared memory, bytes (newer kernels)"),
+        Column("rss_anon_bytes", "UBIGINT", f"Resident anonymous memory, bytes{_SPLIT_RSS}"),
+        Column("rss_file_bytes", "UBIGINT", f"Resident file-backed memory, bytes{_SPLIT_RSS}"),
+        Column("rss_shmem_bytes", "UBIGINT", f"Resident shared memory, bytes{_SPLIT_RSS}"),
         Column("swap_bytes", "UBIGINT", "Swapped-out memory, bytes"),
         Column("pgtables_bytes", "UBIGINT", "Page tables, bytes"),
         Column("oom_score_adj", "SMALLINT", "oom_score_adj"),

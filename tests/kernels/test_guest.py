@@ -8,6 +8,8 @@ import pytest
 
 from tests.helpers.guest import GuestError, GuestResult, Kernel, run_in_guest
 
+pytestmark = pytest.mark.requires_bpf  # root: qemu's virtiofsd serves the host's files as root
+
 SUITE = "bookworm"
 
 # One boot: the probe prints facts as name=value lines, then its last command,
