@@ -7,7 +7,13 @@ Inputs (edge/sources/oom.py wires them):
 - ``Kill``: a "Killed process" line of the kernel log (edge/kmsg.py), with
   the report that explains it when the kernel printed one.
 
-The two are joined by task id within ``join_window`` seconds. Kills are
+The two are joined by task id. A kill eBPF saw waits ``join_window``
+seconds for its log line. A log line waits for eBPF's event until eBPF has
+delivered an event of a later kill (the ring buffer is in order, and a kill's
+eBPF event comes before its log line: if a later one arrived, this one was
+lost) or ``bpf_wait`` seconds passed: a record the kernel has reserved but not
+yet submitted holds back every record behind it, and on a loaded preemptible
+kernel (seen on 7.2) that can take a second or more. Kills are
 grouped into **invocations** of the OOM killer: the chosen victim, and the
 members of its memory.oom.group if the kernel killed a whole group. Every row
 of an invocation gets the same ``oom_id``, why (constraint, the cgroup that
@@ -37,6 +43,10 @@ from pxo.edge.kmsg import Kill, OomReport
 log = logging.getLogger(__name__)
 
 KB = 1024
+# eBPF stamps with the boot clock, the kernel log with local_clock() (sched_clock): converted to
+# UTC they drift apart by tens of milliseconds (31 ms seen in a 7.2 guest). A later kill must be
+# later by more than that to prove eBPF is past this one.
+_ORDER_SLACK = dt.timedelta(seconds=1)
 
 
 @dataclass
@@ -99,7 +109,8 @@ class OomJoiner:
                  pool: Callable[[str | None, int | None, int | None], int | None],
                  recorded: Callable[[str, int, int, dt.datetime], bool],
                  to_utc: Callable[[int], dt.datetime],
-                 has_bpf: bool, has_kmsg: bool, join_window: float = 1.0, settle: float = 0.1,
+                 has_bpf: bool, has_kmsg: bool, join_window: float = 1.0, bpf_wait: float = 10.0,
+                 settle: float = 0.1,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.boot_id = boot_id
         self._emit_row = emit_row
@@ -110,11 +121,12 @@ class OomJoiner:
         self._recorded = recorded
         self._to_utc = to_utc
         self.has_bpf, self.has_kmsg = has_bpf, has_kmsg
-        self.join_window, self.settle = join_window, settle
+        self.join_window, self.bpf_wait, self.settle = join_window, bpf_wait, settle
         self._clock = clock
         self._open: list[_Invocation] = []
         self._waiting_kmsg: dict[int, _Victim] = {}  # tid -> a victim eBPF saw, its log line still to come
-        self._waiting_bpf: dict[int, tuple[float, Kill]] = {}  # tid -> a log line, its eBPF event still to come
+        self._waiting_bpf: dict[int, tuple[float, Kill]] = {}  # tid -> a log line (and when it came), its eBPF
+        self._bpf_latest: dt.datetime | None = None  # the time of the newest kill eBPF has delivered
         self._reports_emitted: set[int] = set()
         # tid -> when its row was written: an account of it that comes later still is not a new kill
         self._written: dict[int, float] = {}
@@ -130,6 +142,9 @@ class OomJoiner:
             return
         if self._already_written(k.tid, now):
             return
+        when = k.row.get("time")
+        if when is not None and (self._bpf_latest is None or when > self._bpf_latest):
+            self._bpf_latest = when
         inv = self._invocation_for(k, now)
         if inv.state_path is None:
             inv.state_path = k.oom_memcg_path or k.row.get("cgroup_path")
@@ -161,16 +176,17 @@ class OomJoiner:
         if not self.has_bpf:
             self._add_kmsg_only(kill, now)
         else:  # eBPF's event may still be in its ring buffer
-            self._waiting_bpf[kill.pid] = (now + self.join_window, kill)
+            self._waiting_bpf[kill.pid] = (now, kill)
 
     def expire(self, now: float | None = None, *, force: bool = False) -> None:
         """Give up waiting where the window passed; write the invocations that are complete.
         ``force``: write everything now (the edge is stopping, or the backlog is read)."""
         now = self._clock() if now is None else now
-        for tid, (deadline, kill) in list(self._waiting_bpf.items()):
-            if force or deadline <= now:  # eBPF did not see it (a full ring buffer, or not yet loaded)
+        for tid, (arrived, kill) in list(self._waiting_bpf.items()):
+            passed = self._bpf_latest is not None and self._bpf_latest > self._to_utc(kill.ts_us) + _ORDER_SLACK
+            if force or passed or now - arrived >= self.bpf_wait:  # eBPF lost it (a full ring buffer, say)
                 del self._waiting_bpf[tid]
-                self._add_kmsg_only(kill, deadline - self.join_window)  # as of its arrival
+                self._add_kmsg_only(kill, arrived)
         for inv in list(self._open):
             pending = any(not v.joined and v.deadline > now for v in inv.victims)
             if force or (not pending and now - inv.last_event >= self.settle):

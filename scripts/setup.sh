@@ -9,8 +9,9 @@
 #      link Debian's newest linux-headers tree there. BCC only needs headers to
 #      compile; pxo takes every struct offset from the running kernel's BTF, so
 #      a header tree from another kernel version is safe (see DESIGN.md).
-#   3. A virtual environment in .venv with pxo installed (editable, with test
-#      extras), able to import Debian's bcc module.
+#   3. A virtual environment in .venv with exactly the locked dependencies
+#      (requirements/*.txt, checked by hash; scripts/lock.sh updates them) and
+#      pxo installed editable, able to import Debian's bcc module.
 # Idempotent: a second run only checks.
 set -euo pipefail
 
@@ -72,11 +73,14 @@ echo /usr/lib/python3/dist-packages > "$site/pxo-debian-bcc.pth"
 
 stamp=$VENV/.pxo-installed
 if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] || [ "$ROOT/setup.py" -nt "$stamp" ] \
-    || [ -n "$(find "$ROOT/proto" -name '*.proto' -newer "$stamp" 2>/dev/null)" ] \
+    || [ -n "$(find "$ROOT/proto" "$ROOT/requirements" -newer "$stamp" \( -name '*.proto' -o -name '*.txt' \) \
+               2>/dev/null)" ] \
     || ! "$VENV/bin/python" -c 'import pxo.v1.pxo_pb2' 2>/dev/null; then
-    log "installing pxo into $VENV"
-    "$VENV/bin/python" -m pip install -q --upgrade pip </dev/null
-    "$VENV/bin/python" -m pip install -q -e "$ROOT[test]" </dev/null
+    log "installing the locked dependencies and pxo into $VENV"
+    # Exactly what CI tested: every package pinned and checked by hash (scripts/lock.sh makes the files).
+    "$VENV/bin/python" -m pip install -q --require-hashes -r "$ROOT/requirements/build.txt" \
+        -r "$ROOT/requirements/test.txt" </dev/null
+    "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$ROOT" </dev/null
     touch "$stamp"
 fi
 "$VENV/bin/pxo" version >/dev/null || die "pxo is not runnable from $VENV"

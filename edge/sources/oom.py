@@ -506,8 +506,10 @@ class OomSource(Source):
     def _on_kill(self, kill: Kill, backlog: bool) -> None:
         assert self.joiner is not None
         # A record from before eBPF was watching is a kill the edge missed; one after it is live
-        # (eBPF saw it too), even when it is read with the backlog.
-        self.joiner.on_kmsg(kill, backlog=backlog and kill.ts_us < self._attached_us)
+        # (eBPF saw it too), even when it is read with the backlog. The log's clock drifts from
+        # CLOCK_MONOTONIC by milliseconds: a kill in the last second before is taken as live
+        # (if eBPF did not see it, it is still written, after bpf_wait).
+        self.joiner.on_kmsg(kill, backlog=backlog and kill.ts_us < self._attached_us - 1_000_000)
 
     # -- rows --------------------------------------------------------------------
 
