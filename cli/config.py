@@ -30,6 +30,7 @@ class Config:
     api_url: str = ""
     api_key: str = ""
     local_data_dir: str = ""  # set by `pxo deploy --local`
+    containers_data_dir: str = ""  # set by `pxo deploy --containers`
 
     @classmethod
     def load(cls, path: Path | None = None) -> Config:

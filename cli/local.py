@@ -160,14 +160,14 @@ class LocalDeployment:
             self.say(f"  cloud API on {url}")
 
             key = cfg.api_key if cfg.api_url == url and cfg.api_key else ""
-            if not key or not self._key_works(url, key):
+            if not key or not key_works(url, key):
                 key = self._bootstrap_key(cloud_dir)
-            self._wait_node_live(Api(url, key), node, timeout)
+            wait_node_live(Api(url, key), node, timeout, say=self.say, logs=str(self.dir / "logs"))
         except BaseException:
             self.delete(quiet=True)
             raise
-        cfg = Config(api_url=url, api_key=key, local_data_dir=str(self.dir))
-        return cfg
+        return Config(api_url=url, api_key=key, local_data_dir=str(self.dir),
+                      containers_data_dir=cfg.containers_data_dir)
 
     def _make_tls(self) -> dict[str, TlsFiles]:
         from pxo.common.tls import generate_cluster
@@ -184,36 +184,6 @@ class LocalDeployment:
         if out.returncode != 0 or not out.stdout.strip():
             raise CliError(f"cannot create the admin API key: {out.stderr.strip() or 'no output'}")
         return out.stdout.strip()
-
-    @staticmethod
-    def _key_works(url: str, key: str) -> bool:
-        req = urllib.request.Request(url + "/api/v1/whoami", headers={"Authorization": f"Bearer {key}"})
-        try:
-            with urllib.request.urlopen(req, timeout=5) as resp:
-                return bool(json.loads(resp.read()).get("role"))
-        except OSError:
-            return False
-
-    def _wait_node_live(self, api: Api, node: str, timeout: float) -> None:
-        self.say(f"waiting for the edge on {node} to register ...")
-        end = time.monotonic() + timeout
-        last = "no answer yet"
-        while time.monotonic() < end:
-            try:
-                nodes = api.call("GET", "/api/v1/nodes")["nodes"]
-                last = f"nodes known: {', '.join(n['node'] + ' ' + n['state'] for n in nodes) or 'none'}"
-            except CliError as exc:
-                nodes, last = [], exc.message
-            ours = [n for n in nodes if n["node"] == node and n["state"] == "live"]
-            if ours:
-                self.say(f"  node {node} is live")
-                for src in ours[0]["sources"]:
-                    if src["state"] in ("degraded", "failed"):
-                        self.say(f"  warning: {src['name']} is {src['state']}: {src['detail']}")
-                return
-            time.sleep(0.2)
-        raise CliError(f"the edge on {node} did not register with the collector within {timeout:g} s "
-                       f"({last})", detail=f"logs: {self.dir / 'logs'}")
 
     # -- stop ------------------------------------------------------------------
 
@@ -235,3 +205,37 @@ class LocalDeployment:
                 stopped.append(name)
             self.pid_file(name).unlink(missing_ok=True)
         return stopped
+
+
+def key_works(url: str, key: str) -> bool:
+    """Does the cloud at ``url`` still accept ``key``?"""
+    req = urllib.request.Request(url + "/api/v1/whoami", headers={"Authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return bool(json.loads(resp.read()).get("role"))
+    except OSError:
+        return False
+
+
+def wait_node_live(api: Api, node: str, timeout: float, *, say: Callable[[str], None], logs: str) -> None:
+    """Until the edge on ``node`` has registered with the collector (as the cloud sees it);
+    warns about each source that runs degraded or failed."""
+    say(f"waiting for the edge on {node} to register ...")
+    end = time.monotonic() + timeout
+    last = "no answer yet"
+    while time.monotonic() < end:
+        try:
+            nodes = api.call("GET", "/api/v1/nodes")["nodes"]
+            last = f"nodes known: {', '.join(n['node'] + ' ' + n['state'] for n in nodes) or 'none'}"
+        except CliError as exc:
+            nodes, last = [], exc.message
+        ours = [n for n in nodes if n["node"] == node and n["state"] == "live"]
+        if ours:
+            say(f"  node {node} is live")
+            for src in ours[0]["sources"]:
+                if src["state"] in ("degraded", "failed"):
+                    say(f"  warning: {src['name']} is {src['state']}: {src['detail']}")
+            return
+        time.sleep(0.2)
+    raise CliError(f"the edge on {node} did not register with the collector within {timeout:g} s ({last})",
+                   detail=f"logs: {logs}")

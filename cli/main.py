@@ -30,6 +30,7 @@ examples:
   pxo keys create --user alice             a new API key (admins)
   pxo oom-drill                            cause one contained OOM kill to check pxo
   pxo delete --local                       stop the local deployment
+  pxo deploy --containers                  the image, as the cluster runs it, with podman (root)
   source <(pxo completion bash)            tab completion
 
 {EXIT_CODES}
@@ -69,9 +70,30 @@ def _kubeconfig_present() -> bool:
     return any(p and Path(p).is_file() for p in paths)
 
 
+def _containers(args: argparse.Namespace) -> tuple[Any, Any]:
+    from pxo.cli.config import Config, data_home
+    from pxo.cli.containers import ContainerDeployment
+
+    cfg = Config.load()
+    data_dir = Path(args.data_dir) if args.data_dir else (
+        Path(cfg.containers_data_dir) if cfg.containers_data_dir else data_home() / "containers")
+    return cfg, ContainerDeployment(data_dir)
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
-    if args.local and args.kubernetes:
-        raise CliError("--local or --kubernetes: one deployment at a time")
+    if sum((args.local, args.kubernetes, args.containers)) > 1:
+        raise CliError("--local, --containers or --kubernetes: one deployment at a time")
+    if args.containers:
+        from pxo.common.version import pxo_version
+
+        cfg, deployment = _containers(args)
+        cfg = deployment.deploy(cfg, image=args.image or f"localhost/pxo:{pxo_version()}", node=args.node,
+                                cloud_port=args.cloud_port, timeout=args.timeout or 180.0)
+        path = cfg.save()
+        _say(f"pxo is running in containers (podman; data in {deployment.dir}); API {cfg.api_url}")
+        _say(f"admin API key saved to {path}")
+        _say('try: pxo oom-drill --container && pxo query "oom_events | last 1h"    stop: pxo delete --containers')
+        return EXIT_OK
     if args.kubernetes or (not args.local and (args.dry_run or _kubeconfig_present())):
         from pxo.cli import kube
         from pxo.common.version import pxo_version
@@ -99,6 +121,12 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
+    if args.containers:
+        _cfg, deployment = _containers(args)
+        gone = deployment.delete()
+        _say(f"removed {', '.join(gone)} (data kept in {deployment.dir})" if gone
+             else "no pxo containers were running")
+        return EXIT_OK
     if args.kubernetes:
         from pxo.cli import kube
 
@@ -107,7 +135,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
         _say(f"deleted {', '.join(gone)}" if gone else "pxo was not deployed in this cluster")
         return EXIT_OK
     if not args.local:
-        raise CliError("which deployment? 'pxo delete --local' or 'pxo delete --kubernetes'")
+        raise CliError("which deployment? 'pxo delete --local', 'pxo delete --containers' or "
+                       "'pxo delete --kubernetes'")
     _cfg, local = _local(args)
     stopped = local.delete()
     _say(f"stopped {', '.join(stopped)}" if stopped else f"nothing was running from {local.dir}")
@@ -519,6 +548,14 @@ def cmd_oom_drill(args: argparse.Namespace) -> int:
 
     if os.geteuid() != 0:
         raise CliError("creating a memory-limited cgroup needs root")
+    if args.container:
+        from pxo.cli.containers import container_drill
+        from pxo.common.version import pxo_version
+
+        d = container_drill(args.image or f"localhost/pxo:{pxo_version()}", limit_mib=args.limit_mib)
+        print(f"OOM-killed container {d.name} ({d.container_id[:12]}, podman --memory {args.limit_mib}m): "
+              f"exit {d.exit_code}; podman says OOMKilled={d.podman_oom_killed}; the container was removed")
+        return EXIT_OK
     from pxo.edge.errors import EdgeError
     from pxo.edge.oomdrill import run_drill
 
@@ -570,11 +607,15 @@ def build_parser() -> argparse.ArgumentParser:
     d = add(sub, "deploy", cmd_deploy, "deploy pxo: to a Kubernetes cluster, or locally (collector, edge and cloud "
             "on loopback)", "pxo deploy --kubernetes --image registry.example/pxo:0.1.0",
             "pxo deploy --kubernetes --dry-run > pxo.yaml   (print the manifests, apply nothing)",
-            "sudo pxo deploy --local", "sudo pxo deploy --local --cloud-port 0 --data-dir /tmp/pxo")
+            "sudo pxo deploy --local", "sudo pxo deploy --local --cloud-port 0 --data-dir /tmp/pxo",
+            "sudo pxo deploy --containers   (the image, run as the cluster runs it, with podman)")
     d.add_argument("--local", action="store_true", help="run the components as processes on this machine")
+    d.add_argument("--containers", action="store_true",
+                   help="run each component as a podman container of the image, with the Kubernetes pod specs")
     d.add_argument("--kubernetes", action="store_true",
                    help="deploy to the kubeconfig's cluster (the default when a kubeconfig exists, without --local)")
-    d.add_argument("--image", default="", help="the pxo image (default: pxo:<version>)")
+    d.add_argument("--image", default="", help="the pxo image (default: pxo:<version>; --containers: "
+                   "localhost/pxo:<version>, built by scripts/image.sh when missing)")
     d.add_argument("--context", default=None, help="the kubeconfig context (default: the current one)")
     d.add_argument("--manifests", default="", help="the manifests' folder (default: deploy/kubernetes)")
     d.add_argument("--dry-run", action="store_true", help="print the manifests that would be applied, apply nothing")
@@ -587,8 +628,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to wait: for each local step (90), for the cluster to be ready (300)")
 
     x = add(sub, "delete", cmd_delete, "stop a deployment (locally its data is kept; in a cluster everything goes)",
-            "pxo delete --local", "pxo delete --kubernetes")
+            "pxo delete --local", "pxo delete --containers", "pxo delete --kubernetes")
     x.add_argument("--local", action="store_true", help="stop the local deployment")
+    x.add_argument("--containers", action="store_true", help="remove the containers (their data is kept)")
     x.add_argument("--kubernetes", action="store_true",
                    help="delete namespace pxo and pxo's cluster roles from the kubeconfig's cluster")
     x.add_argument("--context", default=None, help="the kubeconfig context (default: the current one)")
@@ -672,8 +714,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     o = add(sub, "oom-drill", cmd_oom_drill,
             "cause one real, contained OOM kill in a throw-away cgroup (to check pxo end to end)",
-            "sudo pxo oom-drill && pxo query 'oom_events | last 5m'")
+            "sudo pxo oom-drill && pxo query 'oom_events | last 5m'",
+            "sudo pxo oom-drill --container && pxo query 'oom_events | last 5m | project time, container, comm'")
     o.add_argument("--limit-mib", type=int, default=64, help="the cgroup's memory limit (MiB)")
+    o.add_argument("--container", action="store_true",
+                   help="kill a podman container instead: `podman run --memory` with an allocator in it")
+    o.add_argument("--image", default="", help="with --container: the image to run (default: localhost/pxo:<version>)")
 
     c = add(sub, "completion", cmd_completion, "print a shell completion script",
             "source <(pxo completion bash)          # in ~/.bashrc",

@@ -90,6 +90,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pxo.common.schema import Column, Table
+from pxo.edge.runtimes import ContainerNames, RuntimeContainer
 
 if TYPE_CHECKING:
     # the client costs ~0.3 s to import: only the watcher needs it
@@ -108,7 +109,9 @@ ATTRIBUTION_COLUMNS: tuple[Column, ...] = (
     Column("qos_class", "VARCHAR", "Pod QoS class from the kubepods path: guaranteed, burstable or besteffort"),
     Column("namespace", "VARCHAR", "Pod namespace, from the Kubernetes API server"),
     Column("pod", "VARCHAR", "Pod name, from the Kubernetes API server"),
-    Column("container", "VARCHAR", "Container name in the pod spec, from the Kubernetes API server"),
+    Column("container", "VARCHAR",
+           "Container name: in the pod spec (from the Kubernetes API server, or the CRI runtime), or as the "
+           "runtime names it (podman, docker)"),
 )
 
 NOT_IN_CLUSTER = "not in a Kubernetes cluster: pod names are off; cgroup paths still give container and pod ids"
@@ -276,19 +279,25 @@ class Attributor:
     ``pods`` is None outside a cluster: the three name columns stay NULL.
     """
 
-    def __init__(self, *, pods: PodIndex | None = None, cache_size: int = 4096) -> None:
+    def __init__(self, *, pods: PodIndex | None = None, runtimes: Mapping[str, ContainerNames] | None = None,
+                 cache_size: int = 4096) -> None:
         self.pods = pods
+        self.runtimes = dict(runtimes or {})  # runtime -> its names index (edge/runtimes.py)
         self._parse = functools.lru_cache(maxsize=cache_size)(parse_cgroup_path)
         self._lookup_failed = False
 
     def start(self) -> None:
-        """Start the pod index (the watcher's thread) if it has a lifecycle."""
+        """Start the pod index (the watcher's thread) if it has a lifecycle, and the runtimes' indexes."""
         if isinstance(self.pods, _Lifecycle):
             self.pods.start()
+        for index in self.runtimes.values():
+            index.start()
 
     def stop(self) -> None:
         if isinstance(self.pods, _Lifecycle):
             self.pods.stop()
+        for index in self.runtimes.values():
+            index.stop()
 
     def parse(self, cgroup_path: str | None) -> CgroupIdentity:
         return self._parse(cgroup_path) if cgroup_path else UNKNOWN
@@ -308,6 +317,14 @@ class Attributor:
                     log.exception("pod name lookup failed; pod names stay empty where it fails")
                     self._lookup_failed = True
         namespace, pod, container = names if names is not None else (None, None, None)
+        index = self.runtimes.get(ident.runtime or "")
+        if ident.container_id is not None and index is not None and (container is None or pod is None):
+            # The runtime knows the name even when the API server is unreachable, and for
+            # containers that belong to no pod at all (podman, docker).
+            found = self._runtime_lookup(index, ident.container_id)
+            if found is not None:
+                container = container or found.name
+                namespace, pod = namespace or found.namespace, pod or found.pod
         return {
             "container_runtime": ident.runtime,
             "container_id": ident.container_id,
@@ -317,6 +334,16 @@ class Attributor:
             "pod": pod,
             "container": container,
         }
+
+
+    def _runtime_lookup(self, index: ContainerNames, container_id: str) -> RuntimeContainer | None:
+        try:
+            return index.lookup(container_id)
+        except Exception:  # an enricher must never cost the event
+            if not self._lookup_failed:
+                log.exception("%s name lookup failed; container names stay empty where it fails", index.runtime)
+                self._lookup_failed = True
+            return None
 
 
 # -- the pods of this node, from the API server --------------------------------

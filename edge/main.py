@@ -35,6 +35,7 @@ from pxo.edge.bpf import release_compiler_memory
 from pxo.edge.errors import EdgeError
 from pxo.edge.metrics import EdgeCollector, EdgeMetrics
 from pxo.edge.registration import Registration
+from pxo.edge.runtimes import RUNTIME_APIS, runtime_indexes
 from pxo.edge.service import EdgeService
 from pxo.edge.sources import SOURCES, all_tables, build_sources
 from pxo.edge.sources.base import Source, SourceContext, SourceStatus
@@ -72,6 +73,9 @@ class EdgeSettings(TlsSettings):
                                                          "(bigger queries spill to disk)")
     metrics: str = Field("", description="host:port to serve Prometheus /metrics on (empty: off; port 0: any)")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    runtime_dir: Path = Field(Path("/run"), description="the host's /run, where container runtimes keep their API "
+                              "sockets (containerd, CRI-O, Docker, Podman): container names come from them "
+                              "(in a container: where the host's /run is mounted)")
     health_listen: str = Field("", description="host:port of a plain-text server answering only grpc.health.v1 "
                                "(for Kubernetes gRPC probes when TLS is on; empty: off)")
 
@@ -107,7 +111,8 @@ class Edge:
             max_bytes=settings.max_store_mb << 20, memory_limit=f"{settings.store_memory_mb}MB",
             threads=settings.store_threads)
         self.pods = KubePodWatcher.from_environment(settings.node)
-        self.attributor = Attributor(pods=self.pods)
+        self.runtimes = runtime_indexes(settings.runtime_dir, factories=RUNTIME_APIS)
+        self.attributor = Attributor(pods=self.pods, runtimes=self.runtimes)
         sink = AttributingSink(self.store, self.attributor, self.store.tables.values())
         ctx = SourceContext(sink=sink, oom_recorded=self.store.oom_kill_recorded, statuses=self.extra_status)
         self.sources: list[Source] = build_sources(settings.sources, ctx)
@@ -137,6 +142,11 @@ class Edge:
             detail = "" if st["connected"] else (st["last_error"] or "connecting to the API server")
             out.append(SourceStatus("kubernetes", "running" if st["connected"] else "degraded", detail,
                                     st["pods"], st["errors"], self._started))
+        for runtime, index in self.runtimes.items():
+            rs = index.status
+            out.append(SourceStatus(f"runtime:{runtime}", "running" if rs.connected else "degraded",
+                                    "" if rs.connected else rs.last_error or "connecting", rs.names, rs.errors,
+                                    rs.since))
         return out
 
     def start(self) -> None:

@@ -3,7 +3,8 @@
 #   1. Debian packages: BCC (bpfcc-tools, python3-bpfcc), Python venv support,
 #      kernel headers (linux-headers-amd64); for the test suite, Chromium (the
 #      web page's tests) and qemu with a static busybox (the kernel matrix's
-#      guests, scripts/kernels.sh).
+#      guests, scripts/kernels.sh), podman with runc and mmdebstrap (the
+#      container image, scripts/image.sh, and `pxo deploy --containers`).
 #   2. The kernel-header fallback: when /lib/modules/$(uname -r)/build is
 #      missing (as on the project's machines, whose kernel ships no headers),
 #      link Debian's newest linux-headers tree there. BCC only needs headers to
@@ -18,7 +19,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${PXO_VENV:-$ROOT/.venv}
 APT_PACKAGES=(bpfcc-tools python3-bpfcc python3 python3-venv python3-pip linux-headers-amd64 chromium
-              qemu-system-x86 qemu-system-common busybox-static kmod)
+              qemu-system-x86 qemu-system-common busybox-static kmod
+              podman runc containernetworking-plugins mmdebstrap)
 
 log() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }

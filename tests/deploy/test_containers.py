@@ -1,0 +1,194 @@
+"""The image, built from nothing but Debian's archive and PyPI, run as the cluster runs it:
+`pxo deploy --containers` (podman), a real container OOM-killed and named, a `podman kill`
+told apart from an OOM kill, and the containers' specs checked against the rendered
+Kubernetes manifests they come from."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pxo.cli import kube
+from pxo.cli.containers import LABEL, specs
+from pxo.common.tls import generate_material
+from pxo.common.version import pxo_version
+
+pytestmark = pytest.mark.requires_bpf  # root: podman builds and runs rootful containers, the edge loads eBPF
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE = f"localhost/pxo:{pxo_version()}"
+PODMAN_RUN = ["podman", "run", "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768"]
+
+
+@dataclass
+class Deployed:
+    env: dict[str, str]
+    data_dir: Path
+    deploy_output: str
+    image_output: str
+    image_seconds: float
+    deploy_seconds: float
+
+    def pxo(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pxo.cli.main", *args], capture_output=True, text=True,
+                              timeout=timeout, env=self.env, stdin=subprocess.DEVNULL)
+
+    def query(self, text: str) -> list[dict[str, Any]]:
+        out = self.pxo("query", text, "-o", "json")
+        assert out.returncode == 0, out.stderr
+        doc = json.loads(out.stdout)
+        names = [c["name"] for c in doc["columns"]]
+        return [dict(zip(names, row, strict=True)) for row in doc["rows"]]
+
+
+def inspect(name: str) -> dict[str, Any]:
+    out = subprocess.run(["podman", "inspect", name], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)[0]
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
+    home = tmp_path_factory.mktemp("containers")
+    env = {**os.environ, "XDG_CONFIG_HOME": str(home / "config"), "NO_COLOR": "1"}
+    started = time.monotonic()
+    image = subprocess.run(["bash", str(ROOT / "scripts" / "image.sh")], capture_output=True, text=True,
+                           timeout=1800, stdin=subprocess.DEVNULL)
+    image_seconds = time.monotonic() - started
+    assert image.returncode == 0 and image.stdout.strip() == IMAGE, image.stderr
+    d = Deployed(env, home / "data", "", image.stderr, image_seconds, 0.0)
+    started = time.monotonic()
+    out = d.pxo("deploy", "--containers", "--data-dir", str(d.data_dir), "--cloud-port", "0", timeout=600)
+    d.deploy_seconds, d.deploy_output = time.monotonic() - started, out.stderr
+    try:
+        assert out.returncode == 0, out.stderr
+        yield d
+    finally:
+        gone = d.pxo("delete", "--containers", "--data-dir", str(d.data_dir))
+        left = subprocess.run(["podman", "ps", "-a", "--filter", f"label={LABEL}", "--format", "{{.Names}}"],
+                              capture_output=True, text=True).stdout.split()
+        assert gone.returncode == 0 and left == [], (gone.stderr, left)
+
+
+def test_the_image_is_labelled_and_runs_unprivileged_by_default(deployed: Deployed) -> None:
+    info = inspect(IMAGE)
+    labels = info["Config"]["Labels"]
+    assert labels["org.opencontainers.image.version"] == pxo_version()
+    assert len(labels["org.opencontainers.image.revision"].split("-")[0]) == 40  # a git commit
+    assert info["Config"]["User"] == "65532:65532"
+    # what a component needs is there; what it does not is not (compilers, docs, apt lists)
+    probe = subprocess.run([*PODMAN_RUN, "--rm", IMAGE, "sh", "-c",
+                            "id -u; command -v gcc cc clang || echo no-compiler; ls /var/lib/apt/lists | wc -l; "
+                            "find /usr/share/doc /usr/share/man /usr/share/info -type f ! -name copyright | wc -l; "
+                            "python -c 'import bcc, pxo.edge.main, pxo.cloud.main; print(\"imports\")'"],
+                           capture_output=True, text=True, timeout=120)
+    lines = probe.stdout.split()
+    assert probe.returncode == 0 and lines[0] == "65532" and "no-compiler" in lines, probe.stdout + probe.stderr
+    # no apt lists; of the documentation, the licenses only
+    assert lines[1:] == ["no-compiler", "0", "0", "imports"], lines
+
+
+def test_every_component_is_healthy_and_the_edge_sees_the_host(deployed: Deployed) -> None:
+    for name in ("pxo-edge", "pxo-collector", "pxo-cloud"):
+        assert inspect(name)["State"]["Status"] == "running", name
+    [edge] = json.loads(deployed.pxo("nodes", "-o", "json").stdout)["nodes"]
+    states = {s["name"]: s["state"] for s in edge["sources"]}
+    for src in ("oom", "kill_bpf", "exit_bpf", "alloc_bpf", "reclaim_bpf", "cgroupfs", "runtime:podman"):
+        assert states.get(src) == "running", (src, edge["sources"])
+    # the deploy waited on the probes' own ports, and said so
+    assert "grpc health on" in deployed.deploy_output and "http health on" in deployed.deploy_output
+
+
+def test_a_container_oom_kill_is_one_row_with_its_id_runtime_and_name(deployed: Deployed) -> None:
+    drill = deployed.pxo("oom-drill", "--container", "--limit-mib", "64")
+    assert drill.returncode == 0, drill.stderr
+    name = drill.stdout.split("container ")[1].split()[0]
+    end = time.monotonic() + 20
+    rows: list[dict[str, Any]] = []
+    while not rows and time.monotonic() < end:
+        rows = deployed.query(f'oom_events | last 10m | where container == "{name}"')
+        time.sleep(0.5)
+    time.sleep(1.5)
+    rows = deployed.query(f'oom_events | last 10m | where container == "{name}"')
+    assert len(rows) == 1, rows
+    r = rows[0]
+    assert r["container_runtime"] == "podman" and len(r["container_id"]) == 64
+    assert r["cgroup_path"].endswith(f"libpod-{r['container_id']}") and r["origin"] == "bpf+kmsg"
+    assert r["constraint"] == "memcg" and r["memcg_limit_bytes"] == 64 << 20
+    assert "podman says OOMKilled=False" in drill.stdout  # podman 4.3 cannot tell; pxo can
+
+
+def test_a_podman_kill_is_a_kill_event_not_an_oom(deployed: Deployed) -> None:
+    name = f"pxo-test-victim-{os.getpid()}"
+    subprocess.run([*PODMAN_RUN, "-d", "--name", name, "localhost/pxo-base:bookworm", "sleep", "300"],
+                   check=True, capture_output=True)
+    try:
+        subprocess.run(["podman", "kill", name], check=True, capture_output=True)
+        end = time.monotonic() + 20
+        kills: list[dict[str, Any]] = []
+        while not kills and time.monotonic() < end:
+            kills = deployed.query(f'kill_events | last 10m | where container == "{name}"')
+            time.sleep(0.5)
+    finally:
+        subprocess.run(["podman", "rm", "-f", name], capture_output=True)
+    assert kills and kills[0]["target_comm"] == "sleep" and kills[0]["container_runtime"] == "podman", kills
+    assert deployed.query(f'oom_events | last 10m | where container == "{name}"') == []
+
+
+def test_the_containers_are_the_rendered_manifests(deployed: Deployed) -> None:
+    """One description: each container's security context, mounts, environment and limits are
+    what the pod spec says (a change to the manifests cannot leave the containers behind)."""
+    docs = kube.with_secrets(kube.render(IMAGE), "token", generate_material())
+    addresses = {n: inspect(n)["NetworkSettings"]["Networks"]["pxo"]["IPAddress"]
+                 for n in ("pxo-edge", "pxo-collector", "pxo-cloud")}
+    tokens: dict[tuple[str, str], set[str]] = {}
+    for d in docs:
+        if d["kind"] not in ("DaemonSet", "Deployment"):
+            continue
+        name, pod = d["metadata"]["name"], d["spec"]["template"]["spec"]
+        c, info = pod["containers"][0], inspect(d["metadata"]["name"])
+        hc, cfg = info["HostConfig"], info["Config"]
+        sc = c.get("securityContext") or {}
+        assert info["ImageName"] == IMAGE and cfg["Cmd"] == c["args"], name
+        assert hc["Privileged"] == bool(sc.get("privileged")), name
+        assert (hc["PidMode"] == "host") == bool(pod.get("hostPID")), name
+        assert hc["ReadonlyRootfs"] == bool(sc.get("readOnlyRootFilesystem")), name
+        uid = sc.get("runAsUser", (pod.get("securityContext") or {}).get("runAsUser"))
+        assert cfg["User"].split(":")[0] == str(uid), name
+        assert set(hc.get("CapDrop") or []) >= {f"CAP_{x}" for x in (sc.get("capabilities") or {}).get("drop", [])
+                                                if x != "ALL"} or "ALL" in str(hc.get("CapDrop")), name
+        limit = c["resources"]["limits"]["memory"]
+        assert hc["Memory"] == int(limit[:-2]) << {"Mi": 20, "Gi": 30}[limit[-2:]], name
+        env = dict(e.split("=", 1) for e in cfg["Env"])
+        for e in c.get("env", []):
+            if "value" in e and "$(" not in e["value"]:
+                assert env[e["name"]] == e["value"], (name, e)
+            elif e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "status.podIP":
+                assert env[e["name"]] == addresses[name]
+            elif "secretKeyRef" in e.get("valueFrom", {}):  # from a 0600 --env-file, never a command line
+                ref = e["valueFrom"]["secretKeyRef"]
+                tokens.setdefault((ref["name"], ref["key"]), set()).add(env[e["name"]])
+                assert (deployed.data_dir / "secrets" / f"{name}.env").stat().st_mode & 0o777 == 0o600
+        mounts = {m["Destination"]: m for m in info["Mounts"]}
+        for vm in c.get("volumeMounts", []):
+            vol = next(v for v in pod["volumes"] if v["name"] == vm["name"])
+            if "emptyDir" in vol:
+                assert vm["mountPath"] in hc.get("Tmpfs", {}), (name, vm)
+                continue
+            assert vm["mountPath"] in mounts, (name, vm)
+            assert mounts[vm["mountPath"]]["RW"] == (not vm.get("readOnly")), (name, vm)
+            if "hostPath" in vol and vol["hostPath"].get("type") != "DirectoryOrCreate":
+                assert mounts[vm["mountPath"]]["Source"] == vol["hostPath"]["path"], (name, vm)
+    # the cloud and the collector were given the same cluster token, and a real one
+    assert [len(v) for v in tokens.values()] == [1] and len(next(iter(tokens.values())).pop()) >= 32
+    # and the translation itself reads every workload of the manifests
+    assert [s.name for s in specs(docs, node="n", addresses=addresses, data_dir=Path("/x"))] == [
+        "pxo-edge", "pxo-collector", "pxo-cloud"]
