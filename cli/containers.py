@@ -20,7 +20,9 @@ here, in one place:
     other hostPath                 the host's path itself
     PersistentVolumeClaim          <data_dir>/volumes/<claim>, owned by the pod's fsGroup
     emptyDir                       a tmpfs
-    probes                         the deploy waits on the same ports (gRPC health, HTTP)
+    probes                         a podman health check probing the same port from inside
+                                   (python -m pxo.common.probe), which the deploy runs until
+                                   it passes
     the cloud's Service            published on 127.0.0.1:<cloud port>
     scheduling (tolerations,       not applicable: one of each, here
       priority, replicas)
@@ -46,7 +48,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,6 +263,11 @@ def run_args(spec: ContainerSpec, *, hosts: dict[str, str], ip: str, publish: di
             a += ["--volume", f"{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}"]
         else:
             a += ["--tmpfs", m.target]
+    if spec.probe is not None:  # run on demand by the deploy (podman healthcheck run), as a kubelet probes
+        target = (f"127.0.0.1:{spec.probe.port}" if spec.probe.kind == "grpc"
+                  else f"http://127.0.0.1:{spec.probe.port}{spec.probe.path}")
+        a += ["--health-cmd", json.dumps(["python", "-m", "pxo.common.probe", spec.probe.kind, target]),
+              "--health-interval", "disable"]
     for host_port, container_port in publish.items():  # host port 0: any free one
         a += ["--publish", f"127.0.0.1:{host_port or ''}:{container_port}"]
     return [*a, spec.image, *spec.args]
@@ -452,7 +458,9 @@ class ContainerDeployment:
             if state in ("exited", "stopped"):
                 raise CliError(f"{spec.name} exited at start: {self._last_line(spec.name)}",
                                detail=f"logs: podman logs {spec.name}")
-            ok, last = _check_health(spec.probe, ip)
+            probe = subprocess.run([self.podman, "healthcheck", "run", spec.name], capture_output=True,
+                                   text=True, stdin=subprocess.DEVNULL, timeout=30)
+            ok, last = probe.returncode == 0, (probe.stdout + probe.stderr).strip() or "unhealthy"
             if ok:
                 self.say(f"  {spec.name} is ready")
                 return
@@ -521,24 +529,6 @@ def _socket_answers(path: Path) -> bool:
         return False
     finally:
         s.close()
-
-
-def _check_health(p: Probe, ip: str) -> tuple[bool, str]:
-    if p.kind == "http":
-        try:
-            with urllib.request.urlopen(f"http://{ip}:{p.port}{p.path}", timeout=2) as r:
-                return r.status == 200, f"HTTP {r.status}"
-        except OSError as exc:
-            return False, str(exc)
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    with grpc.insecure_channel(f"{ip}:{p.port}") as ch:
-        try:
-            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2)
-        except grpc.RpcError as exc:
-            return False, f"gRPC health: {exc.code().name}"
-    return resp.status == health_pb2.HealthCheckResponse.SERVING, "gRPC health: " + str(resp.status)
 
 
 # -- a real container's OOM kill ----------------------------------------------------

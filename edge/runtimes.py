@@ -259,8 +259,14 @@ def _lines(resp: http.client.HTTPResponse) -> Iterator[bytes]:
             yield line
 
 
-# API kind -> the index that speaks it (the CRI one is added by edge/runtimes_cri.py's users)
-RUNTIME_APIS: dict[str, Callable[[str, Path], ContainerNames]] = {"docker": DockerApiNames}
+def _cri(runtime: str, sock: Path) -> ContainerNames:
+    from pxo.edge.runtimes_cri import CriNames  # gRPC and the CRI protos: only where a CRI socket is
+
+    return CriNames(runtime, sock)
+
+
+# API kind -> the index that speaks it
+RUNTIME_APIS: dict[str, Callable[[str, Path], ContainerNames]] = {"docker": DockerApiNames, "cri": _cri}
 
 
 def runtime_indexes(runtime_dir: Path, *, factories: Mapping[str, Callable[[str, Path], ContainerNames]] | None

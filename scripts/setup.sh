@@ -4,7 +4,9 @@
 #      kernel headers (linux-headers-amd64); for the test suite, Chromium (the
 #      web page's tests) and qemu with a static busybox (the kernel matrix's
 #      guests, scripts/kernels.sh), podman with runc and mmdebstrap (the
-#      container image, scripts/image.sh, and `pxo deploy --containers`).
+#      container image, scripts/image.sh, and `pxo deploy --containers`),
+#      containerd (a real CRI runtime for the container-name tests; not started
+#      as a service: the tests run their own).
 #   2. The kernel-header fallback: when /lib/modules/$(uname -r)/build is
 #      missing (as on the project's machines, whose kernel ships no headers),
 #      link Debian's newest linux-headers tree there. BCC only needs headers to
@@ -20,7 +22,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${PXO_VENV:-$ROOT/.venv}
 APT_PACKAGES=(bpfcc-tools python3-bpfcc python3 python3-venv python3-pip linux-headers-amd64 chromium
               qemu-system-x86 qemu-system-common busybox-static kmod
-              podman runc containernetworking-plugins mmdebstrap)
+              podman runc containernetworking-plugins mmdebstrap containerd)
 
 log() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }

@@ -408,7 +408,6 @@ class OomSource(Source):
         self._meminfo: dict[str, int] = {}
         self._symbols = KernelSymbols({})
         self._single_node = True
-        self._attached_us = 0  # CLOCK_MONOTONIC when eBPF started watching (kmsg records after it are live)
         self.bpf_error = ""
         self.kmsg_error = ""
         self.kills_by_constraint: dict[str, int] = {}  # for the edge's metrics
@@ -429,14 +428,18 @@ class OomSource(Source):
                 self._hierarchy = memory_hierarchy(self.ctx.mountinfo)
             except EdgeError as exc:
                 log.info("no memory cgroup hierarchy (%s): oom_events.memcg_* columns stay empty", exc)
-        has_bpf = self._open_bpf()
+        # The kernel log first: everything it holds now happened before eBPF watched, so it is the
+        # backlog (kills the edge missed); records read after eBPF is attached are live. Kills in
+        # between are read as live and, eBPF not having seen them, written from the log alone.
+        self.joiner = self._joiner(has_bpf=self.ctx.use_bpf, has_kmsg=True)
         try:
-            self._attached_us = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000 if has_bpf else 1 << 62
-            self.joiner = self._joiner(has_bpf=has_bpf, has_kmsg=True)
-            self.kmsg.open()  # the backlog, kills the edge did not see, comes now
+            self.kmsg.open()  # reads the backlog
         except OSError as exc:
             self.kmsg_error = f"cannot read {self.ctx.kmsg}: {exc.strerror} (needs root or CAP_SYSLOG)"
-            self.joiner = self._joiner(has_bpf=has_bpf, has_kmsg=False)
+            self.joiner.has_kmsg = False
+        self.joiner.expire(force=True)  # the backlog's rows are complete
+        has_bpf = self._open_bpf()
+        self.joiner.has_bpf = has_bpf
         if not has_bpf and self.kmsg.fd is None:
             raise PrerequisiteError(f"{self.bpf_error}; and the kernel log is unavailable: {self.kmsg_error}")
         if not has_bpf:
@@ -445,7 +448,6 @@ class OomSource(Source):
         elif self.kmsg.fd is None:
             self.degrade(f"{self.kmsg_error}. OOM kills come from eBPF only: no pool size, failed allocation "
                          "or candidates, and no recovery of kills missed while the edge was down")
-        self.joiner.expire(force=True)  # the backlog's rows are complete
 
     def _open_bpf(self) -> bool:
         if not self.ctx.use_bpf:
@@ -505,11 +507,7 @@ class OomSource(Source):
 
     def _on_kill(self, kill: Kill, backlog: bool) -> None:
         assert self.joiner is not None
-        # A record from before eBPF was watching is a kill the edge missed; one after it is live
-        # (eBPF saw it too), even when it is read with the backlog. The log's clock drifts from
-        # CLOCK_MONOTONIC by milliseconds: a kill in the last second before is taken as live
-        # (if eBPF did not see it, it is still written, after bpf_wait).
-        self.joiner.on_kmsg(kill, backlog=backlog and kill.ts_us < self._attached_us - 1_000_000)
+        self.joiner.on_kmsg(kill, backlog=backlog)
 
     # -- rows --------------------------------------------------------------------
 
