@@ -15,6 +15,8 @@ import pyarrow as pa
 
 from pxo.cloud.errors import BadQuery, CollectorUnavailable
 from pxo.common import arrowipc
+from pxo.common.contract import CLUSTER_TOKEN_METADATA as TOKEN_METADATA
+from pxo.common.contract import node_state_name, source_state_name
 from pxo.common.timeutil import from_unix_us, iso
 from pxo.v1 import pxo_pb2, pxo_pb2_grpc
 
@@ -41,7 +43,6 @@ def _json_value(v: Any) -> Any:
     return v
 
 
-TOKEN_METADATA = "x-pxo-cluster-token"  # keep in sync with collector/auth.py
 
 
 def _bad_query(e: pxo_pb2.QueryError) -> BadQuery:
@@ -190,12 +191,12 @@ class CollectorClient:
             raise self._unavailable(exc) from exc
         return [{
             "node": n.info.node,
-            "state": n.state,
+            "state": node_state_name(n.state),
             "address": n.info.address,
             "edge_version": n.info.edge_version,
             "kernel_release": n.info.kernel_release,
             "last_heartbeat": iso(from_unix_us(n.last_heartbeat_unix_us)),
-            "sources": [{"name": s.name, "state": s.state, "detail": s.detail,
+            "sources": [{"name": s.name, "state": source_state_name(s.state), "detail": s.detail,
                          "events": s.events, "lost": s.lost} for s in n.info.sources],
         } for n in reply.nodes]
 

@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from pxo.common.addr import split_hostport
+from pxo.common.contract import MAX_QUERY_CHARS
 from pxo.common.tls import TlsSettings
 
 
@@ -37,7 +38,8 @@ class CloudSettings(TlsSettings):
     log_level: str = Field("info", description="debug, info, warning or error")
     # -- request limits
     max_body_bytes: int = Field(64 * 1024, ge=0, description="largest request body (0: no limit)")
-    max_query_length: int = Field(16_384, gt=0, le=16_384, description="longest query text, characters")
+    max_query_length: int = Field(MAX_QUERY_CHARS, gt=0, le=MAX_QUERY_CHARS,
+                                  description="longest query text, characters (no more than the collector takes)")
     rate_limit: float = Field(10.0, ge=0, description="requests per second per API key, sustained (0: no limit)")
     rate_burst: int = Field(60, ge=1, description="requests a key may send at once above the sustained rate")
     read_timeout: float = Field(15.0, gt=0, description="seconds a client may take to send its request body")

@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-TOKEN_METADATA = "x-pxo-cluster-token"
+from pxo.common.contract import CLUSTER_TOKEN_METADATA as TOKEN_METADATA
 
 CLOUD_METHODS = frozenset({
     "/pxo.v1.Collector/Query",

@@ -29,6 +29,7 @@ from pxo.collector.errors import QueryError
 from pxo.collector.registry import EdgeEntry, Registry
 from pxo.collector.scratch import scratch
 from pxo.common import arrowipc
+from pxo.common.contract import NodeState
 from pxo.common.schema import Table
 from pxo.common.timeutil import to_unix_us, utc_now
 from pxo.v1 import pxo_pb2, pxo_pb2_grpc
@@ -108,7 +109,7 @@ class Executor:
         for entry in self.registry.snapshot():
             r = NodeResult(entry.node)
             results.append(r)
-            if entry.state == "down":
+            if entry.state == NodeState.DOWN:
                 silent = time.time() - entry.last_seen_wall
                 r.state, r.detail = State.DOWN, f"edge down: no heartbeat for {silent:.0f} s"
                 continue

@@ -38,6 +38,7 @@ from pxo.collector.executor import plan_or_refusal, skip_reason
 from pxo.collector.registry import EdgeEntry, Registry
 from pxo.collector.scratch import scratch
 from pxo.common import arrowipc
+from pxo.common.contract import NodeState
 from pxo.common.schema import Table
 from pxo.common.timeutil import to_unix_us
 from pxo.v1 import pxo_pb2, pxo_pb2_grpc
@@ -203,7 +204,7 @@ class Follow:
             if reason:
                 changed += self._note(entry.node, State.SKIPPED, reason)
                 continue
-            if entry.state == "down":
+            if entry.state == NodeState.DOWN:
                 # (no "for N s" in it: the same state must not be reported again every check)
                 changed += self._note(entry.node, State.DOWN, "edge down: it stopped heartbeating; "
                                                                "following again when it is back")

@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 
 from pxo.collector.registry import Registry
 from pxo.common.addr import split_hostport
+from pxo.common.contract import NodeState, node_state_name
 from pxo.v1 import pxo_pb2
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -40,10 +41,10 @@ class EdgesCollector(Collector):
         edges = GaugeMetricFamily("pxo_collector_edges", "Edges the collector knows, by state", labels=["state"])
         up = GaugeMetricFamily("pxo_collector_edge_up", "1 when the edge heartbeats, 0 when it is down",
                                labels=["node"])
-        for state in ("live", "down"):
-            edges.add_metric([state], sum(1 for e in entries if e.state == state))
+        for state in (NodeState.LIVE, NodeState.DOWN):
+            edges.add_metric([node_state_name(state)], sum(1 for e in entries if e.state == state))
         for e in entries:
-            up.add_metric([e.node], 1.0 if e.state == "live" else 0.0)
+            up.add_metric([e.node], 1.0 if e.state == NodeState.LIVE else 0.0)
         yield edges
         yield up
 

@@ -41,13 +41,13 @@ import re
 from dataclasses import dataclass, field
 
 from pxo.collector.errors import QueryError
+from pxo.common.contract import MAX_QUERY_CHARS
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _BYTE_UNITS = {"B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
                "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
 MAX_RANGE_SECONDS = 3650 * 86400
 MAX_DEPTH = 64  # nesting of parentheses and operators an expression may have
-MAX_QUERY_LENGTH = 8192
 
 _TOKEN = re.compile(
     r"""
@@ -652,6 +652,6 @@ def _did_you_mean(name: str, choices: tuple[str, ...] | list[str]) -> str:
 def parse(text: str) -> Pipeline:
     if not text.strip():
         raise QueryError("the query is empty", hint="e.g. oom_events | last 1h")
-    if len(text) > MAX_QUERY_LENGTH:
-        raise QueryError(f"the query is {len(text)} characters long; the limit is {MAX_QUERY_LENGTH}")
+    if len(text) > MAX_QUERY_CHARS:
+        raise QueryError(f"the query is {len(text)} characters long; the limit is {MAX_QUERY_CHARS}")
     return _Parser(text).parse()

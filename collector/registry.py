@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pxo.common.contract import NodeState
 from pxo.common.schema import Table
 from pxo.v1 import pxo_pb2
 
@@ -21,7 +22,7 @@ class EdgeEntry:
     info: pxo_pb2.NodeInfo
     last_seen: float  # monotonic
     last_seen_wall: float  # unix seconds
-    state: str = "live"  # live | down
+    state: int = NodeState.LIVE
 
     @property
     def node(self) -> str:
@@ -57,7 +58,7 @@ class Registry:
                 return False
             entry.last_seen = self._clock()
             entry.last_seen_wall = self._wall()
-            entry.state = "live"
+            entry.state = NodeState.LIVE
             del entry.info.sources[:]
             entry.info.sources.extend(sources)
             return True
@@ -71,7 +72,7 @@ class Registry:
                 if silent > self.forget_after:
                     del self._edges[node]
                 elif silent > self.expire_after:
-                    entry.state = "down"
+                    entry.state = NodeState.DOWN
             return sorted(self._edges.values(), key=lambda e: e.node)
 
     def catalog(self) -> dict[str, Table]:

@@ -26,7 +26,7 @@ from typing import Any
 
 import duckdb
 
-MAX_SQL_LENGTH = 16_384
+from pxo.common.contract import MAX_QUERY_CHARS
 
 # Pure functions and operators a query may use. Anything else is refused.
 ALLOWED_FUNCTIONS = frozenset(
@@ -96,8 +96,8 @@ def _parser() -> duckdb.DuckDBPyConnection:
 
 def parse(sql: str) -> dict[str, Any]:
     """DuckDB's parse tree of ``sql``, as a dict (statements...), or SqlRefused."""
-    if len(sql) > MAX_SQL_LENGTH:
-        raise SqlRefused(f"the SQL is {len(sql)} characters long; the limit is {MAX_SQL_LENGTH}")
+    if len(sql) > MAX_QUERY_CHARS:
+        raise SqlRefused(f"the SQL is {len(sql)} characters long; the limit is {MAX_QUERY_CHARS}")
     if "\x00" in sql:
         raise SqlRefused("the SQL contains a NUL character")
     rows = _parser().execute("SELECT json_serialize_sql($1::VARCHAR)", [sql]).fetchall()

@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pxo.cloud.collector_client import CollectorClient
 from pxo.cloud.errors import CollectorUnavailable
 from pxo.common.addr import read_addr_file
+from pxo.common.contract import NodeState
 from pxo.common.tls import ROLES, TlsFiles, channel_factory, generate_cluster, role_name
 from pxo.v1 import pxo_pb2, pxo_pb2_grpc
 from tests.collector.test_collector import seed_store
@@ -51,7 +52,7 @@ def no_cert(files: TlsFiles, peer: str) -> Callable[[str], grpc.Channel]:
 def live_nodes(addr: str, dial: Callable[[str], grpc.Channel]) -> list[str]:
     with dial(addr) as ch:
         nodes = pxo_pb2_grpc.CollectorStub(ch).ListNodes(pxo_pb2.ListNodesRequest(), timeout=5).nodes
-    return [n.info.node for n in nodes if n.state == "live"]
+    return [n.info.node for n in nodes if n.state == NodeState.LIVE]
 
 
 def wait_live(addr: str, dial: Callable[[str], grpc.Channel], n: int, timeout: float = 20) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from pxo.common.contract import source_state
 from pxo.common.schema import Table
 from pxo.edge.btf import VMLINUX
 from pxo.edge.kernel import Kernel, running_kernel
@@ -42,7 +43,7 @@ class SourceStatus:
     def to_proto(self) -> pxo_pb2.SourceStatus:
         return pxo_pb2.SourceStatus(
             name=self.name,
-            state=self.state,
+            state=source_state(self.state),
             detail=self.detail,
             events=self.events,
             lost=self.lost,

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 
 from pxo.common import arrowipc
+from pxo.common.contract import node_state_name
 from pxo.edge.sources import all_tables
 from pxo.edge.store import Store
 from pxo.v1 import pxo_pb2, pxo_pb2_grpc
@@ -61,7 +62,7 @@ def wait_nodes(addr: str, n: int, state: str = "live", timeout: float = 20) -> N
         stub = pxo_pb2_grpc.CollectorStub(ch)
         while time.monotonic() < end:
             nodes = stub.ListNodes(pxo_pb2.ListNodesRequest(), timeout=5).nodes
-            if sum(1 for e in nodes if e.state == state) >= n:
+            if sum(1 for e in nodes if node_state_name(e.state) == state) >= n:
                 return
             time.sleep(0.1)
     raise AssertionError(f"fewer than {n} {state} nodes after {timeout} s")

@@ -1,0 +1,29 @@
+"""The constants the processes share, read from proto/ (their one home; see pxo.proto's
+"constants" section), so no two files are kept in sync by comment."""
+
+from __future__ import annotations
+
+from pxo.v1 import pxo_pb2
+
+# The gRPC metadata key of the cluster token the cloud sends its collector.
+CLUSTER_TOKEN_METADATA: str = (
+    pxo_pb2.DESCRIPTOR.services_by_name["Collector"].GetOptions().Extensions[pxo_pb2.cluster_token_metadata])
+# The longest query text, pipe or SQL, in characters: the cloud, the collector and the SQL gate.
+MAX_QUERY_CHARS: int = pxo_pb2.MAX_QUERY_CHARS
+
+NodeState = pxo_pb2.NodeEntry.State
+SourceState = pxo_pb2.SourceStatus.State
+
+
+def node_state_name(state: int) -> str:
+    """"live" or "down", as the REST API and the CLI show it."""
+    return pxo_pb2.NodeEntry.State.Name(state).lower()  # type: ignore[arg-type]
+
+
+def source_state_name(state: int) -> str:
+    """"running", "degraded", "failed" or "stopped"."""
+    return pxo_pb2.SourceStatus.State.Name(state).lower()  # type: ignore[arg-type]
+
+
+def source_state(name: str) -> int:
+    return pxo_pb2.SourceStatus.State.Value(name.upper())
