@@ -427,9 +427,9 @@ class ContainerDeployment:
                 path = env_file(self.dir, spec.name)
                 path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w") as out:
+                with os.fdopen(fd, "w") as env_out:
                     for var, secret, key in spec.secret_env:
-                        out.write(f"{var}={value(secret, key).decode()}\n")
+                        env_out.write(f"{var}={value(secret, key).decode()}\n")
 
     def _ensure_api_service(self) -> None:
         """Podman's Docker-compatible API, where the edge finds container names."""

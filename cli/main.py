@@ -585,8 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
     def add(where: Any, name: str, func: Any, help: str, *examples: str,
             output: bool = False, cluster: bool = False) -> argparse.ArgumentParser:
         epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples) + "\n\n" + EXIT_CODES
-        sp = where.add_parser(name, help=help, description=help, epilog=epilog, parents=[common],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp: argparse.ArgumentParser = where.add_parser(
+            name, help=help, description=help, epilog=epilog, parents=[common],
+            formatter_class=argparse.RawDescriptionHelpFormatter)
         sp.set_defaults(func=func)
         if output:
             sp.add_argument("-o", "--output", choices=("table", "json", "csv"), default="table",

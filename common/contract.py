@@ -7,7 +7,8 @@ from pxo.v1 import pxo_pb2
 
 # The gRPC metadata key of the cluster token the cloud sends its collector.
 CLUSTER_TOKEN_METADATA: str = (
-    pxo_pb2.DESCRIPTOR.services_by_name["Collector"].GetOptions().Extensions[pxo_pb2.cluster_token_metadata])
+    pxo_pb2.DESCRIPTOR.services_by_name["Collector"].GetOptions()
+    .Extensions[pxo_pb2.cluster_token_metadata])  # type: ignore[index]  # typeshed: extension descriptors
 # The longest query text, pipe or SQL, in characters: the cloud, the collector and the SQL gate.
 MAX_QUERY_CHARS: int = pxo_pb2.MAX_QUERY_CHARS
 
@@ -17,13 +18,15 @@ SourceState = pxo_pb2.SourceStatus.State
 
 def node_state_name(state: int) -> str:
     """"live" or "down", as the REST API and the CLI show it."""
-    return pxo_pb2.NodeEntry.State.Name(state).lower()  # type: ignore[arg-type]
+    return pxo_pb2.NodeEntry.State.Name(state).lower()
 
 
 def source_state_name(state: int) -> str:
     """"running", "degraded", "failed" or "stopped"."""
-    return pxo_pb2.SourceStatus.State.Name(state).lower()  # type: ignore[arg-type]
+    return pxo_pb2.SourceStatus.State.Name(state).lower()
 
 
-def source_state(name: str) -> int:
-    return pxo_pb2.SourceStatus.State.Value(name.upper())
+def source_state(name: str) -> pxo_pb2.SourceStatus.State:
+    """The proto enum of a source's state, "running" and the like."""
+    value: pxo_pb2.SourceStatus.State = pxo_pb2.SourceStatus.State.Value(name.upper())  # type: ignore[assignment]
+    return value

@@ -33,7 +33,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings
@@ -41,6 +41,8 @@ from pydantic_settings import BaseSettings
 if TYPE_CHECKING:  # grpc and cryptography are imported where they are used (the CLI starts fast)
     import grpc
     from cryptography import x509
+
+    Handler = grpc.RpcMethodHandler[Any, Any]
 
 ROLES = ("edge", "collector", "cloud")
 NAMESPACE = "pxo"
@@ -303,7 +305,7 @@ def serve_health(servicer: object, listen: str) -> tuple[grpc.Server, str]:
     from pxo.common.addr import split_hostport
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"))
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)  # type: ignore[arg-type]
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     host, _ = split_hostport(listen)
     port = server.add_insecure_port(listen)
     if port == 0:
@@ -329,23 +331,24 @@ COLLECTOR_CALLERS: Mapping[str, frozenset[str]] = {
 
 def peer_roles(context: grpc.ServicerContext) -> set[str]:
     """The roles named by the verified client certificate of this call (empty without one)."""
-    names = context.auth_context().get("x509_common_name", [])
-    return {n.decode(errors="replace").removeprefix("pxo-") for n in names
-            if n.decode(errors="replace").startswith("pxo-")}
+    found: bytes | Iterable[bytes] = context.auth_context().get("x509_common_name", [])
+    names: list[bytes] = [found] if isinstance(found, bytes) else list(found)
+    decoded = [n.decode(errors="replace") for n in names]
+    return {n.removeprefix("pxo-") for n in decoded if n.startswith("pxo-")}
 
 
 def _role_interceptor_class() -> type:
     import grpc
 
-    class PeerRoleInterceptor(grpc.ServerInterceptor):
+    class PeerRoleInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # grpc-stubs: generic
         """Refuses (PERMISSION_DENIED) a call whose client certificate is not of a role allowed for
         the method. Methods under no prefix (the health service) pass."""
 
         def __init__(self, callers: Mapping[str, frozenset[str]]) -> None:
             self._callers = sorted(callers.items(), key=lambda kv: -len(kv[0]))
 
-        def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-                              details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
+                              details: grpc.HandlerCallDetails) -> Handler | None:
             handler = continuation(details)
             roles = next((r for prefix, r in self._callers if details.method.startswith(prefix)), None)
             if handler is None or roles is None:
@@ -382,7 +385,8 @@ def _role_interceptor_class() -> type:
     return PeerRoleInterceptor
 
 
-def role_interceptors(files: TlsFiles | None, callers: Mapping[str, frozenset[str]]) -> list[grpc.ServerInterceptor]:
+def role_interceptors(files: TlsFiles | None,
+                      callers: Mapping[str, frozenset[str]]) -> list[grpc.ServerInterceptor[Any, Any]]:
     """The role check for a server, or nothing when it serves plain gRPC (no certificates to check)."""
     if files is None:
         return []

@@ -288,14 +288,16 @@ class Attributor:
 
     def start(self) -> None:
         """Start the pod index (the watcher's thread) if it has a lifecycle, and the runtimes' indexes."""
-        if isinstance(self.pods, _Lifecycle):
-            self.pods.start()
+        pods: object = self.pods
+        if isinstance(pods, _Lifecycle):
+            pods.start()
         for index in self.runtimes.values():
             index.start()
 
     def stop(self) -> None:
-        if isinstance(self.pods, _Lifecycle):
-            self.pods.stop()
+        pods: object = self.pods
+        if isinstance(pods, _Lifecycle):
+            pods.stop()
         for index in self.runtimes.values():
             index.stop()
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pxo.bpf
+from pxo.common.timeutil import from_kernel_clock
 from pxo.edge.errors import PrerequisiteError
 from pxo.edge.kernel import Kernel
 
@@ -67,11 +68,8 @@ def comm(raw: bytes) -> str:
 
 
 def boot_to_utc(boot_ns: int) -> dt.datetime:
-    """A bpf_ktime_get_boot_ns() stamp in UTC, using the clocks as they are now."""
-    now_real = time.clock_gettime_ns(time.CLOCK_REALTIME)
-    now_boot = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-    unix_ns = now_real - (now_boot - boot_ns)
-    return dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=unix_ns // 1000)
+    """A bpf_ktime_get_boot_ns() stamp in UTC."""
+    return from_kernel_clock(boot_ns, time.CLOCK_BOOTTIME)
 
 
 def bpf_dir() -> Path:

@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pxo.common.timeutil import to_unix_us
 from pxo.edge.kmsg import Kill, OomReport
 
 log = logging.getLogger(__name__)
@@ -243,7 +244,7 @@ class OomJoiner:
             oom_id = f"{self.boot_id}:{report.seq if report is not None else chosen.kill.seq}"
         else:
             assert chosen.bpf is not None
-            oom_id = f"{self.boot_id}:bpf-{int(chosen.bpf.row['time'].timestamp() * 1e6)}"
+            oom_id = f"{self.boot_id}:bpf-{to_unix_us(chosen.bpf.row['time'])}"
         first = chosen.bpf
         # Why, for the whole invocation: the report when the kernel printed one, else eBPF's reading.
         constraint = report.constraint if report is not None and report.constraint else (

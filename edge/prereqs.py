@@ -29,7 +29,9 @@ def effective_capabilities(status: Path = Path("/proc/self/status")) -> int:
 
 def can_load_bpf(caps: int) -> bool:
     """BCC's tracing programs need CAP_SYS_ADMIN, or CAP_BPF with CAP_PERFMON (Linux 5.8+)."""
-    has = lambda cap: bool(caps >> cap & 1)  # noqa: E731
+    def has(cap: int) -> bool:
+        return bool(caps >> cap & 1)
+
     return has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON))
 
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# mypy --strict over pxo as it is installed (pxo.edge, pxo.collector, ...): the source folders
-# are linked into a pxo/ tree first. tests/test_types.py runs this; so can you:
-#   bash scripts/typecheck.sh            (all of pxo)
-#   bash scripts/typecheck.sh pxo.cloud  (one package)
+# The machine checks of the code: mypy --strict, and the layer rules as import-linter
+# contracts (both configured in pyproject.toml), over pxo as it is installed (pxo.edge,
+# pxo.collector, ...: the source folders are linked into a pxo/ tree first).
+# tests/test_types.py runs this; so can you:
+#   bash scripts/typecheck.sh            (all of pxo, and the import contracts)
+#   bash scripts/typecheck.sh pxo.cloud  (mypy on one package only)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tree=$(mktemp -d)
@@ -16,4 +18,10 @@ packages=("$@")
 [ ${#packages[@]} -gt 0 ] || packages=(pxo)
 args=()
 for p in "${packages[@]}"; do args+=(-p "$p"); done
-MYPYPATH="$tree" exec "$ROOT/.venv/bin/mypy" --config-file "$ROOT/pyproject.toml" --cache-dir /tmp/pxo-mypy-cache "${args[@]}"
+status=0
+MYPYPATH="$tree" "$ROOT/.venv/bin/mypy" --config-file "$ROOT/pyproject.toml" --cache-dir /tmp/pxo-mypy-cache \
+    "${args[@]}" || status=$?
+if [ $# -eq 0 ]; then
+    PYTHONPATH="$tree" "$ROOT/.venv/bin/lint-imports" --config "$ROOT/pyproject.toml" --no-cache || status=$?
+fi
+exit $status

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from pxo.common.schema import TIME, Column, Table
-from pxo.common.timeutil import from_unix_us
+from pxo.common.timeutil import from_unix_seconds
 from pxo.edge.bpf import PXO_COMM_LEN, SharedStruct, comm, load_program, read_counter
 from pxo.edge.cgroups import CgroupError, CgroupResolver, memory_hierarchy
 from pxo.edge.errors import EdgeError, PrerequisiteError
@@ -151,9 +151,8 @@ class AllocRateBpfSource(Source):
         # One buffer per map shape, reused by every drain.
         self._buffers = {
             "slot_keys": (ctypes.c_uint32 * self.slots)(),
-            # typeshed does not model Structure subclasses times n (a ctypes array type)
-            "slots": (AllocSlotC * (self.slots * self._ncpu))(),  # type: ignore[operator]
-            "hash_keys": (AllocKeyC * self.max_keys)(),  # type: ignore[operator]
+            "slots": (AllocSlotC * (self.slots * self._ncpu))(),
+            "hash_keys": (AllocKeyC * self.max_keys)(),
             "hash_values": (ctypes.c_uint64 * (self.max_keys * self._ncpu))(),
         }
         self._set_gen(2)  # not 0: zeroed slots (generation 0) must read as free
@@ -204,7 +203,7 @@ class AllocRateBpfSource(Source):
     def _emit_interval(self, counts: dict[tuple[int, int], int], end: float) -> None:
         interval_s = end - self._started
         self._started = end
-        when = from_unix_us(int((self._clock() - (time.monotonic() - end)) * 1_000_000))
+        when = from_unix_seconds(self._clock() - (time.monotonic() - end))
         for (tgid, memcg_id), pages in counts.items():
             self.emit("alloc_rate", {
                 "time": when,

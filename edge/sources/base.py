@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from pxo.common.contract import source_state
 from pxo.common.schema import Table
+from pxo.common.timeutil import unix_us
 from pxo.edge.btf import VMLINUX
 from pxo.edge.kernel import Kernel, running_kernel
 from pxo.v1 import pxo_pb2
@@ -47,7 +48,7 @@ class SourceStatus:
             detail=self.detail,
             events=self.events,
             lost=self.lost,
-            since_unix_us=int(self.since * 1_000_000),
+            since_unix_us=unix_us(self.since),
         )
 
 

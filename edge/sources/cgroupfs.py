@@ -48,7 +48,6 @@ time to record the memcg's state at the kill.
 
 from __future__ import annotations
 
-import datetime as dt
 import errno
 import logging
 import os
@@ -58,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from pxo.common.schema import TIME, Column, Table
-from pxo.common.timeutil import EPOCH
+from pxo.common.timeutil import from_unix_seconds
 from pxo.edge.cgroups import Hierarchy, memory_hierarchy
 from pxo.edge.errors import EdgeError
 from pxo.edge.sources.base import SamplingSource, SourceContext
@@ -112,11 +111,6 @@ CONTAINER_MEMORY = Table(
 # pages), and kernels before 3.19 printed ULLONG_MAX. No real limit is near
 # 2**62 bytes (4 EiB), so anything from there up means unlimited.
 V1_UNLIMITED = 1 << 62
-
-
-def utc(unix_seconds: float) -> dt.datetime:
-    """A clock() reading as the naive UTC datetime pxo stores."""
-    return EPOCH + dt.timedelta(seconds=unix_seconds)
 
 
 # -- reading small kernel files ------------------------------------------------
@@ -381,7 +375,7 @@ class ContainerMemorySource(SamplingSource):
         assert self._reader is not None and self.hierarchy is not None, "sample() before open()"
         started = time.perf_counter()
         cgroups, capped = walk_cgroups(self.hierarchy, self.max_cgroups)
-        stamp = utc(now)
+        stamp = from_unix_seconds(now)
         rows = 0
         for path, directory, cgroup_id in cgroups:
             row = self._reader.read(path, directory=directory, cgroup_id=cgroup_id)

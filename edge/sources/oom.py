@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from pxo.common.schema import TIME, Column, Table
+from pxo.common.timeutil import from_kernel_clock
 from pxo.edge.bpf import (
     PXO_COMM_LEN,
     PXO_PATH_DEPTH,
@@ -314,11 +315,8 @@ def bpf_kill(e: OomEventC, *, symbols: KernelSymbols, single_node: bool,
 
 
 def monotonic_to_utc(ts_us: int) -> dt.datetime:
-    """A kmsg timestamp (the kernel's local clock since boot) in UTC."""
-    now_real = time.clock_gettime_ns(time.CLOCK_REALTIME)
-    now_mono = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-    unix_ns = now_real - (now_mono - ts_us * 1000)
-    return dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=unix_ns // 1000)
+    """A kmsg timestamp (the kernel's local clock since boot, close to CLOCK_MONOTONIC) in UTC."""
+    return from_kernel_clock(ts_us * 1000, time.CLOCK_MONOTONIC)
 
 
 def read_meminfo(path: Path) -> dict[str, int]:

@@ -35,6 +35,7 @@ import time
 from typing import Any
 
 from pxo.common.schema import TIME, Column, Table
+from pxo.common.timeutil import from_unix_seconds
 from pxo.edge.cgroups import Hierarchy
 from pxo.edge.errors import EdgeError
 from pxo.edge.sources.base import SamplingSource, SourceContext
@@ -43,7 +44,6 @@ from pxo.edge.sources.cgroupfs import (
     SmallFileReader,
     check_readable,
     resolve_memory_hierarchy,
-    utc,
     walk_cgroups,
 )
 
@@ -157,7 +157,7 @@ class ProcessMemorySource(SamplingSource):
 
     def sample(self, now: float) -> int:
         started = time.perf_counter()
-        stamp = utc(now)
+        stamp = from_unix_seconds(now)
         rss = self._rss_by_pid()
         near, cg_capped = self._near_limit_pids() if self.hierarchy is not None else ({}, False)
         rows = 0

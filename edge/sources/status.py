@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Callable
 
 from pxo.common.schema import TIME, Column, Table
-from pxo.common.timeutil import utc_now
+from pxo.common.timeutil import from_unix_seconds, utc_now
 from pxo.edge.sources.base import Source, SourceContext
 
 PROBE_STATUS = Table(
@@ -58,7 +58,7 @@ class ProbeStatusSource(Source):
                 self._last[st.name] = key
                 self.emit("probe_status", {
                     "time": self._now(), "source": st.name, "state": st.state, "detail": st.detail or None,
-                    "since": dt.datetime(1970, 1, 1) + dt.timedelta(seconds=st.since),
+                    "since": from_unix_seconds(st.since),
                     "events": st.events, "lost": st.lost,
                 })
         if force:
