@@ -27,31 +27,26 @@ class Api:
         return cls(cfg.api_url, cfg.api_key)
 
     def call(self, method: str, path: str, body: Any = None, *, query: dict[str, str] | None = None) -> Any:
+        """One JSON request, its decoded JSON answer."""
         if query:
             path += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v})
+        with self.open(method, path, body, accept="application/json") as resp:
+            try:
+                data = resp.read()
+            except (TimeoutError, ConnectionError) as exc:
+                raise Unreachable(f"the pxo cloud at {self.url} stopped answering: {exc}") from None
+        return json.loads(data or b"null")
+
+    def open(self, method: str, path: str, body: Any = None, *, accept: str,
+             timeout: float | None = -1.0) -> Any:
+        """Send a request and hand back the open response (to be read whole, or as a stream).
+        ``timeout=None``: wait for data forever (a follow stream may be quiet for hours).
+        Every error becomes one CliError here: the HTTP ones from the API's error object."""
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method)
-        req.add_header("Accept", "application/json")
+        req.add_header("Accept", accept)
         if data is not None:
             req.add_header("Content-Type", "application/json")
-        if self.key:
-            req.add_header("Authorization", f"Bearer {self.key}")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            raise self._http_error(exc) from None
-        except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise Unreachable(f"cannot reach the pxo cloud at {self.url}: {reason}",
-                              detail="is pxo deployed? try 'pxo deploy --local'") from None
-
-    def open(self, method: str, path: str, body: Any, *, accept: str, timeout: float | None = -1.0) -> Any:
-        """Send a request and hand back the open response, to be read as a stream.
-        ``timeout=None``: wait for data forever (a follow stream may be quiet for hours)."""
-        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method=method)
-        req.add_header("Accept", accept)
-        req.add_header("Content-Type", "application/json")
         if self.key:
             req.add_header("Authorization", f"Bearer {self.key}")
         try:

@@ -45,6 +45,7 @@ from typing import Any
 import yaml
 
 from pxo.cli.errors import CliError
+from pxo.common.kubeconfig import kubeconfig_files
 from pxo.common.tls import ROLES, TlsMaterial, generate_material
 
 NAMESPACE = "pxo"
@@ -179,8 +180,8 @@ class Kube:
 
         try:
             # KUBECONFIG as it is now (the library reads it once, at its import)
-            self.client = config.new_client_from_config(config_file=os.environ.get("KUBECONFIG") or None,
-                                                        context=context)
+            files = os.pathsep.join(str(p) for p in kubeconfig_files())
+            self.client = config.new_client_from_config(config_file=files or None, context=context)
         except (ConfigException, OSError) as exc:
             raise CliError(f"cannot load the kubeconfig: {exc}") from exc
         self.host = self.client.configuration.host

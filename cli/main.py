@@ -64,10 +64,9 @@ def _local(args: argparse.Namespace) -> Any:
 
 
 def _kubeconfig_present() -> bool:
-    import os
+    from pxo.common.kubeconfig import kubeconfig_files
 
-    paths = [*os.environ.get("KUBECONFIG", "").split(os.pathsep), str(Path.home() / ".kube" / "config")]
-    return any(p and Path(p).is_file() for p in paths)
+    return bool(kubeconfig_files())
 
 
 def _containers(args: argparse.Namespace) -> tuple[Any, Any]:

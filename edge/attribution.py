@@ -89,6 +89,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from pxo.common.backoff import Backoff
+from pxo.common.kubeconfig import kubeconfig_files
 from pxo.common.schema import Column, Table
 from pxo.edge.runtimes import ContainerNames, RuntimeContainer
 
@@ -486,7 +488,7 @@ class KubePodWatcher:
         env = os.environ if environ is None else environ
         from kubernetes.client import Configuration
         from kubernetes.config.incluster_config import SERVICE_HOST_ENV_NAME, InClusterConfigLoader
-        from kubernetes.config.kube_config import ENV_KUBECONFIG_PATH_SEPARATOR, load_kube_config
+        from kubernetes.config.kube_config import load_kube_config
 
         cfg = Configuration()
         in_cluster = bool(env.get(SERVICE_HOST_ENV_NAME))
@@ -494,11 +496,7 @@ class KubePodWatcher:
         if in_cluster:
             source = "in-cluster service account"
         else:
-            home = home if home is not None else Path(env.get("HOME") or Path.home())
-            listed = env.get("KUBECONFIG", "")
-            candidates = ([Path(p).expanduser() for p in listed.split(ENV_KUBECONFIG_PATH_SEPARATOR) if p]
-                          if listed else [home / ".kube" / "config"])
-            config_file = ENV_KUBECONFIG_PATH_SEPARATOR.join(str(p) for p in candidates if p.is_file())
+            config_file = os.pathsep.join(str(p) for p in kubeconfig_files(env, home))
             if not config_file:
                 log.info(NOT_IN_CLUSTER)
                 return None
@@ -569,7 +567,7 @@ class KubePodWatcher:
     # -- the thread ------------------------------------------------------------------
 
     def _run(self) -> None:
-        delay = self._backoff[0]
+        backoff = Backoff(*self._backoff)
         rv: str | None = None
         consistent = False  # list from etcd rather than the watch cache
         expired_in_a_row = 0
@@ -577,7 +575,7 @@ class KubePodWatcher:
             try:
                 if rv is None:
                     rv = self._list(consistent=consistent)
-                    delay = self._backoff[0]
+                    backoff.reset()
                 rv = self._watch_from(rv)
                 consistent, expired_in_a_row = False, 0  # the server ended the watch: resume from rv
             except _Expired as exc:
@@ -587,16 +585,14 @@ class KubePodWatcher:
                 # off if expiry keeps following every list.
                 rv, consistent = None, True
                 if expired_in_a_row:
-                    self._stopping.wait(delay * random.uniform(0.8, 1.2))
-                    delay = min(delay * 2, self._backoff[1])
+                    backoff.wait(self._stopping)
                 expired_in_a_row += 1
             except Exception as exc:
                 if self._stopping.is_set():
                     break
                 self._failed(exc)
                 rv, consistent = None, False
-                self._stopping.wait(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, self._backoff[1])
+                backoff.wait(self._stopping)
 
     def _core(self) -> Any:
         from kubernetes.client import CoreV1Api

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from pxo.common.backoff import Backoff
+
 log = logging.getLogger(__name__)
 
 # runtime (as edge/attribution.py names it) -> its socket below the host's /run, and the API it speaks
@@ -181,6 +183,7 @@ class DockerApiNames:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
+        backoff = Backoff(self.retry, 60.0)
         while not self._stop.is_set():
             try:
                 since = int(time.time()) - 1
@@ -189,12 +192,13 @@ class DockerApiNames:
                     if c.get("Id") and names:
                         self._remember(c["Id"], RuntimeContainer(str(names[0]).lstrip("/")))
                 self._connected(True)
+                backoff.reset()
                 self._follow_events(since)  # returns when the stream ends
             except (OSError, http.client.HTTPException, ValueError) as exc:
                 if self._stop.is_set():
                     return
                 self._failed(exc)
-            self._stop.wait(self.retry)
+            backoff.wait(self._stop)
 
     def _follow_events(self, since: int) -> None:
         filters = urllib.parse.quote(json.dumps({"type": ["container"]}))

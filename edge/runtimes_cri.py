@@ -31,6 +31,7 @@ from typing import Any
 
 import grpc
 
+from pxo.common.backoff import Backoff
 from pxo.cri.v1 import api_pb2, api_pb2_grpc
 from pxo.edge.runtimes import IndexStatus, RuntimeContainer, _NameCache
 
@@ -110,14 +111,16 @@ class CriNames:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
+        backoff = Backoff(self.retry, 60.0)
         while not self._stop.is_set():
             try:
                 self._follow()
+                backoff.reset()  # it worked until the runtime stopped: start over soon
             except (grpc.RpcError, ValueError) as exc:  # ValueError: the channel was closed by stop()
                 if self._stop.is_set():
                     return
                 self._failed(exc)
-            self._stop.wait(self.retry)
+            backoff.wait(self._stop)
 
     def _follow(self) -> None:
         """List every container, then keep up with new ones until the runtime stops answering."""
