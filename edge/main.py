@@ -10,24 +10,20 @@ import logging
 import socket
 import sys
 import time
-from concurrent import futures
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from pxo.common.addr import split_hostport, write_addr_file
+from pxo.common.grpcserver import GrpcServer
 from pxo.common.settings import SettingsError, configure_logging, load_settings, wait_for_shutdown
 from pxo.common.tls import (
     EDGE_CALLERS,
     TlsError,
     TlsSettings,
-    add_port,
     channel_factory,
     role_interceptors,
-    serve_health,
 )
 from pxo.common.version import pxo_version
 from pxo.edge.attribution import AttributingSink, Attributor, KubePodWatcher
@@ -123,15 +119,12 @@ class Edge:
         self.service = EdgeService(node=settings.node, store=self.store, sources=self.sources,
                                    address=lambda: self.address, extra_status=self.extra_status,
                                    metrics=self.metrics)
-        self.rpc_pool = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="edge-rpc")
-        self.server = grpc.server(self.rpc_pool,
-                                  # with TLS, only the collector's certificate may ask this node anything
-                                  interceptors=role_interceptors(settings.tls, EDGE_CALLERS))
-        pxo_pb2_grpc.add_EdgeServicer_to_server(self.service, self.server)
-        self.health = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.grpc = GrpcServer(
+            "edge", listen=settings.listen, tls=settings.tls, service_names=["pxo.v1.Edge"],
+            add_servicers=lambda server: pxo_pb2_grpc.add_EdgeServicer_to_server(self.service, server),
+            # with TLS, only the collector's certificate may ask this node anything
+            interceptors=role_interceptors(settings.tls, EDGE_CALLERS))
         self.registration: Registration | None = None
-        self.health_server: grpc.Server | None = None
         self._started = time.time()
 
     def extra_status(self) -> list[SourceStatus]:
@@ -176,27 +169,16 @@ class Edge:
             release_compiler_memory()
         if problems:
             log.warning("edge is DEGRADED: %s", "; ".join(f"{s.name}: {s.status.detail}" for s in problems))
-        host, _ = split_hostport(self.settings.listen)
-        try:
-            port = add_port(self.server, self.settings.listen, tls)
-        except TlsError as exc:
-            raise EdgeError(f"TLS: {exc}") from None
-        if port == 0:
-            raise EdgeError(f"cannot listen on {self.settings.listen} (address in use?)")
-        self.address = self.settings.advertise or f"{host}:{port}"
-        self.server.start()
-        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        self.health.set("pxo.v1.Edge", health_pb2.HealthCheckResponse.SERVING)
         if self.settings.metrics:
             write_addr_file(self.settings.data_dir / "metrics.addr", self.metrics.serve(self.settings.metrics))
-        if self.settings.health_listen:
-            try:
-                self.health_server, health_address = serve_health(self.health, self.settings.health_listen)
-            except OSError as exc:
-                raise EdgeError(str(exc)) from None
-            write_addr_file(self.settings.data_dir / "health.addr", health_address)
-        # edge.addr last: whoever waits for it (tests, the local deploy) finds the other files written
-        write_addr_file(self.settings.data_dir / "edge.addr", self.address)
+        try:
+            bound = self.grpc.start(data_dir=self.settings.data_dir, health_listen=self.settings.health_listen)
+        except TlsError as exc:
+            raise EdgeError(f"TLS: {exc}") from None
+        except OSError as exc:
+            raise EdgeError(str(exc)) from None
+        self.address = self.settings.advertise or bound
+        self.grpc.publish(self.settings.data_dir, self.address)
         if self.settings.collector:
             self.registration = Registration(collector=self.settings.collector,
                                              node_info=self.service.node_info, channel_factory=dial)
@@ -208,18 +190,12 @@ class Edge:
                  "in plain text: anyone who reaches the port may query this node")
 
     def stop(self) -> None:
-        self.health.enter_graceful_shutdown()
         if self.registration is not None:
             self.registration.stop()
         for s in self.sources:
             s.stop()
         self.attributor.stop()
-        self.server.stop(grace=2).wait()
-        if self.health_server is not None:
-            self.health_server.stop(grace=None)
-        # End the RPC threads now: their per-thread DuckDB connections (SQL gate, follow
-        # filters) must be freed while the interpreter is whole, not during its teardown.
-        self.rpc_pool.shutdown(wait=True, cancel_futures=True)
+        self.grpc.stop()
         self.store.close()
         log.info("pxo edge stopped; store closed")
 
