@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from pxo.cli.api import Api
 from pxo.cli.config import Config
 from pxo.cli.errors import CliError
-from pxo.common.addr import read_addr_file
+from pxo.common.spawn import Component, ComponentFailed
 
 if TYPE_CHECKING:
     from pxo.common.tls import TlsFiles
@@ -80,40 +80,17 @@ class LocalDeployment:
 
     # -- start -----------------------------------------------------------------
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        (self.dir / name).mkdir(parents=True, exist_ok=True)
-        self.log_file(name).parent.mkdir(parents=True, exist_ok=True)
-        addr = self.dir / name / f"{name}.addr"
-        addr.unlink(missing_ok=True)
-        log = open(self.log_file(name), "ab")  # noqa: SIM115 - handed to the child
-        proc = subprocess.Popen([self.python, "-m", f"pxo.{name}", *args], stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, **(env or {})})
-        log.close()
-        self.pid_file(name).write_text(f"{proc.pid}\n")
-        return proc
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Component:
+        c = Component(name, args, addr_file=self.dir / name / f"{name}.addr", log_path=self.log_file(name),
+                      env=env, python=self.python, new_session=True)
+        self.pid_file(name).write_text(f"{c.pid}\n")
+        return c
 
-    def _wait_addr(self, name: str, proc: subprocess.Popen[bytes], timeout: float) -> str:
-        addr_file = self.dir / name / f"{name}.addr"
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if proc.poll() is not None:
-                raise CliError(f"the {name} exited at start: {self._last_error(name)}",
-                               detail=f"log: {self.log_file(name)}")
-            addr = read_addr_file(addr_file)
-            if addr:
-                return addr
-            time.sleep(0.05)
-        raise CliError(f"the {name} did not start listening within {timeout:g} s",
-                       detail=f"log: {self.log_file(name)}")
-
-    def _last_error(self, name: str) -> str:
+    def _wait_addr(self, name: str, c: Component, timeout: float) -> str:
         try:
-            lines = [ln for ln in self.log_file(name).read_text(errors="replace").splitlines() if ln.strip()]
-        except OSError:
-            return "(no log)"
-        errors = [ln for ln in lines if "error" in ln.lower()]
-        return (errors or lines or ["(empty log)"])[-1].strip()
+            return c.wait_addr(timeout)
+        except ComponentFailed as exc:
+            raise CliError(str(exc), detail=f"log: {exc.log}") from None
 
     def deploy(self, cfg: Config, *, ports: LocalPorts, node: str = "", timeout: float = 60.0) -> Config:
         if self.running():

@@ -8,16 +8,14 @@ and FAIL in CI (CI=true), so a CI machine that lost BCC cannot pass silently.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pxo.common.addr import read_addr_file
+from pxo.common.spawn import Component, ComponentFailed
 from pxo.edge.prereqs import missing_for_bpf
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -38,46 +36,21 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.skip(reason)
 
 
-class Service:
-    """A pxo component running as a real process, with its log kept for failures."""
+class Service(Component):
+    """A pxo component running as a real process (common/spawn.py), its log kept for failures."""
 
     def __init__(self, name: str, args: list[str], data_dir: Path, *, env: dict[str, str] | None = None,
                  addr_name: str | None = None) -> None:
-        self.name = name
         self.data_dir = data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = data_dir / f"{name}.log"
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - appended: restarts keep earlier logs
-        self.addr_file = data_dir / f"{addr_name or name}.addr"
-        self.addr_file.unlink(missing_ok=True)  # a restarted service must not be found at its old address
-        self.proc = subprocess.Popen([sys.executable, "-m", f"pxo.{name}", *args],
-                                     stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
+        super().__init__(name, args, addr_file=data_dir / f"{addr_name or name}.addr",
+                         log_path=data_dir / f"{name}.log", env=env)
 
     def wait_addr(self, timeout: float = 60.0) -> str:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"{self.name} exited ({self.proc.returncode}):\n{self.log()}")
-            addr = read_addr_file(self.addr_file)
-            if addr:
-                return addr
-            time.sleep(0.05)
-        raise AssertionError(f"{self.name} did not listen within {timeout} s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
+        try:
+            return super().wait_addr(timeout)
+        except ComponentFailed as exc:
+            raise AssertionError(f"{exc}\n{self.log()}") from None
 
 
 @pytest.fixture
