@@ -172,7 +172,7 @@ def _print_table(args: argparse.Namespace, columns: list[str], rows: list[list[A
         print(empty)
     else:
         colour = output.use_colour(sys.stdout, disabled=args.no_color)
-        print(output.colour_table(output.table(columns, rows, shorten_last=shorten_last), colour))
+        print(output.table(columns, rows, shorten_last=shorten_last, colour=colour))
 
 
 NDJSON = "application/x-ndjson"
@@ -220,7 +220,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         print(output.as_json(body))
     else:
         colour = output.use_colour(sys.stdout, disabled=args.no_color)
-        print(output.colour_table(output.table(columns, body["rows"]), colour) if body["rows"] else "(no rows)")
+        print(output.table(columns, body["rows"], colour=colour) if body["rows"] else "(no rows)")
     _answer_notes(body, len(body["rows"]))
     return EXIT_OK
 
@@ -323,9 +323,18 @@ def cmd_nodes(args: argparse.Namespace) -> int:
         print(output.as_json(body))
         return EXIT_OK
     cols = ["node", "state", "address", "edge_version", "kernel_release", "sources"]
-    rows = [[n["node"], n["state"], n["address"], n["edge_version"], n["kernel_release"],
-             ", ".join(f"{s['name']}={s['state']}" + (f" ({s['detail']})" if s["detail"] else "")
-                       for s in n["sources"])] for n in body["nodes"]]
+
+    def sources(n: dict[str, Any]) -> output.Styled:
+        parts: list[tuple[str, str]] = []
+        for i, s in enumerate(n["sources"]):
+            parts.append(((", " if i else "") + f"{s['name']}=", ""))
+            parts += output.state(s["state"]).segments
+            if s["detail"]:
+                parts.append((f" ({s['detail']})", ""))
+        return output.Styled(*parts)
+
+    rows = [[n["node"], output.state(n["state"]), n["address"], n["edge_version"], n["kernel_release"], sources(n)]
+            for n in body["nodes"]]
     _print_table(args, cols, rows, "(no nodes)")
     return EXIT_OK
 

@@ -23,9 +23,31 @@ def human_bytes(n: float) -> str:
     return str(n)
 
 
+class Styled:
+    """A cell made of (text, colour) segments: the table pads its plain text, then colours
+    each segment (colour "" for none), so styling never moves a column and never touches
+    text that only looks like a state word."""
+
+    def __init__(self, *segments: tuple[str, str]) -> None:
+        self.segments = segments
+
+    def __str__(self) -> str:
+        return "".join(text for text, _ in self.segments)
+
+    def render(self, enabled: bool) -> str:
+        return "".join(paint(text, colour, enabled) for text, colour in self.segments)
+
+
+def state(word: str) -> Styled:
+    """A state word (live, running, failed...) in its colour."""
+    return Styled((word, STATE_COLOURS.get(word, "")))
+
+
 def cell(name: str, value: Any) -> str:
     if value is None:
         return "-"
+    if isinstance(value, Styled):
+        return str(value)
     if name.endswith("_bytes") and isinstance(value, (int, float)):
         return human_bytes(value)
     if isinstance(value, str) and len(value) >= 20 and value[4:5] == "-" and value[10:11] == "T":
@@ -38,8 +60,10 @@ def cell(name: str, value: Any) -> str:
 
 
 def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, width: int | None = None,
-          shorten_last: bool = False) -> str:
-    """``shorten_last``: a prose last column (descriptions) is cut to fit, ending in '…'."""
+          shorten_last: bool = False, colour: bool = False) -> str:
+    """``shorten_last``: a prose last column (descriptions) is cut to fit, ending in '…'.
+    ``colour``: a bold header and coloured states (see ``styled``), added to each cell after
+    it is padded, so alignment never depends on escape codes."""
     width = width or shutil.get_terminal_size((80, 24)).columns
     text = [[cell(c, v) for c, v in zip(columns, r, strict=True)] for r in rows]
     widths = [max([len(c)] + [len(r[i]) for r in text]) for i, c in enumerate(columns)]
@@ -50,20 +74,28 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, width: int |
                 r[-1] = r[-1][:room - 1] + "…"
         widths[-1] = room
     if sum(widths) + 2 * (len(columns) - 1) > width and len(columns) > 1:
-        return records(columns, text)
-    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
-    for r in text:
-        lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+        return records(columns, text, raw=rows, colour=colour)
+    header = "  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()
+    lines = [paint(header, "bold", colour)]
+    for raw, r in zip(rows, text, strict=True):
+        cells = [_styled(v, t, colour) + " " * (w - len(t)) for v, t, w in zip(raw, r, widths, strict=True)]
+        lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 
 
-def records(columns: Sequence[str], text_rows: Sequence[Sequence[str]]) -> str:
+def _styled(value: Any, text: str, colour: bool) -> str:
+    return value.render(colour) if isinstance(value, Styled) and text == str(value) else text
+
+
+def records(columns: Sequence[str], text_rows: Sequence[Sequence[str]], *,
+            raw: Sequence[Sequence[Any]] | None = None, colour: bool = False) -> str:
     """psql's expanded display: one block per row, one field per line."""
     key_w = max(len(c) for c in columns)
     blocks = []
     for i, r in enumerate(text_rows, 1):
+        values = raw[i - 1] if raw is not None else r
         lines = [f"-[ row {i} ]" + "-" * max(0, key_w - 4)]
-        lines += [f"{c.ljust(key_w)} | {v}" for c, v in zip(columns, r, strict=True)]
+        lines += [f"{c.ljust(key_w)} | {_styled(v, t, colour)}" for c, v, t in zip(columns, values, r, strict=True)]
         blocks.append("\n".join(lines))
     return "\n".join(blocks)
 
@@ -132,23 +164,6 @@ def use_colour(stream: Any, *, disabled: bool = False) -> bool:
 def paint(text: str, colour: str, enabled: bool) -> str:
     code = _COLOURS.get(colour)
     return f"\033[{code}m{text}\033[0m" if enabled and code else text
-
-
-def colour_table(rendered: str, enabled: bool) -> str:
-    """Bold header and coloured state words in a rendered table (alignment is kept: the
-    escape codes are added after padding)."""
-    if not enabled or not rendered:
-        return rendered
-    lines = rendered.split("\n")
-    if not lines[0].startswith("-[ row"):
-        lines[0] = paint(lines[0], "bold", True)
-    out = []
-    for ln in lines:
-        for word, colour in STATE_COLOURS.items():
-            ln = ln.replace(f" {word} ", f" {paint(word, colour, True)} ").replace(
-                f"={word}", f"={paint(word, colour, True)}")
-        out.append(ln)
-    return "\n".join(out)
 
 
 class Progress:

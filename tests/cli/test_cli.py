@@ -95,3 +95,21 @@ def test_help_imports_no_heavy_modules() -> None:
             "sys.stderr.write(repr(heavy))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stderr.strip() == "[]" and "pxo query" in r.stdout
+
+
+def test_colour_is_added_to_cells_after_padding_and_only_to_states() -> None:
+    import re
+
+    from pxo.cli import output
+
+    sources = output.Styled(("oom=", ""), *output.state("running").segments,
+                            (", store=", ""), *output.state("degraded").segments, (" (the disk failed once)", ""))
+    rows = [["node-1", output.state("live"), "a job that failed yesterday", sources],
+            ["node-22", output.state("down"), "-", output.Styled(("oom=", ""), *output.state("failed").segments)]]
+    cols = ["node", "state", "note", "sources"]
+    plain = output.table(cols, rows, width=200)
+    painted = output.table(cols, rows, width=200, colour=True)
+    assert re.sub(r"\x1b\[[0-9;]*m", "", painted) == plain  # escape codes never move a column
+    assert "\x1b[32mlive\x1b[0m" in painted and "\x1b[31mdown\x1b[0m" in painted
+    assert "\x1b[33mdegraded\x1b[0m" in painted and "\x1b[31mfailed\x1b[0m" in painted  # a state...
+    assert "a job that failed yesterday" in painted and "(the disk failed once)" in painted  # ...not a word
