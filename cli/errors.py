@@ -24,10 +24,6 @@ class CliError(Exception):
         self.hint = hint
 
 
-class UsageError(CliError):
-    exit_code = EXIT_USAGE
-
-
 class PartialAnswer(CliError):
     exit_code = EXIT_PARTIAL
 
