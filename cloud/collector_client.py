@@ -1,5 +1,6 @@
-"""The cloud's side of the collector's gRPC API, answering in plain Python
-structures the REST layer serialises."""
+"""The cloud's side of the collector's gRPC API: answers as Arrow record batches
+(``QueryStream``) or plain Python structures the REST layer serialises; gRPC errors
+become the cloud's (BadQuery, CollectorUnavailable) here, where they enter."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from pxo.v1 import pxo_pb2, pxo_pb2_grpc
 NODE_STATES = {v: k.lower() for k, v in pxo_pb2.NodeStatus.State.items()}
 
 
-def _json_value(v: Any) -> Any:
+def json_value(v: Any) -> Any:
+    """An Arrow value (as Python) as JSON can hold it: times ISO 8601, bytes base64, NaN null."""
     if isinstance(v, float) and not math.isfinite(v):
         return None  # JSON has no NaN or infinity
     if isinstance(v, dt.datetime):
@@ -37,12 +39,19 @@ def _json_value(v: Any) -> Any:
     if isinstance(v, bytes):
         return base64.b64encode(v).decode()
     if isinstance(v, list):
-        return [_json_value(x) for x in v]
+        return [json_value(x) for x in v]
     if isinstance(v, dict):
-        return {k: _json_value(x) for k, x in v.items()}
+        return {k: json_value(x) for k, x in v.items()}
     return v
 
 
+def rows_of(data: pa.RecordBatch | pa.Table) -> Iterator[tuple[Any, ...]]:
+    """Rows as tuples of Python values, by position (two columns may share a name)."""
+    return zip(*(col.to_pylist() for col in data.columns), strict=True)
+
+
+def columns_of(schema: pa.Schema) -> list[dict[str, str]]:
+    return [{"name": f.name, "type": str(f.type)} for f in schema]
 
 
 def _bad_query(e: pxo_pb2.QueryError) -> BadQuery:
@@ -130,6 +139,10 @@ class QueryStream:
         if self.meta is None:
             raise CollectorUnavailable("the collector's answer ended without its summary")
 
+    def read_all(self) -> pa.Table:
+        """A query's whole answer as one table; ``meta`` is set."""
+        return pa.Table.from_batches(list(self.batches()), schema=self.schema)
+
 
 class CollectorClient:
     def __init__(self, address: str, *, token: str = "",
@@ -157,17 +170,11 @@ class CollectorClient:
         return CollectorUnavailable(f"the collector at {self.address} did not answer ({detail})")
 
     def query(self, text: str, *, sql: bool = False, row_limit: int = 0) -> dict[str, Any]:
-        table, meta = self.query_arrow(text, sql=sql, row_limit=row_limit)
-        names = table.column_names
-        rows = [[_json_value(r[n]) for n in names] for r in table.to_pylist()]
-        return {"columns": [{"name": f.name, "type": str(f.type)} for f in table.schema], "rows": rows, **meta}
-
-    def query_arrow(self, text: str, *, sql: bool = False, row_limit: int = 0) -> tuple[pa.Table, dict[str, Any]]:
-        """The whole answer as one Arrow table, and its summary (nodes, partial, truncated, range)."""
+        """The whole answer at once: columns, rows (JSON values) and the summary."""
         stream = self.query_stream(text, sql=sql, row_limit=row_limit)
-        table = pa.Table.from_batches(list(stream.batches()), schema=stream.schema)
-        assert stream.meta is not None  # batches() ends only after the summary
-        return table, stream.meta
+        table = stream.read_all()
+        rows = [[json_value(v) for v in row] for row in rows_of(table)]
+        return {"columns": columns_of(table.schema), "rows": rows, **(stream.meta or {})}
 
     def _request(self, text: str, sql: bool, row_limit: int) -> pxo_pb2.QueryRequest:
         return pxo_pb2.QueryRequest(

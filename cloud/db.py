@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: users and their API keys
@@ -250,7 +251,7 @@ class Database:
     _CLUSTER = "SELECT name, address, token, is_default, created_at, tls_ca, tls_cert, tls_key FROM clusters"
 
     @staticmethod
-    def _cluster(r: tuple) -> Cluster:
+    def _cluster(r: tuple[Any, ...]) -> Cluster:
         return Cluster(r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6], r[7])
 
     def clusters(self) -> list[Cluster]:

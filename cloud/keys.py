@@ -17,7 +17,6 @@ from pxo.cloud.db import Database, KeyRecord, User
 
 KEY_RE = re.compile(r"^(pxo_[0-9a-f]{8})_[A-Za-z0-9_-]{43}$")
 KEY_ID_RE = re.compile(r"^pxo_[0-9a-f]{8}$")
-ROLES = ("admin", "viewer")
 
 
 def digest(salt: bytes, key: str) -> bytes:

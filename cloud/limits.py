@@ -1,25 +1,31 @@
-"""Request limits: body size and read time (an ASGI middleware, before any
-route runs) and a per-key token-bucket rate limit.
+"""Request limits: body size and read time (an ASGI middleware, before any route runs), a
+per-key token-bucket rate limit, and the number of follow streams served at once.
 
-The rate limiter's buckets are the one thing the cloud keeps only in memory:
-they are a few seconds of history, and a restart forgiving them is harmless.
+The rate limiter's buckets and the follow streams' count are the only things the cloud
+keeps in memory alone: seconds of history and live connections, which a restart
+rightly forgets.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Callable
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pxo.cloud.errors import (
+    CloudError,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServiceUnavailable,
+    TooManyRequests,
+    error_response,
+)
+
+MAX_FOLLOWS = 16  # follow streams per cloud: each holds a worker thread while it waits for rows
 
 
 class BodyLimitMiddleware:
@@ -39,8 +45,9 @@ class BodyLimitMiddleware:
             return
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
+        too_large = PayloadTooLarge(f"the request body is over {self.max_bytes} bytes")
         if self.max_bytes and declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _error(send, 413, "too_large", f"the request body is over {self.max_bytes} bytes")
+            await _refuse(too_large, scope, receive, send)
             return
         if scope.get("method") not in ("POST", "PUT", "PATCH", "DELETE"):
             await self.app(scope, receive, send)
@@ -53,14 +60,14 @@ class BodyLimitMiddleware:
             try:
                 message = await asyncio.wait_for(receive(), max(0.001, deadline - time.monotonic()))
             except TimeoutError:
-                await _error(send, 408, "request_timeout",
-                             f"the request body took more than {self.read_timeout:g} s to arrive")
+                await _refuse(RequestTimeout(f"the request body took more than {self.read_timeout:g} s to arrive"),
+                              scope, receive, send)
                 return
             if message["type"] == "http.disconnect":
                 return
             seen += len(message.get("body", b""))
             if self.max_bytes and seen > self.max_bytes:
-                await _error(send, 413, "too_large", f"the request body is over {self.max_bytes} bytes")
+                await _refuse(too_large, scope, receive, send)
                 return
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
@@ -77,12 +84,9 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
 
-async def _error(send: Send, status: int, code: str, message: str) -> None:
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
+async def _refuse(exc: CloudError, scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer before the routes, as they would, and close the connection: the rest of the body is unread."""
+    await error_response(exc, headers={"Connection": "close"})(scope, receive, send)
 
 
 class RateLimiter:
@@ -109,6 +113,50 @@ class RateLimiter:
             self._buckets[key] = (tokens, now)
             return (1.0 - tokens) / self.rate
 
+    def admit(self, key: str) -> None:
+        """Take a token for ``key``, or TooManyRequests with the whole seconds to wait."""
+        wait = self.take(key)
+        if wait:
+            seconds = max(1, math.ceil(wait))
+            raise TooManyRequests(f"rate limit of key {key} exceeded; retry in {seconds} s", retry_after=seconds)
 
-def retry_after(seconds: float) -> int:
-    return max(1, math.ceil(seconds))
+
+class FollowSlots:
+    """The follow streams this cloud serves at once, at most ``cap``: a slot is taken
+    before a stream starts (ServiceUnavailable when none is free) and given back when
+    its answer ends, however it ends. Thread-safe: routes take slots in worker threads."""
+
+    def __init__(self, cap: int = MAX_FOLLOWS) -> None:
+        self.cap = cap
+        self._lock = threading.Lock()
+        self._active = 0
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+    def take(self) -> FollowSlot:
+        with self._lock:
+            if self._active >= self.cap:
+                raise ServiceUnavailable(f"this cloud already serves {self.cap} follow streams, its most; "
+                                         "try again later")
+            self._active += 1
+        return FollowSlot(self)
+
+    def _give_back(self) -> None:
+        with self._lock:
+            self._active -= 1
+
+
+class FollowSlot:
+    """One taken slot; ``release`` gives it back once, however often it is called."""
+
+    def __init__(self, slots: FollowSlots) -> None:
+        self._slots: FollowSlots | None = slots
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        with self._lock:
+            slots, self._slots = self._slots, None
+        if slots is not None:
+            slots._give_back()

@@ -17,6 +17,8 @@ from pxo.common.addr import split_hostport
 from pxo.common.contract import MAX_QUERY_CHARS
 from pxo.common.tls import TlsSettings
 
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"  # of a cluster or a user
+
 
 class CloudSettings(TlsSettings):
     model_config = SettingsConfigDict(env_prefix="PXO_CLOUD_", cli_prog_name="pxo-cloud",
@@ -30,7 +32,7 @@ class CloudSettings(TlsSettings):
     collector: str = Field("127.0.0.1:50700",
                            description="the deploy-time collector host:port; it is the cluster named "
                                        "--cluster-name, the default cluster when there is none")
-    cluster_name: str = Field("default", pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$",
+    cluster_name: str = Field("default", pattern=NAME_PATTERN,
                               description="name of the deploy-time collector's cluster")
     cluster_token: str = Field("", description="token sent to the deploy-time collector "
                                                "(prefer the env var PXO_CLOUD_CLUSTER_TOKEN to a flag)")

@@ -1,12 +1,18 @@
-"""Request limits on a real uvicorn: body size, query length, per-key rate, slow clients."""
+"""Request limits on a real uvicorn: body size, query length, per-key rate, slow clients; the follow
+streams' cap under racing threads."""
 
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+import pytest
+
+from pxo.cloud.errors import ServiceUnavailable
+from pxo.cloud.limits import FollowSlot, FollowSlots
 from tests.cloud.conftest import call, start_lone_cloud
 from tests.conftest import Service
 
@@ -55,3 +61,36 @@ def test_slow_client_is_cut_off(tmp_path: Path, services: list[Service]) -> None
         assert answer.startswith(b"HTTP/1.1 408") and time.monotonic() - start < 5
     # meanwhile the server still answers others
     assert call("GET", url + "/api/v1/health")[0] == 200
+
+
+def test_follow_slots_hold_one_cap_under_racing_threads() -> None:
+    slots = FollowSlots(cap=16)
+    taken: list[FollowSlot] = []
+    refused: list[ServiceUnavailable] = []
+    lock = threading.Lock()
+    start = threading.Barrier(64)
+
+    def take() -> None:
+        start.wait()
+        try:
+            slot = slots.take()
+        except ServiceUnavailable as exc:
+            with lock:
+                refused.append(exc)
+            return
+        with lock:
+            taken.append(slot)
+
+    threads = [threading.Thread(target=take) for _ in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(taken) == 16 and len(refused) == 48 and slots.active == 16
+    assert refused[0].status == 503 and "16 follow streams" in refused[0].message
+    taken[0].release()
+    taken[0].release()  # given back once, however often it is released
+    assert slots.active == 15
+    slots.take()
+    with pytest.raises(ServiceUnavailable):
+        slots.take()

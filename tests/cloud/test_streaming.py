@@ -208,3 +208,47 @@ def test_cli_follow_prints_new_rows_and_exits_0_on_ctrl_c(live: Live, tmp_path: 
             if p.poll() is None:
                 p.kill()
             p.wait()
+
+
+def _follow_status(url: str, key: str, body: dict[str, Any]) -> int:
+    """The status a follow request gets (a stream that opens is closed again at once)."""
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    try:
+        conn.request("POST", "/api/v1/query/follow", body=json.dumps(body), headers={
+            "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_follow_streams_are_capped_per_cloud_and_given_back(tmp_path: Path, services: list[Service]) -> None:
+    # The cloud serves 16 follow streams at once; a collector 8: two clusters fill the cloud.
+    edges: list[LiveEdge] = []
+    try:
+        addrs = []
+        for name in ("a", "b"):
+            _, addr = start_collector(services, tmp_path / name, "--heartbeat-interval", "0.5")
+            edges.append(LiveEdge(tmp_path / f"edge-{name}", addr, f"node-{name}", max_followers=16))
+            wait_nodes(addr, 1)
+            addrs.append(addr)
+        _, url = start_cloud(services, tmp_path / "cloud", addrs[0])
+        key = subprocess.run([sys.executable, "-m", "pxo.cloud", "bootstrap", "--data-dir", str(tmp_path / "cloud")],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        assert call("POST", url + "/api/v1/clusters", {"name": "b", "address": addrs[1]}, key=key)[0] == 201
+        streams = [Lines(url, key, {"query": "oom_events", "cluster": c}) for c in ("default", "b") for _ in range(8)]
+        try:
+            status, body, _, _ = call("POST", url + "/api/v1/query/follow", {"query": "oom_events"}, key=key)
+            assert status == 503 and body["error"]["code"] == "unavailable", body
+            assert "16 follow streams" in body["error"]["message"]
+            streams.pop().close()  # a client goes away: its slot comes back (once the collector's does too)
+            end = time.monotonic() + 20
+            while (status := _follow_status(url, key, {"query": "oom_events", "cluster": "b"})) != 200:
+                assert time.monotonic() < end, status
+                time.sleep(0.2)
+        finally:
+            for s in streams:
+                s.close()
+    finally:
+        for e in edges:
+            e.stop()
