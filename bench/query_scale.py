@@ -37,7 +37,7 @@ from pathlib import Path
 import duckdb
 import grpc
 
-from pxo.collector import planner
+from pxo.collector.plan import plan_pipe
 from pxo.common import arrowipc
 from pxo.common.addr import read_addr_file
 from pxo.edge.sources import all_tables
@@ -116,7 +116,7 @@ def scan_floor(root: Path, n: int, pipe: str, repeat: int = 5) -> float:
     (one thread, as an edge runs it), warm, the median of ``repeat`` runs, summed
     over the edges. No gRPC, no Python server, no merge: a floor under pxo's CPU."""
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    plan = planner.plan_pipe(pipe, {t.name: t for t in all_tables()}, now=now)
+    plan = plan_pipe(pipe, {t.name: t for t in all_tables()}, now=now)
     total = 0.0
     for i in range(n):
         con = duckdb.connect(str(root / f"e{i}" / "edge.duckdb"), read_only=True, config={"threads": 1})

@@ -33,15 +33,16 @@ def _deny(message: str) -> Callable[[Any, grpc.ServicerContext], Any]:
     return handler
 
 
-class ClusterTokenInterceptor(grpc.ServerInterceptor):
+class ClusterTokenInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # grpc-stubs: generic
     def __init__(self, token: str, *, methods: frozenset[str] = CLOUD_METHODS) -> None:
         if not token:
             raise ValueError("a cluster token interceptor needs a token")
         self._token = token.encode()
         self._methods = methods
 
-    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-                          handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+    def intercept_service(
+            self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+            handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(handler_call_details)
         if handler is None or handler_call_details.method not in self._methods:
             return handler

@@ -1,8 +1,9 @@
 """Errors raised by the collector.
 
     CollectorError        anything the collector reports
-    └── QueryError        the query cannot run: syntax, unknown table, refused SQL;
-                          carries a 1-based line/column and a hint
+    └── QueryError        the query cannot run: syntax, types, refused SQL, an integer
+        │                 overflow; carries a 1-based line/column and a hint
+        └── UnknownTable  it names a table no edge has (``table``)
 
 Errors from grpc and duckdb are translated where they enter.
 """
@@ -27,13 +28,25 @@ class QueryError(CollectorError):
     @classmethod
     def at(cls, text: str, offset: int | None, message: str, hint: str = "") -> QueryError:
         """An error at a 0-based character offset of ``text``."""
-        if offset is None:
-            return cls(message, hint=hint)
-        offset = max(0, min(offset, len(text)))
-        before = text[:offset]
-        line = before.count("\n") + 1
-        column = offset - (before.rfind("\n") + 1) + 1
+        line, column = position(text, offset)
         return cls(message, line=line, column=column, hint=hint)
 
     def to_proto(self) -> pxo_pb2.QueryError:
         return pxo_pb2.QueryError(message=self.message, line=self.line, column=self.column, hint=self.hint)
+
+
+class UnknownTable(QueryError):
+    """The query reads a table that no edge has; ``table`` is its name as written."""
+
+    def __init__(self, table: str, message: str, *, line: int = 0, column: int = 0, hint: str = "") -> None:
+        super().__init__(message, line=line, column=column, hint=hint)
+        self.table = table
+
+
+def position(text: str, offset: int | None) -> tuple[int, int]:
+    """The 1-based (line, column) of a 0-based offset of ``text``; (0, 0) for None."""
+    if offset is None:
+        return 0, 0
+    offset = max(0, min(offset, len(text)))
+    before = text[:offset]
+    return before.count("\n") + 1, offset - (before.rfind("\n") + 1) + 1

@@ -12,6 +12,7 @@ silently.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import threading
 import time
@@ -23,9 +24,11 @@ from typing import TypeVar
 import duckdb
 import grpc
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from pxo.collector import planner
 from pxo.collector.errors import QueryError
+from pxo.collector.plan import RELATIVE_ERROR, Plan, plan_pipe, plan_sql
+from pxo.collector.plan import sql as s
 from pxo.collector.registry import EdgeEntry, Registry
 from pxo.collector.scratch import scratch
 from pxo.common import arrowipc
@@ -40,7 +43,7 @@ State = pxo_pb2.NodeStatus.State
 @dataclass
 class NodeResult:
     node: str
-    state: int = State.OK
+    state: pxo_pb2.NodeStatus.State = State.OK
     detail: str = ""
     tables: dict[str, pa.Table] = field(default_factory=dict)
     rows: int = 0
@@ -80,15 +83,16 @@ class Executor:
 
     # -- one query ---------------------------------------------------------------
 
-    def plan(self, request: pxo_pb2.QueryRequest, catalog: Mapping[str, Table]) -> planner.Plan:
+    def plan(self, request: pxo_pb2.QueryRequest, catalog: Mapping[str, Table]) -> Plan:
         if request.syntax == pxo_pb2.SYNTAX_SQL:
-            return planner.plan_sql(request.text, catalog)
-        return planner.plan_pipe(request.text, catalog, now=self.clock())
+            return plan_sql(request.text, catalog)
+        return plan_pipe(request.text, catalog, now=self.clock())
 
     def run(self, request: pxo_pb2.QueryRequest) -> Iterator[pxo_pb2.QueryReply]:
         catalog = self.registry.catalog()
         plan, refusal = plan_or_refusal(lambda: self.plan(request, catalog), request.text)
         if plan is None:
+            assert refusal is not None
             yield refusal
             return
         cap = min(request.row_limit or self.row_cap, self.row_cap)
@@ -103,7 +107,7 @@ class Executor:
             return
         yield from self._merge(plan, results, cap)
 
-    def _fan_out(self, plan: planner.Plan, cap: int, timeout: float, budget: _Budget) -> list[NodeResult]:
+    def _fan_out(self, plan: Plan, cap: int, timeout: float, budget: _Budget) -> list[NodeResult]:
         results: list[NodeResult] = []
         pending: dict[futures.Future[NodeResult], NodeResult] = {}
         for entry in self.registry.snapshot():
@@ -121,7 +125,7 @@ class Executor:
         futures.wait(pending)
         return results
 
-    def _ask(self, entry: EdgeEntry, plan: planner.Plan, cap: int, timeout: float,
+    def _ask(self, entry: EdgeEntry, plan: Plan, cap: int, timeout: float,
              r: NodeResult, budget: _Budget) -> NodeResult:
         deadline = time.monotonic() + timeout
         stub = self.stub(entry.address)
@@ -163,7 +167,7 @@ class Executor:
             r.rows = 0
         return r
 
-    def _merge(self, plan: planner.Plan, results: list[NodeResult], cap: int) -> Iterator[pxo_pb2.QueryReply]:
+    def _merge(self, plan: Plan, results: list[NodeResult], cap: int) -> Iterator[pxo_pb2.QueryReply]:
         try:
             answer, truncated = merge_and_finish(plan, [(r.node, r.tables) for r in results if r.state == State.OK],
                                                  cap)
@@ -186,7 +190,7 @@ class Executor:
             rows=answer.num_rows,
             truncated=truncated,
             approximate_columns=list(plan.approximate),
-            relative_error=planner.SKETCH_RELATIVE_ERROR if plan.approximate else 0.0,
+            relative_error=RELATIVE_ERROR if plan.approximate else 0.0,
         ))
 
     def close(self) -> None:
@@ -245,12 +249,14 @@ def _mib(n: int) -> str:
     return f"{n / (1 << 20):.4g} MiB" if n >= 1 << 20 else f"{n / 1024:.4g} KiB"
 
 
-def merge_and_finish(plan: planner.Plan, parts: list[tuple[str, Mapping[str, pa.Table]]],
+def merge_and_finish(plan: Plan, parts: list[tuple[str, Mapping[str, pa.Table]]],
                      cap: int) -> tuple[pa.Table, bool]:
     """The collector's half of a query: the partial answers of the nodes that answered
     (node name, merge table name -> Arrow table) go into one in-memory DuckDB, and the
     plan's final step runs over them. Returns at most ``cap`` rows and whether the cap
-    cut the answer; QueryError when a node's partial answer was cut but must be complete."""
+    cut the answer; QueryError when a node's partial answer was cut but must be complete,
+    or when an integer overflowed (the answer's witness column names where: rows with
+    one come first, render_expr.py)."""
     for node, tables in parts:
         if any(t.num_rows > cap for t in tables.values()) and plan.complete:
             raise QueryError(f"node {node} holds more than {cap} matching rows or groups, more than a "
@@ -261,17 +267,22 @@ def merge_and_finish(plan: planner.Plan, parts: list[tuple[str, Mapping[str, pa.
         try:
             _fill(con, plan, parts, registered)
             try:
-                answer = con.sql(f"SELECT * FROM ({plan.final_sql}) LIMIT {cap + 1}").to_arrow_table()
+                answer = con.sql(plan.final_sql).limit(cap + 1).to_arrow_table()
             except duckdb.Error as exc:
                 raise QueryError(str(exc).splitlines()[0]) from exc
         finally:
             for name in registered:  # the view goes with the rollback, the Arrow data with this
                 con.unregister(name)
+    if plan.witness:
+        site = pc.min(answer.column(plan.witness)).as_py()
+        if site is not None:
+            raise plan.overflow(site)
+        answer = answer.drop_columns([plan.witness])
     truncated = answer.num_rows > cap or any(t.num_rows > cap for _, ts in parts for t in ts.values())
     return answer.slice(0, cap), truncated
 
 
-def _fill(con: duckdb.DuckDBPyConnection, plan: planner.Plan, parts: list[tuple[str, Mapping[str, pa.Table]]],
+def _fill(con: duckdb.DuckDBPyConnection, plan: Plan, parts: list[tuple[str, Mapping[str, pa.Table]]],
           registered: list[str]) -> None:
     """One relation per fragment holding every node's partial answer, cast to the planned
     types: a view over the parts concatenated in Arrow, which the final step reads in
@@ -291,8 +302,7 @@ def _fill(con: duckdb.DuckDBPyConnection, plan: planner.Plan, parts: list[tuple[
                                  for c, _ in fragment.columns})
                 pieces.append(part)
             if not pieces:
-                cols = ", ".join(f'"{n}" {t}' for n, t in fragment.columns)
-                con.execute(f'CREATE TEMP TABLE "{name}" ({cols})')
+                con.execute(_merge_table_sql(name, fragment.columns, None))
                 continue
             try:
                 merged = pa.concat_tables(pieces, promote_options="permissive")
@@ -301,7 +311,17 @@ def _fill(con: duckdb.DuckDBPyConnection, plan: planner.Plan, parts: list[tuple[
             arrow_name = f"pxo_part_{i}"
             con.register(arrow_name, merged)
             registered.append(arrow_name)
-            casts = ", ".join(f'CAST("{n}" AS {t}) AS "{n}"' for n, t in fragment.columns)
-            con.execute(f'CREATE TEMP VIEW "{name}" AS SELECT {casts} FROM {arrow_name}')
+            con.execute(_merge_table_sql(name, fragment.columns, arrow_name))
     except duckdb.Error as exc:
         raise QueryError(f"the nodes' partial answers do not merge: {str(exc).splitlines()[0]}") from exc
+
+
+@functools.lru_cache(maxsize=512)
+def _merge_table_sql(name: str, columns: tuple[tuple[str, str], ...], arrow: str | None) -> str:
+    """The merge table ``name``: a view over the registered Arrow data ``arrow`` with the
+    planned types, or (None: no node sent rows) an empty table of them. The same for
+    every run of a plan, so written once."""
+    if arrow is None:
+        return s.to_sql(s.create_temp_table(name, columns))
+    return s.to_sql(s.create_temp_view(name, s.from_(s.select(*[(n, s.cast(s.col(n), t)) for n, t in columns]),
+                                                     arrow)))

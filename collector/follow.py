@@ -6,7 +6,8 @@ the whole answer and is refused with a positioned error. The edge fragment is
 the planner's own (so it is gated and typed exactly as for a query); the
 range's end stays open for `last` and `since` (rows keep arriving after now),
 and is kept for `between`. A range opener also asks each edge for its backlog:
-the matching rows already stored, then the live ones.
+the matching rows already stored, then the live ones. A row whose integer
+arithmetic overflowed ends the stream with the error that names the expression.
 
 Fan-in (``Follow``): one thread per edge reads its Edge.Follow stream; batches
 are cast to the planned schema and interleaved into one stream of QueryReply
@@ -31,10 +32,14 @@ from dataclasses import dataclass, field
 
 import grpc
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from pxo.collector import planner, query
+from pxo.collector import query
 from pxo.collector.errors import QueryError
 from pxo.collector.executor import plan_or_refusal, skip_reason
+from pxo.collector.plan import LOCAL, Fragment, Plan, plan_pipe
+from pxo.collector.plan import sql as s
+from pxo.collector.plan.model import OV
 from pxo.collector.registry import EdgeEntry, Registry
 from pxo.collector.scratch import scratch
 from pxo.common import arrowipc
@@ -58,12 +63,15 @@ _follows = threading.BoundedSemaphore(MAX_FOLLOWS)
 @dataclass(frozen=True)
 class FollowPlan:
     table: str
-    fragment: planner.Fragment
+    fragment: Fragment
     start: dt.datetime | None
     end: dt.datetime | None
     backlog: bool
     schema: pa.Schema
-    skip_reason: Callable[[str], str]  # why a node cannot contribute ('' when it can)
+    plan: Plan  # the query's: why a node cannot contribute, what an overflow names
+
+    def skip_reason(self, node: str) -> str:
+        return self.plan.skip_reason(node)
 
     def request(self, node: str, *, backlog: bool, row_limit: int) -> pxo_pb2.FollowRequest:
         return pxo_pb2.FollowRequest(table=self.fragment.table, sql=self.fragment.sql(node),
@@ -79,18 +87,24 @@ def plan_follow(request: pxo_pb2.QueryRequest, catalog: Mapping[str, Table], *, 
     text = request.text
     p = query.parse(text)
     for op in p.ops:
-        if not isinstance(op, (*planner.LOCAL, query.Last, query.Since, query.Between)):
+        if not isinstance(op, (*LOCAL, query.Last, query.Since, query.Between)):
             raise QueryError.at(text, op.pos, NOT_ROW_LOCAL)
-    plan = planner.plan_pipe(text, catalog, now=now)
+    plan = plan_pipe(text, catalog, now=now)
     (fragment,) = plan.fragments.values()
     rng = p.range_op
     end = plan.end if isinstance(rng, query.Between) else (FOREVER if rng is not None else None)
-    params = {"start": plan.start, "end": end} if rng is not None else {}
+    schema = arrow_schema(tuple((n, t) for n, t in fragment.columns if n != OV))
+    return FollowPlan(fragment.table, fragment, plan.start, end, rng is not None, schema, plan)
+
+
+def arrow_schema(columns: tuple[tuple[str, str], ...]) -> pa.Schema:
+    """The Arrow schema DuckDB gives columns of these (planned) DuckDB types: what the
+    edges' batches are cast to."""
     with scratch() as con:
-        con.execute(catalog[fragment.table].ddl(temp=True))
-        schema = con.sql(f"SELECT * FROM ({fragment.sql('probe')}) LIMIT 0",
-                         params=params or None).to_arrow_table().schema
-    return FollowPlan(fragment.table, fragment, plan.start, end, rng is not None, schema, plan.skip_reason)
+        return con.sql(s.to_sql(s.select(*[(n, s.null(t)) for n, t in columns]))).limit(0).to_arrow_table().schema
+
+
+_Ended = tuple[str, pxo_pb2.NodeStatus.State, str]  # a node's stream ended: (node, state, detail)
 
 
 @dataclass
@@ -106,7 +120,7 @@ class _Link:
     ended_at: float = 0.0  # monotonic time its last stream ended
     detail: str = ""  # what to say once the edge confirms
     confirmed: threading.Event = field(default_factory=threading.Event)
-    reported: tuple[int, str] | None = None  # the last state sent for it (state, detail)
+    reported: tuple[pxo_pb2.NodeStatus.State, str] | None = None  # the last state sent for it (state, detail)
 
     @property
     def running(self) -> bool:
@@ -124,7 +138,7 @@ class Follow:
         self.row_limit = row_limit
         self.retry_after = retry_after
         self.check_every = check_every
-        self._out: queue.Queue[pxo_pb2.QueryReply | tuple[str, int, str]] = queue.Queue(queue_replies)
+        self._out: queue.Queue[pxo_pb2.QueryReply | _Ended] = queue.Queue(queue_replies)
         self._links: dict[str, _Link] = {}
         self._lock = threading.Lock()
         self.stop = threading.Event()
@@ -160,6 +174,8 @@ class Follow:
                         yield self._summary(changed)
                 else:
                     yield item
+                    if item.WhichOneof("part") == "error":  # an overflow: the query fails
+                        return
         finally:
             self.close()
 
@@ -169,7 +185,7 @@ class Follow:
             links = list(self._links.values())
         for link in links:
             if link.call is not None:
-                link.call.cancel()
+                link.call.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs: RpcContext.cancel
         for link in links:
             if link.thread is not None:
                 link.thread.join(timeout=2)
@@ -182,7 +198,7 @@ class Follow:
             nodes=statuses, partial=any(s.state not in (State.OK, State.SKIPPED) for s in statuses),
             start_unix_us=to_unix_us(self.plan.start) if self.plan.start else 0))
 
-    def _note(self, node: str, state: int, detail: str) -> list[pxo_pb2.NodeStatus]:
+    def _note(self, node: str, state: pxo_pb2.NodeStatus.State, detail: str) -> list[pxo_pb2.NodeStatus]:
         link = self._links[node]
         if link.reported == (state, detail):
             return []
@@ -232,7 +248,7 @@ class Follow:
 
     # -- one edge ------------------------------------------------------------------
 
-    def _put(self, item: pxo_pb2.QueryReply | tuple[str, int, str]) -> bool:
+    def _put(self, item: pxo_pb2.QueryReply | _Ended) -> bool:
         while not self.stop.is_set():
             try:
                 self._out.put(item, timeout=0.25)
@@ -260,7 +276,12 @@ class Follow:
                 for b in batches:
                     if not b.num_rows:
                         continue
-                    part = pa.Table.from_batches([b]).select(names).cast(self.plan.schema)
+                    part = pa.Table.from_batches([b])
+                    site = pc.min(part.column(OV)).as_py() if OV in part.column_names else None
+                    if site is not None:
+                        self._put(pxo_pb2.QueryReply(error=self.plan.plan.overflow(site).to_proto()))
+                        return
+                    part = part.select(names).cast(self.plan.schema)
                     for out in part.to_batches():
                         if not self._put(pxo_pb2.QueryReply(batch=pxo_pb2.ArrowBatch(
                                 ipc_stream=arrowipc.encode(out)))):
@@ -292,6 +313,7 @@ def serve(request: pxo_pb2.QueryRequest, context: grpc.ServicerContext, *, regis
     """Collector.Follow: plan, then stream until the client cancels."""
     plan, refusal = plan_or_refusal(lambda: plan_follow(request, registry.catalog(), now=now()), request.text)
     if plan is None:
+        assert refusal is not None
         yield refusal
         return
     if not _follows.acquire(blocking=False):

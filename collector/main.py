@@ -9,6 +9,7 @@ import logging
 import sys
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -97,7 +98,8 @@ def serve(settings: CollectorSettings) -> tuple[grpc.Server, str, Executor, heal
     executor = Executor(registry, edge_timeout=settings.edge_timeout, row_cap=settings.row_cap,
                         byte_cap=int(settings.byte_cap_mb * (1 << 20)),
                         channel_factory=channel_factory(settings.tls, peer="edge"))
-    interceptors = [ClusterTokenInterceptor(settings.cluster_token)] if settings.cluster_token else []
+    interceptors: list[grpc.ServerInterceptor[Any, Any]] = \
+        [ClusterTokenInterceptor(settings.cluster_token)] if settings.cluster_token else []
     interceptors += role_interceptors(settings.tls, COLLECTOR_CALLERS)  # with TLS: edges register, the cloud asks
     rpc_pool = futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="collector-rpc")
     server = grpc.server(rpc_pool, interceptors=interceptors)

@@ -105,6 +105,7 @@ class Lit:
     kind: str
     value: object
     pos: int
+    source: str = field(default="", compare=False)  # as written (1TiB, 5m, "a\"b")
 
 
 @dataclass(frozen=True)
@@ -253,11 +254,6 @@ class Pipeline:
     def range_op(self) -> RangeOp | None:
         ranges = [op for op in self.ops if isinstance(op, Last | Since | Between)]
         return ranges[0] if ranges else None
-
-    @property
-    def range_seconds(self) -> int | None:
-        r = self.range_op
-        return r.seconds if isinstance(r, Last) else None
 
 
 def parse_time(text: str) -> dt.datetime:
@@ -567,31 +563,31 @@ class _Parser:
         kind = tok.kind
         if kind == "int":
             self.next()
-            return Lit("int", int(tok.text), tok.pos)
+            return Lit("int", int(tok.text), tok.pos, tok.text)
         if kind == "float":
             self.next()
             value = float(tok.text)
             if not math.isfinite(value):
                 raise self.error(f"{tok.text} is not a finite number", tok)
-            return Lit("float", value, tok.pos)
+            return Lit("float", value, tok.pos, tok.text)
         if kind == "bytes":
             self.next()
             unit = re.search(r"[A-Za-z]+$", tok.text)
             assert unit is not None
             number, scale = tok.text[:unit.start()], _BYTE_UNITS[unit.group()]
             if "." not in number:
-                return Lit("int", int(number) * scale, tok.pos)
+                return Lit("int", int(number) * scale, tok.pos, tok.text)
             value = float(number) * scale
             if value != int(value):
                 raise self.error(f"{tok.text} is not a whole number of bytes", tok)
-            return Lit("int", int(value), tok.pos)
+            return Lit("int", int(value), tok.pos, tok.text)
         if kind == "duration":
             self.next()
-            return Lit("duration", _duration_us(tok.text), tok.pos)
+            return Lit("duration", _duration_us(tok.text), tok.pos, tok.text)
         if kind == "time":
             self.next()
             try:
-                return Lit("time", parse_time(tok.text), tok.pos)
+                return Lit("time", parse_time(tok.text), tok.pos, tok.text)
             except ValueError:
                 raise self.error(f"{tok.text} is not a time", tok) from None
         if kind == "string":
@@ -599,7 +595,7 @@ class _Parser:
             text = _unescape(tok.text[1:-1])
             if "\x00" in text:
                 raise self.error("a string may not contain a NUL character", tok)
-            return Lit("str", text, tok.pos)
+            return Lit("str", text, tok.pos, tok.text)
         if kind == "numword":
             raise self.error(f"{tok.text!r} is not a number: durations end in ms, s, m, h, d or w "
                              "(30s), sizes in B, KB, MB, GB, TB, KiB, MiB, GiB or TiB (512MiB)", tok)
@@ -612,10 +608,10 @@ class _Parser:
             word = tok.text.lower()
             if word in ("true", "false"):
                 self.next()
-                return Lit("bool", word == "true", tok.pos)
+                return Lit("bool", word == "true", tok.pos, tok.text)
             if word == "null":
                 self.next()
-                return Lit("null", None, tok.pos)
+                return Lit("null", None, tok.pos, tok.text)
             if word in KEYWORDS:
                 raise self.error(f"expected an expression, found the keyword {tok.text!r}", tok)
             self.next()
@@ -647,6 +643,42 @@ def _did_you_mean(name: str, choices: tuple[str, ...] | list[str]) -> str:
 
     close = difflib.get_close_matches(name, list(choices), n=1)
     return f"did you mean {close[0]}?" if close else ""
+
+
+_PRECEDENCE = {"or": 1, "and": 2, "==": 4, "!=": 4, "<": 4, "<=": 4, ">": 4, ">=": 4, "=~": 4, "contains": 4,
+               "!contains": 4, "+": 5, "-": 5, "*": 6, "/": 6, "%": 6}
+
+
+def unparse(e: Expr, outer: int = 0) -> str:
+    """``e`` written in the language again (for messages that name an expression)."""
+    if isinstance(e, Lit):
+        if e.source:
+            return e.source
+        if e.kind == "str":
+            return '"' + str(e.value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if e.kind == "null":
+            return "null"
+        if e.kind == "bool":
+            return "true" if e.value else "false"
+        if e.kind == "duration":
+            return f"{int(e.value) / 1e6:g}s"  # type: ignore[call-overload]
+        if e.kind == "time":
+            return f"{e.value:%Y-%m-%dT%H:%M:%S}Z"
+        return str(e.value)
+    if isinstance(e, Col):
+        return e.name
+    if isinstance(e, Call):
+        return f"{e.name}({', '.join(unparse(a) for a in e.args)})"
+    if isinstance(e, InList):
+        items = ", ".join(unparse(i) for i in e.items)
+        text = f"{unparse(e.operand, 4)} {'!in' if e.negate else 'in'} ({items})"
+        return f"({text})" if outer > 4 else text
+    if isinstance(e, Unary):
+        text = f"not {unparse(e.operand, 3)}" if e.op == "not" else f"-{unparse(e.operand, 7)}"
+        return f"({text})" if outer > (3 if e.op == "not" else 7) else text
+    level = _PRECEDENCE[e.op]
+    text = f"{unparse(e.left, level)} {e.op} {unparse(e.right, level + 1)}"
+    return f"({text})" if outer > level else text
 
 
 def parse(text: str) -> Pipeline:

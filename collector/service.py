@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import cast
 
 import grpc
 
@@ -50,7 +51,7 @@ class CollectorService(pxo_pb2_grpc.CollectorServicer):
 
     def ListNodes(self, request: pxo_pb2.ListNodesRequest, context: grpc.ServicerContext) -> pxo_pb2.ListNodesReply:
         return pxo_pb2.ListNodesReply(nodes=[
-            pxo_pb2.NodeEntry(info=e.info, state=e.state,
+            pxo_pb2.NodeEntry(info=e.info, state=cast("pxo_pb2.NodeEntry.State", e.state),  # the enum's value
                               last_heartbeat_unix_us=int(e.last_seen_wall * 1_000_000))
             for e in self.registry.snapshot()
         ])

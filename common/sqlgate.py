@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import functools
 import json
-import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import duckdb
-
+from pxo.common import duckpool
 from pxo.common.contract import MAX_QUERY_CHARS
+from pxo.common.duckpool import HARDENED
 
 # Pure functions and operators a query may use. Anything else is refused.
 ALLOWED_FUNCTIONS = frozenset(
@@ -56,42 +55,22 @@ _QUERY_NODES = {"SELECT_NODE", "SET_OPERATION_NODE", "CTE_NODE"}
 
 @dataclass
 class SqlRefused(Exception):
-    """The SQL is not allowed or does not parse; ``position`` is a 0-based offset or None."""
+    """The SQL is not allowed or does not parse; ``position`` is a 0-based offset or None;
+    ``table``, when the refusal is an unknown table, is its name."""
 
     message: str
     position: int | None = None
     hint: str = ""
+    table: str | None = None
 
     def __str__(self) -> str:
         return self.message
 
 
-# Settings of every DuckDB connection that parses or runs query SQL (with
-# lock_configuration set after opening, where the owner has no more to set):
-# no files, no network, no extensions loaded or installed behind our back.
-HARDENED: dict[str, bool] = {
-    "enable_external_access": False,
-    "autoload_known_extensions": False,
-    "autoinstall_known_extensions": False,
-}
-
-_local = threading.local()
-_root: duckdb.DuckDBPyConnection | None = None
-_root_lock = threading.Lock()
-
-
-def _parser() -> duckdb.DuckDBPyConnection:
-    """This thread's parser: a cursor on one shared in-memory database (opening a
-    database costs 15-25 ms, a cursor a few microseconds; the parser only serializes
-    parse trees, so the threads share nothing they could conflict on)."""
-    global _root
-    con = getattr(_local, "con", None)
-    if con is None:
-        with _root_lock:
-            if _root is None:
-                _root = duckdb.connect(":memory:", config={**HARDENED, "threads": 1})
-            con = _local.con = _root.cursor()
-    return con
+# The parser: each thread parses on its own cursor of one database (the parser only
+# serializes parse trees, so the threads share nothing they could conflict on).
+PARSER = duckpool.pool("sqlgate")
+__all__ = ["HARDENED", "SqlRefused", "check", "parse"]  # HARDENED: the edge's store reads it here
 
 
 def parse(sql: str) -> dict[str, Any]:
@@ -100,7 +79,7 @@ def parse(sql: str) -> dict[str, Any]:
         raise SqlRefused(f"the SQL is {len(sql)} characters long; the limit is {MAX_QUERY_CHARS}")
     if "\x00" in sql:
         raise SqlRefused("the SQL contains a NUL character")
-    rows = _parser().execute("SELECT json_serialize_sql($1::VARCHAR)", [sql]).fetchall()
+    rows = PARSER.cursor().execute("SELECT json_serialize_sql($1::VARCHAR)", [sql]).fetchall()
     tree: dict[str, Any] = json.loads(rows[0][0])
     if tree.get("error"):
         msg = tree.get("error_message", "the SQL does not parse")
@@ -173,7 +152,7 @@ def _check(sql: str, allowed: frozenset[str]) -> set[str]:
                 continue
             if name not in allowed:
                 raise SqlRefused(f"unknown table {name!r}", _location(node),
-                                 hint="tables: " + ", ".join(sorted(allowed)))
+                                 hint="tables: " + ", ".join(sorted(allowed)), table=str(node.get("table_name", "")))
             used.add(name)
         elif ntype == "TABLE_FUNCTION":
             fn = node.get("function", {}).get("function_name", "?")

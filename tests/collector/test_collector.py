@@ -200,3 +200,13 @@ def test_partial_answers_over_the_byte_cap_fail_the_query_clearly(tmp_path: Path
     assert "partial answers exceed the collector's limit of 1.023 KiB (--byte-cap-mb)" in err.message
     # an answer that fits still comes back
     assert query(addr, "oom_events | last 1h | summarize n = count()")["table"].to_pylist() == [{"n": 59}]
+
+
+def test_integer_arithmetic_is_signed_and_an_overflow_is_one_error(cluster: tuple[str, dict[str, Service]]) -> None:
+    addr, _ = cluster
+    # file_rss_bytes (0) - anon_rss_bytes (2^29) is negative on every node: not an error there
+    ans = query(addr, "oom_events | extend headroom = file_rss_bytes - anon_rss_bytes | "
+                      "summarize low = min(headroom), n = count()")
+    assert ans["table"].to_pylist() == [{"low": -(1 << 29), "n": 5}] and not ans["summary"].partial
+    err = query(addr, "oom_events | extend x = anon_rss_bytes * 1TiB | take 3")["error"]
+    assert err.message.startswith("integer overflow in anon_rss_bytes * 1TiB:") and (err.line, err.column) == (1, 40)

@@ -1,55 +1,42 @@
 """Exactness, proven by property: for random rows, random ways of spreading them
 over 1..5 nodes (some possibly empty) and random queries from the grammar, the
 distributed answer (plan -> each node's own DuckDB runs its fragment -> the
-executor's merge and final step) equals the same query on one DuckDB holding
-every row. In-process, no gRPC: the merge is the executor's own code path.
+executor's merge and final step) is the answer the documented semantics give over
+every row at once: that of tests/collector/oracle.py, an evaluator in plain Python
+that shares no code with the planner. In-process, no gRPC: the merge is the
+executor's own code path.
 
 The one documented exception is the sketch percentiles (percentile, p50...p99):
 the plan names their columns as approximate, and a bare one is within
-SKETCH_RELATIVE_ERROR of the exact quantile_disc the reference computes."""
+RELATIVE_ERROR of the exact nearest-rank value the oracle computes."""
 
 from __future__ import annotations
 
 import datetime as dt
-import decimal
 import math
 import re
 
 import duckdb
-import pyarrow as pa
 import pytest
+import sqlglot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlglot import exp
 
-from pxo.collector import planner
+from pxo.collector import plan as planner
 from pxo.collector.errors import QueryError
 from pxo.collector.executor import merge_and_finish
-from pxo.common import sqlgate
-from pxo.common.schema import TIME, Column, Table
-
-TABLE = Table("events", "test rows", (
-    TIME,
-    Column("pod", "VARCHAR", ""),
-    Column("ns", "VARCHAR", ""),
-    Column("pid", "INTEGER", ""),
-    Column("bytes", "UBIGINT", ""),
-    Column("score", "DOUBLE", ""),
-    Column("flag", "BOOLEAN", ""),
-))
-CATALOG = {"events": TABLE}
-NOW = dt.datetime(2026, 11, 24, 12, 0, 0)
-CAP = 10_000
-NODES = ["n0", "n1", "n2", "n3", "n4"]
-
-rows_st = st.lists(st.fixed_dictionaries({
-    "time": st.integers(0, 7200).map(lambda s: NOW - dt.timedelta(seconds=s, microseconds=s % 7)),
-    "pod": st.sampled_from(["a", "b", "Ab", "c", None]),
-    "ns": st.sampled_from(["prod", "dev"]),
-    "pid": st.integers(-3, 12),
-    "bytes": st.sampled_from([0, 1, 1000, 1024, 4096, 1 << 20, 1 << 40, None]),
-    "score": st.one_of(st.none(), st.integers(-8, 8).map(lambda i: i / 4)),  # exact in binary
-    "flag": st.one_of(st.none(), st.booleans()),
-}), max_size=40)
+from tests.collector.harness import (
+    CATALOG,
+    NOW,
+    TABLE,
+    assert_same,
+    check,
+    distributed,
+    expected,
+    rows_st,
+    within_sketch_error,
+)
 
 NUMERIC = ["pid", "bytes", "score"]
 PREDICATES = ['pod == "a"', "pid > 3", "bytes >= 1KiB", 'pod =~ "^[ab]"', 'pod in ("a", "b")', "isnull(score)",
@@ -157,110 +144,32 @@ def _words(pred: str) -> list[str]:
             if w not in ("and", "or", "not", "in", "contains", "isnull", "isnotnull", "null", "T", "Z")]
 
 
-def _load(con: duckdb.DuckDBPyConnection, rows: list[dict], *, with_node: bool) -> None:
-    cols = ", ".join(f'"{c.name}" {c.type}' for c in TABLE.columns)
-    con.execute(f'CREATE TABLE events ({"node VARCHAR, " if with_node else ""}{cols})')
-    names = (["node"] if with_node else []) + TABLE.column_names
-    if rows:
-        con.executemany(f"INSERT INTO events VALUES ({', '.join('?' for _ in names)})",
-                        [[r[n] for n in names] for r in rows])
-
-
-def _params(plan: planner.Plan, sql: str) -> dict[str, object] | None:
-    params = {k: v for k, v in (("start", plan.start), ("end", plan.end)) if f"${k}" in sql}
-    return params or None
-
-
-def distributed(plan: planner.Plan, rows: list[dict], assign: list[int], n_nodes: int) -> pa.Table:
-    parts = []
-    for i in range(n_nodes):
-        node = NODES[i]
-        if plan.skip_reason(node):
-            continue
-        con = duckdb.connect()
-        _load(con, [r for r, a in zip(rows, assign, strict=True) if a == i], with_node=False)
-        tables = {}
-        for name, frag in plan.fragments.items():
-            sql = frag.sql(node)
-            sqlgate.check(sql, CATALOG)  # what an edge would refuse, the planner must never produce
-            limit = plan.edge_row_limit if 0 < plan.edge_row_limit <= CAP else CAP + 1
-            tables[name] = con.sql(sql, params=_params(plan, sql)).to_arrow_table().slice(0, limit)
-        con.close()
-        parts.append((node, tables))
-    answer, truncated = merge_and_finish(plan, parts, CAP)
-    assert not truncated
-    return answer
-
-
-def reference(plan: planner.Plan, rows: list[dict], assign: list[int]) -> pa.Table:
-    con = duckdb.connect()
-    _load(con, [{**r, "node": NODES[a]} for r, a in zip(rows, assign, strict=True)], with_node=True)
-    return con.sql(plan.reference_sql, params=_params(plan, plan.reference_sql)).to_arrow_table()
-
-
-def _same(a: object, b: object) -> bool:
-    if isinstance(a, decimal.Decimal | int) and isinstance(b, decimal.Decimal | int) \
-            and not isinstance(a, bool) and not isinstance(b, bool):
-        return decimal.Decimal(a) == decimal.Decimal(b)
-    if isinstance(a, float) and isinstance(b, float | int | decimal.Decimal):
-        if math.isnan(a) or math.isnan(float(b)):
-            return math.isnan(a) and math.isnan(float(b))
-        return math.isclose(a, float(b), rel_tol=1e-9, abs_tol=1e-9)
-    return a == b
-
-
-def _within_sketch_error(got: object, want: object) -> bool:
-    if got is None or want is None:
-        return got is None and want is None
-    g, w = float(got), float(want)  # type: ignore[arg-type]
-    return abs(g - w) <= planner.SKETCH_RELATIVE_ERROR * abs(w) * (1 + 1e-9) + 1e-300
-
-
-def assert_same(got: pa.Table, want: pa.Table, text: str, approximate: tuple[str, ...] = ()) -> None:
-    """Equal, but for the sketch percentile columns ``approximate``: a bare one
-    (``c0 = p50(x)``) within the sketch's error; one in an expression, null alike."""
-    assert got.column_names == want.column_names, text
-    bare = set(re.findall(r"\b(c\d+) = (?:percentile|p50|p90)\([^()]*\)(?! \*)", text))
-    g, w = got.to_pylist(), want.to_pylist()
-    assert len(g) == len(w), (text, g, w)
-    for rg, rw in zip(g, w, strict=True):
-        for c in want.column_names:
-            if c in bare:
-                assert _within_sketch_error(rg[c], rw[c]), (text, c, rg, rw)
-            elif c in approximate:
-                assert (rg[c] is None) == (rw[c] is None), (text, c, rg, rw)
-            else:
-                assert _same(rg[c], rw[c]), (text, c, rg, rw)
-
-
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=rows_st, n_nodes=st.integers(1, 5), text=queries(), data=st.data())
-def test_distributed_answer_equals_single_database(rows: list[dict], n_nodes: int, text: str,
-                                                   data: st.DataObject) -> None:
+def test_distributed_answer_is_the_documented_one(rows: list[dict], n_nodes: int, text: str,
+                                                  data: st.DataObject) -> None:
     assign = data.draw(st.lists(st.integers(0, n_nodes - 1), min_size=len(rows), max_size=len(rows)))
     try:
-        plan = planner.plan_pipe(text, CATALOG, now=NOW)
+        plan = check(text, rows, assign, n_nodes)
     except QueryError:
         return  # e.g. a sort key the generator projected away: refused cleanly, nothing to compare
-    sqlgate.check(plan.final_sql, CATALOG)
-    assert_same(distributed(plan, rows, assign, n_nodes), reference(plan, rows, assign), text, plan.approximate)
     sketched = re.findall(r"\b(c\d+) = (?:percentile|p50|p90)\(", text)
-    assert set(plan.approximate) == set(sketched) & set(plan.columns), (text, plan.approximate)
-
+    columns = merge_and_finish(plan, [], 10)[0].column_names
+    assert set(plan.approximate) == set(sketched) & set(columns), (text, plan.approximate)
 
 
 def test_the_percentile_rank_matches_quantile_disc() -> None:
-    # The collector finishes percentiles from weighted values with DuckDB's own rank rule;
-    # check the rule against quantile_disc itself for every n up to 300 and awkward q.
+    # The collector finishes percentiles from weighted values with DuckDB's own rank rule
+    # (and the docs and the oracle state it): check the rule against quantile_disc itself
+    # for every n up to 300 and awkward q.
     qs = [0, 0.1, 1, 5, 10, 12.5, 25, 29, 33.3, 50, 57, 66.7, 75, 90, 95, 99, 99.9, 100]
     con = duckdb.connect()
     for q in qs:
-        lit = planner.sql_literal(q / 100)
+        lit = f"CAST({q / 100!r} AS DOUBLE)"
         bad = con.execute(f"""
             SELECT n, quantile_disc(x, {lit}) AS got FROM range(1, 301) a(n), LATERAL (SELECT range AS x FROM range(n))
             GROUP BY n
-            HAVING got <> greatest(1, CAST(n AS DOUBLE) - floor(CAST(n AS DOUBLE) - CAST({lit} AS DOUBLE)
-                                                                * CAST(n AS DOUBLE))) - 1
+            HAVING got <> greatest(1, CAST(n AS DOUBLE) - floor(CAST(n AS DOUBLE) - {lit} * CAST(n AS DOUBLE))) - 1
         """).fetchall()
         assert bad == [], q
 
@@ -281,27 +190,32 @@ def ordered_queries(draw: st.DrawFn) -> str:
 @given(rows=rows_st.filter(lambda r: len(r) >= 3), n_nodes=st.integers(1, 5), text=ordered_queries(), data=st.data())
 def test_top_n_pushdown_is_exact_under_ties(rows: list[dict], n_nodes: int, text: str, data: st.DataObject) -> None:
     assign = data.draw(st.lists(st.integers(0, n_nodes - 1), min_size=len(rows), max_size=len(rows)))
-    plan = planner.plan_pipe(text, CATALOG, now=NOW)
-    assert_same(distributed(plan, rows, assign, n_nodes), reference(plan, rows, assign), text)
+    check(text, rows, assign, n_nodes)
+
+
+def _edge_scan_columns(sql: str) -> list[str]:
+    """The columns an edge's fragment reads from its table (its first stage's SELECT)."""
+    scan = next(s for s in sqlglot.parse_one(sql, read="duckdb").find_all(exp.Select)
+                if isinstance(s.args["from_"].this, exp.Table) and s.args["from_"].this.name == "events")
+    return sorted(e.alias_or_name for e in scan.expressions)
 
 
 @pytest.mark.parametrize("text, reads", [
     ("events | summarize n = count() by pod", ["pod"]),
     ("events | summarize n = count()", []),
-    ("events | where pid > 3 | extend pod = ns | summarize s = sum(bytes) by pod", ["ns", "pid", "pod", "bytes"]),
-    ("events | project-away pod | summarize n = dcount(ns) by bin(time, 5m)", ["time", "pod", "ns"]),
+    ("events | where pid > 3 | extend pod = ns | summarize s = sum(bytes) by pod", ["ns", "pid", "bytes"]),
+    ("events | project-away pod | summarize n = dcount(ns) by bin(time, 5m)", ["time", "ns"]),
     ("events | project p = pid * 2, ns | summarize p99(p) by ns", ["pid", "ns"]),
+    ("events | distinct pod", ["pod"]),
 ])
 def test_an_edge_that_summarizes_reads_only_the_columns_it_uses(text: str, reads: list[str]) -> None:
     rows = [{"time": NOW - dt.timedelta(seconds=i), "pod": "ab"[i % 2], "ns": ["prod", "dev"][i % 3 == 0],
              "pid": i, "bytes": i * 1000, "score": i / 4, "flag": i % 2 == 0} for i in range(20)]
     plan = planner.plan_pipe(text, CATALOG, now=NOW)
-    first = plan.fragments["events"].sql("n0").split(" FROM ", 1)[0]
-    assert sorted(re.findall(r'"(\w+)"', first.split("AS NOT MATERIALIZED", 1)[1])) == sorted(
-        ["node", *(c for c in TABLE.column_names if c in reads)]), first
+    assert _edge_scan_columns(plan.fragments["events"].sql("n0")) == sorted(
+        ["node", *(c for c in TABLE.column_names if c in reads)])
     assign = [i % 3 for i in range(len(rows))]
-    assert_same(distributed(plan, rows, assign, 3), reference(plan, rows, assign), text,
-                approximate=plan.approximate)
+    assert_same(distributed(plan, rows, assign, 3), expected(text, rows, assign), text, plan.approximate)
 
 
 def test_top_n_pushdown_orders_nan_and_infinities_like_one_duckdb() -> None:
@@ -313,7 +227,7 @@ def test_top_n_pushdown_orders_nan_and_infinities_like_one_duckdb() -> None:
                  "events | top 9 by score asc", "events | top 8 by score", "events | sort by score | take 4"]:
         plan = planner.plan_pipe(text, CATALOG, now=NOW)
         for assign in ([0] * len(rows), [i % 3 for i in range(len(rows))], [i // 4 for i in range(len(rows))]):
-            assert_same(distributed(plan, rows, assign, 3), reference(plan, rows, assign), text)
+            assert_same(distributed(plan, rows, assign, 3), expected(text, rows, assign), text)
 
 
 # -- the sketch percentiles' error bound ------------------------------------------------
@@ -343,10 +257,10 @@ def test_sketch_percentiles_are_within_their_error_bound(rows: list[dict], n_nod
     plan = planner.plan_pipe(text, CATALOG, now=NOW)
     assert plan.approximate == ("v",)
     got = {r.get("pod"): r["v"] for r in distributed(plan, rows, assign, n_nodes).to_pylist()}
-    want = {r.get("pod"): r["v"] for r in reference(plan, rows, assign).to_pylist()}
+    want = {r.get("pod"): r["v"] for r in expected(text, rows, assign)[1]}
     assert got.keys() == want.keys()
     for k, w in want.items():
-        assert _within_sketch_error(got[k], w), (text, k, got[k], w)
+        assert within_sketch_error(got[k], w), (text, k, got[k], w)
 
 
 def test_sketch_percentiles_keep_infinities_nan_and_zero() -> None:
@@ -354,13 +268,15 @@ def test_sketch_percentiles_keep_infinities_nan_and_zero() -> None:
     rows = [{"time": NOW - dt.timedelta(seconds=1), "pod": "a", "ns": "prod", "pid": 1, "bytes": 1,
              "score": v, "flag": None} for v in values]
     for q, want in [(0, float("-inf")), (30, 0.0), (45, 0.0), (85, float("inf"))]:
-        plan = planner.plan_pipe(f"events | summarize v = percentile(score, {q})", CATALOG, now=NOW)
+        text = f"events | summarize v = percentile(score, {q})"
+        plan = planner.plan_pipe(text, CATALOG, now=NOW)
         got = distributed(plan, rows, [i % 2 for i in range(len(rows))], 2).to_pylist()[0]["v"]
-        exact = reference(plan, rows, [0] * len(rows)).to_pylist()[0]["v"]
+        exact = expected(text, rows, [0] * len(rows))[1][0]["v"]
         assert got == want == exact, (q, got, exact)
-    plan = planner.plan_pipe("events | summarize v = percentile(score, 100)", CATALOG, now=NOW)
+    text = "events | summarize v = percentile(score, 100)"
+    plan = planner.plan_pipe(text, CATALOG, now=NOW)
     got = distributed(plan, rows, [i % 2 for i in range(len(rows))], 2).to_pylist()[0]["v"]
-    assert math.isnan(got) and math.isnan(reference(plan, rows, [0] * len(rows)).to_pylist()[0]["v"])
+    assert math.isnan(got) and math.isnan(expected(text, rows, [0] * len(rows))[1][0]["v"])
 
 
 def test_sketch_percentile_of_a_time_is_refused_with_a_pointer_to_the_exact_one() -> None:

@@ -88,6 +88,7 @@ class Follower:
         self.replies: queue.Queue[Any] = queue.Queue()
         self.rows: list[dict[str, Any]] = []
         self.statuses: list[pxo_pb2.NodeStatus] = []
+        self.errors: list[pxo_pb2.QueryError] = []
         self.schema = None
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -109,6 +110,8 @@ class Follower:
                     self.rows += b.to_pylist()
             elif part == "summary":
                 self.statuses += list(reply.summary.nodes)
+            else:
+                self.errors.append(reply.error)
         return reply
 
     def until(self, done: Any, what: str, timeout: float = 20.0) -> None:
@@ -332,3 +335,24 @@ def test_follow_needs_the_cluster_token(tmp_path: Path, services: list[Service])
                                  metadata=(("x-pxo-cluster-token", token),)))
     assert code == grpc.StatusCode.UNAUTHENTICATED
     assert reply.WhichOneof("part") == "error"  # with the token it is planned (and refused: summarize)
+
+
+def test_an_integer_overflow_ends_the_follow_with_the_error_naming_it(
+        tmp_path: Path, collector: str, live_edges: list[LiveEdge]) -> None:
+    a = LiveEdge(tmp_path / "a", collector, "node-a")
+    live_edges.append(a)
+    wait_nodes(collector, 1)
+    f = Follower(collector, "oom_events | extend headroom = total_vm_bytes - anon_rss_bytes, "
+                            "x = pid * anon_rss_bytes * 1TiB | project pid, headroom")
+    try:
+        f.until(lambda f: f.following("node-a"), "subscription of node-a")
+        a.add(0)  # pid 0: x is 0, headroom 2^30 - 2^29
+        f.until(lambda f: f.pids() == [0], "row 0")
+        assert f.rows[0]["headroom"] == 1 << 29
+        a.add(3)  # 3 * 2^29 * 2^40 is beyond 2^63
+        f.until(lambda f: f.errors, "the error")
+        assert f.errors[0].message.startswith("integer overflow in pid * anon_rss_bytes * 1TiB:")
+        assert (f.errors[0].line, f.errors[0].column) == (1, 90)
+        assert f.pids() == [0]  # the row that overflowed is not streamed
+    finally:
+        f.close()

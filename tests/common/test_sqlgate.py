@@ -69,6 +69,7 @@ def test_refusals_say_what_and_where() -> None:
     with pytest.raises(SqlRefused) as e:
         check("SELECT * FROM oom_event", TABLES)
     assert e.value.message == "unknown table 'oom_event'" and e.value.position == 14
+    assert e.value.table == "oom_event"  # code that needs the name reads it here, not in the message
     assert "oom_events" in e.value.hint
     with pytest.raises(SqlRefused) as e:
         check("SELECT pid FRM oom_events", TABLES)
@@ -112,7 +113,7 @@ def test_threads_share_one_parser_database_and_get_the_same_verdicts() -> None:
     assert want[0] == "oom_events" and want[-1].startswith("refused: table function read_csv()")
     cursors = []
     for _ in range(3):
-        t = threading.Thread(target=lambda: cursors.append(sqlgate._parser()))
+        t = threading.Thread(target=lambda: cursors.append(sqlgate.PARSER.cursor()))
         t.start()
         t.join()
     assert len({id(c) for c in cursors}) == 3  # a cursor per thread
