@@ -3,8 +3,9 @@
 - ``load_program("oom", kernel=...)`` passes every struct member offset the
   programs use, taken from the running kernel's BTF (edge/kernel.py; never
   from headers, which may belong to another kernel), with the program's own
-  settings as ``-D`` flags, and compiles ``bpf/<name>.bpf.c`` with BCC. Any
-  failure is a PrerequisiteError with one clear sentence.
+  settings as ``-D`` flags; ``bpf/<name>.bpf.c`` is compiled with BCC by a
+  helper process and pinned in bpffs, so it outlives the edge (edge/pins.py,
+  edge/loader.py). Any failure is a PrerequisiteError with one clear sentence.
 - ``SharedStruct`` is the base of every ctypes mirror of a struct in a
   ``bpf/*.h`` header; tests/edge/test_bpf_layout.py finds every subclass and
   has the BPF compiler check its size and offsets field by field.
@@ -22,10 +23,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-import pxo.bpf
 from pxo.common.timeutil import from_kernel_clock
-from pxo.edge.errors import PrerequisiteError
+from pxo.edge import pins
 from pxo.edge.kernel import Kernel
+from pxo.edge.loader import NodeKernel, load, node_kernel
+from pxo.edge.pins import PinnedProgram
 
 log = logging.getLogger(__name__)
 
@@ -74,60 +76,25 @@ def boot_to_utc(boot_ns: int) -> dt.datetime:
 
 def bpf_dir() -> Path:
     """Where bpf/*.bpf.c and their headers are (the pxo.bpf data package)."""
-    for p in pxo.bpf.__path__:
-        if (Path(p) / "cgroup.h").is_file():
-            return Path(p)
-    raise PrerequisiteError("pxo's BPF sources (bpf/*.bpf.c) are not installed with the package")
+    return pins.bpf_dir()
 
 
-def load_program(name: str, *, kernel: Kernel, settings: Mapping[str, int] | None = None) -> Any:
-    """Compile and load bpf/<name>.bpf.c for ``kernel``; returns the bcc.BPF object (probes auto-attached).
+def load_program(name: str, *, kernel: Kernel, settings: Mapping[str, int] | None = None) -> PinnedProgram:
+    """bpf/<name>.bpf.c for ``kernel``, loaded, attached and pinned: the programs pinned by an
+    earlier edge when they are what would be loaded now, else compiled by pxo's loader in a
+    helper process (edge/loader.py); the result offers what BCC's BPF object offered the
+    sources (``[map]``, ``detach_raw_tracepoint``, ``cleanup``), over libbpf.
 
-    ``kernel`` comes from edge.kernel.running_kernel(), which has checked the
-    node's prerequisites; every struct offset goes to the program as a -D flag
-    next to the program's own ``settings``.
+    ``kernel`` comes from SourceContext.kernel(), which has checked the node's prerequisites;
+    every struct offset goes to the program as a -D flag next to the program's own ``settings``.
+    Any failure is a PrerequisiteError with one clear sentence.
     """
+    if not isinstance(kernel, NodeKernel):  # a Kernel parsed here: its node's pins, at the default place
+        kernel = node_kernel(kernel.btf_path)
     flags = {**kernel.offsets, **(settings or {})}
-    src = bpf_dir()
-    cflags = [f"-D{k}={v}" for k, v in flags.items()] + [f"-I{src}"]
-    from bcc import BPF  # heavy, and only the edge needs it
-
-    try:
-        bpf = BPF(src_file=str(src / f"{name}.bpf.c"), cflags=cflags)
-    except Exception as exc:  # bcc raises a plain Exception on compile or load failure
-        raise PrerequisiteError(f"kernel {kernel.release} refused bpf/{name}.bpf.c: {exc}") from exc
-    ctypes.CDLL("libc.so.6").malloc_trim(0)  # the compiler's freed heap, before the next program compiles
-    log.info("bpf/%s.bpf.c loaded (struct offsets from %s)", name, kernel.btf_path)
-    return bpf
+    return load(name, kernel=kernel, flags=flags)
 
 
 def read_counter(bpf: Any, array: str) -> int:
     """Value of a one-slot BPF_ARRAY(u64) counter such as a program's lost-event count."""
     return int(bpf[array][ctypes.c_int(0)].value)
-
-
-_MADV_PAGEOUT = 21  # Linux 5.4+
-_COMPILER_LIBS = ("libLLVM", "libclang", "libbcc")
-
-
-def release_compiler_memory(maps: Path = Path("/proc/self/maps")) -> None:
-    """Once every program is loaded, give back what compiling them took.
-
-    BCC compiles with an embedded clang/LLVM: the compiler's heap is freed but
-    kept by malloc (malloc_trim returns it), and the compiler's code pages stay
-    resident (MADV_PAGEOUT drops the clean pages that only this process maps;
-    they fault back in if a program is ever compiled again).
-    """
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.malloc_trim(0)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    try:
-        lines = maps.read_text().splitlines()
-    except OSError:
-        return
-    for line in lines:
-        parts = line.split()
-        if len(parts) >= 6 and any(lib in parts[5] for lib in _COMPILER_LIBS):
-            lo, hi = (int(x, 16) for x in parts[0].split("-"))
-            libc.madvise(lo, hi - lo, _MADV_PAGEOUT)  # advice: failure changes nothing
-

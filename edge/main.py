@@ -27,9 +27,9 @@ from pxo.common.tls import (
 )
 from pxo.common.version import pxo_version
 from pxo.edge.attribution import AttributingSink, Attributor, KubePodWatcher
-from pxo.edge.bpf import release_compiler_memory
 from pxo.edge.errors import EdgeError
 from pxo.edge.metrics import EdgeCollector, EdgeMetrics
+from pxo.edge.pins import PIN_ROOT
 from pxo.edge.registration import Registration
 from pxo.edge.runtimes import RUNTIME_APIS, runtime_indexes
 from pxo.edge.service import EdgeService
@@ -50,6 +50,9 @@ class EdgeSettings(TlsSettings):
     node: str = Field(default_factory=socket.gethostname,
                       description="this node's name (in Kubernetes: spec.nodeName via the downward API)")
     data_dir: Path = Field(Path("/var/lib/pxo/edge"), description="directory of the DuckDB store")
+    bpf_pins: Path = Field(PIN_ROOT, description="bpffs directory where the eBPF programs, their maps and ring "
+                           "buffers are pinned, so that they keep capturing while the edge restarts (in "
+                           "Kubernetes: on the host's /sys/fs/bpf; `pxo delete` removes it)")
     listen: str = Field("127.0.0.1:50701", description="host:port to serve on (port 0: any free port)")
     advertise: str = Field("", description="host:port the collector should dial (default: the bound address)")
     collector: str = Field("", description="collector host:port to register with (empty: stand alone)")
@@ -110,7 +113,8 @@ class Edge:
         self.runtimes = runtime_indexes(settings.runtime_dir, factories=RUNTIME_APIS)
         self.attributor = Attributor(pods=self.pods, runtimes=self.runtimes)
         sink = AttributingSink(self.store, self.attributor, self.store.tables.values())
-        ctx = SourceContext(sink=sink, oom_recorded=self.store.oom_kill_recorded, statuses=self.extra_status)
+        ctx = SourceContext(sink=sink, oom_recorded=self.store.oom_kill_recorded, statuses=self.extra_status,
+                            pin_root=settings.bpf_pins)
         self.sources: list[Source] = build_sources(settings.sources, ctx)
         self.address = ""
         self.metrics = EdgeMetrics()
@@ -165,8 +169,6 @@ class Edge:
                 s.stop()
             self.store.close()
             raise EdgeError(message)
-        if "bcc" in sys.modules:
-            release_compiler_memory()
         if problems:
             log.warning("edge is DEGRADED: %s", "; ".join(f"{s.name}: {s.status.detail}" for s in problems))
         if self.settings.metrics:

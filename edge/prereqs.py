@@ -10,6 +10,7 @@ Which tracepoints the kernel has comes after all of these, from BTF
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import platform
 from collections.abc import Callable
@@ -18,6 +19,15 @@ from pathlib import Path
 from pxo.edge.errors import PrerequisiteError
 
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+
+
+def find_module(name: str) -> object:
+    """The module's spec, without importing it: importing bcc maps libbcc and LLVM (about
+    60 MiB), which only pxo's loader process needs (edge/loader.py). ImportError when absent."""
+    spec = importlib.util.find_spec(name)
+    if spec is None:
+        raise ImportError(f"No module named {name!r}")
+    return spec
 
 
 def effective_capabilities(status: Path = Path("/proc/self/status")) -> int:
@@ -48,7 +58,7 @@ def kernel_headers_dir(release: str, modules_root: Path = Path("/lib/modules")) 
 def missing_for_bpf(
     *,
     caps: int | None = None,
-    import_module: Callable[[str], object] = importlib.import_module,
+    import_module: Callable[[str], object] = find_module,
     release: str | None = None,
     modules_root: Path = Path("/lib/modules"),
     btf_path: Path = Path("/sys/kernel/btf/vmlinux"),

@@ -22,7 +22,9 @@ from pxo.common.contract import source_state
 from pxo.common.schema import Table
 from pxo.common.timeutil import unix_us
 from pxo.edge.btf import VMLINUX
-from pxo.edge.kernel import Kernel, running_kernel
+from pxo.edge.kernel import Kernel
+from pxo.edge.loader import node_kernel
+from pxo.edge.pins import PIN_ROOT
 from pxo.v1 import pxo_pb2
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,7 @@ class SourceContext:
     proc: Path = Path("/proc")
     mountinfo: Path = Path("/proc/self/mountinfo")
     kmsg: Path = Path("/dev/kmsg")
+    pin_root: Path = PIN_ROOT  # where the eBPF programs are pinned, to outlive the edge (edge/pins.py)
     use_bpf: bool = True  # False: eBPF sources refuse, the OOM source runs on the kernel log alone
     # recorded(boot_id, kmsg_seq, tid, time): is this OOM kill already in the store? (backlog recovery)
     oom_recorded: Callable[[str, int, int, dt.datetime], bool] = _never_recorded
@@ -74,8 +77,9 @@ class SourceContext:
     statuses: Callable[[], list[SourceStatus]] = field(default=list)
 
     def kernel(self) -> Kernel:
-        """The running kernel, once the node has what eBPF needs (else PrerequisiteError, one sentence)."""
-        return running_kernel(self.btf_path)
+        """The running kernel, once the node has what eBPF needs (else PrerequisiteError, one sentence);
+        its BTF's answers come from pxo's loader, so the edge never parses BTF (edge/loader.py)."""
+        return node_kernel(self.btf_path, self.pin_root)
 
 
 class Source(ABC):

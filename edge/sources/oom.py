@@ -402,6 +402,8 @@ class OomSource(Source):
                                    on_event=self._on_bpf_event, status=self.status)
         self.kmsg = KmsgInput(ctx.kmsg, on_kill=self._on_kill)
         self.joiner: OomJoiner | None = None
+        self._backlog: list[Kill] = []  # the kernel log's backlog, read before eBPF is open
+        self._drained: list[BpfKill] | None = None  # while draining eBPF's backlog
         self.boot_id = ""
         self._meminfo: dict[str, int] = {}
         self._symbols = KernelSymbols({})
@@ -426,18 +428,27 @@ class OomSource(Source):
                 self._hierarchy = memory_hierarchy(self.ctx.mountinfo)
             except EdgeError as exc:
                 log.info("no memory cgroup hierarchy (%s): oom_events.memcg_* columns stay empty", exc)
-        # The kernel log first: everything it holds now happened before eBPF watched, so it is the
-        # backlog (kills the edge missed); records read after eBPF is attached are live. Kills in
-        # between are read as live and, eBPF not having seen them, written from the log alone.
+        # The kernel log first: everything it holds now happened before this edge watched, so it is
+        # the backlog (kills the edge missed); records read after eBPF is open are live. The eBPF
+        # programs outlive the edge (edge/pins.py): when this edge adopts them, their ring buffer
+        # holds eBPF's account of the kills it missed, drained here and joined with the log's backlog
+        # (origin bpf+kmsg). Without that account a backlog kill is written from the log alone
+        # (kmsg-backlog), as are kills between reading the log and attaching freshly loaded programs.
         self.joiner = self._joiner(has_bpf=self.ctx.use_bpf, has_kmsg=True)
+        self._backlog = []
         try:
-            self.kmsg.open()  # reads the backlog
+            self.kmsg.open()  # reads the backlog into self._backlog
         except OSError as exc:
             self.kmsg_error = f"cannot read {self.ctx.kmsg}: {exc.strerror} (needs root or CAP_SYSLOG)"
             self.joiner.has_kmsg = False
-        self.joiner.expire(force=True)  # the backlog's rows are complete
         has_bpf = self._open_bpf()
         self.joiner.has_bpf = has_bpf
+        drained: list[BpfKill] = []
+        if has_bpf:
+            self._drained = drained
+            self.bpf.drain()  # the kills eBPF saw while no edge read them, oldest first
+            self._drained = None
+        self._join_backlog(drained)
         if not has_bpf and self.kmsg.fd is None:
             raise PrerequisiteError(f"{self.bpf_error}; and the kernel log is unavailable: {self.kmsg_error}")
         if not has_bpf:
@@ -468,6 +479,36 @@ class OomSource(Source):
             self.bpf_error = str(exc)
             return False
         return True
+
+    def _join_backlog(self, drained: list[BpfKill]) -> None:
+        """The kernel log's backlog, joined with what eBPF captured meanwhile (``drained``).
+
+        A backlog kill eBPF also holds goes to the joiner as a live pair (one row, bpf+kmsg),
+        unless the store already has it; the other backlog kills are the joiner's backlog
+        (written from the log alone, when not yet recorded)."""
+        assert self.joiner is not None
+        held = {k.tid for k in drained}
+        joinable = []
+        for kill in self._backlog:
+            if kill.pid in held and not kill.duplicate:
+                joinable.append(kill)
+            else:
+                self.joiner.on_kmsg(kill, backlog=True)
+        recorded = {k.pid for k in joinable
+                    if self.ctx.oom_recorded(self.boot_id, k.seq, k.pid, monotonic_to_utc(k.ts_us))}
+        for k in drained:
+            if k.tid not in recorded:
+                self.joiner.on_bpf(k)
+        for kill in joinable:
+            if kill.pid not in recorded:
+                self.joiner.on_kmsg(kill)
+        self._backlog = []
+        if drained:
+            log.info("oom: %d kill(s) eBPF captured while no edge was reading, %d of them in the kernel log's "
+                     "backlog", len(drained), len(joinable))
+            self.joiner.expire()  # their log lines may still come: not forced
+        else:
+            self.joiner.expire(force=True)  # the backlog's rows are complete
 
     def _joiner(self, *, has_bpf: bool, has_kmsg: bool) -> OomJoiner:
         return OomJoiner(
@@ -501,11 +542,18 @@ class OomSource(Source):
 
     def _on_bpf_event(self, event: OomEventC) -> None:
         assert self.joiner is not None
-        self.joiner.on_bpf(bpf_kill(event, symbols=self._symbols, single_node=self._single_node))
+        k = bpf_kill(event, symbols=self._symbols, single_node=self._single_node)
+        if self._drained is not None:  # open() is draining what eBPF held: joined with the log's backlog
+            self._drained.append(k)
+        else:
+            self.joiner.on_bpf(k)
 
     def _on_kill(self, kill: Kill, backlog: bool) -> None:
         assert self.joiner is not None
-        self.joiner.on_kmsg(kill, backlog=backlog)
+        if backlog:  # open() joins it with what eBPF held, once eBPF is open
+            self._backlog.append(kill)
+        else:
+            self.joiner.on_kmsg(kill)
 
     # -- rows --------------------------------------------------------------------
 

@@ -1,9 +1,9 @@
 """Ring-buffer eBPF programs: the input every event-per-struct program shares, and the
 source made of one such input and a row function.
 
-``RingBufferInput`` loads a program, opens its ring buffer and hands each
-event to a callback; a source is built from it (``RingBufferSource``: one
-input, one table) or from it and other inputs (the OOM source joins it with
+``RingBufferInput`` loads a program (pinned: it outlives the edge, see
+edge/pins.py), opens its ring buffer and hands each event to a callback; a
+source is built from it (``RingBufferSource``: one input, one table) or from it and other inputs (the OOM source joins it with
 the kernel log).
 """
 
@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from pxo.edge.bpf import SharedStruct, load_program, read_counter
 from pxo.edge.errors import PrerequisiteError
 from pxo.edge.kernel import Kernel
+from pxo.edge.pins import PinnedProgram, RingBuffer
 from pxo.edge.sources.base import Source, SourceContext, SourceStatus
 
 
@@ -36,31 +37,53 @@ class RingBufferInput:
         self.lost_counter = lost_counter
         self._on_event = on_event
         self._status = status
-        self.bpf: Any = None
+        self.bpf: PinnedProgram | None = None
+        self._ring: RingBuffer | None = None
 
     def open(self, kernel: Kernel, settings: Mapping[str, int]) -> None:
+        """Load (or adopt, when an earlier edge pinned the same) the program and map its ring buffer.
+
+        What the kernel wrote while no edge was reading waits in the ring buffer: the first
+        ``drain()`` or ``poll()`` delivers it, before anything newer."""
         flags = {f"{self.program.upper()}_EVENT_SIZE": ctypes.sizeof(self.event), **settings}
         self.bpf = load_program(self.program, kernel=kernel, settings=flags)
-        self.bpf[self.ring].open_ring_buffer(self._callback)
+        try:
+            self._ring = self.bpf.ring_buffer(self.ring, self._callback)
+        except Exception:
+            self.bpf.cleanup()
+            self.bpf = None
+            raise
 
-    def _callback(self, _ctx: Any, data: int, size: int) -> None:
+    @property
+    def adopted(self) -> bool:
+        """The program was pinned by an earlier edge (its ring buffer may hold a backlog)."""
+        return self.bpf is not None and self.bpf.adopted
+
+    def _callback(self, data: int, size: int) -> None:
         if size < ctypes.sizeof(self.event):
             self._status.lost += 1
             return
         self._on_event(self.event.from_address(data))
 
+    def drain(self) -> int:
+        """Deliver every event the ring buffer holds now; returns how many."""
+        return self._ring.consume() if self._ring is not None else 0
+
     def poll(self, timeout: float) -> None:
-        self.bpf.ring_buffer_poll(int(timeout * 1000))
+        assert self._ring is not None and self.bpf is not None
+        self._ring.poll(int(timeout * 1000))
         # The kernel's wakeup can be late or missed (seen on 7.2 under load: events sat in the
         # buffer for seconds): read whatever is there either way; it costs two loads when empty.
-        self.bpf.ring_buffer_consume()
+        self._ring.consume()
         self._status.lost = max(self._status.lost, read_counter(self.bpf, self.lost_counter))
 
     def close(self) -> None:
+        """Stop reading; the program stays pinned and keeps capturing for the next edge."""
         if self.bpf is not None:
-            self.bpf.ring_buffer_consume()  # what is already in the buffer still counts
+            self.drain()  # what is already in the buffer still counts
             self.bpf.cleanup()
             self.bpf = None
+            self._ring = None
 
 
 class RingBufferSource(Source):
