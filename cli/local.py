@@ -1,5 +1,7 @@
 """`pxo deploy --local`: collector, edge and cloud as background processes on
-loopback, sharing one data directory; `pxo delete --local` stops them.
+loopback, sharing one data directory; `pxo delete --local` stops them and
+removes the edge's eBPF programs, which stay pinned in bpffs while the edge
+restarts (the edge's loader unpins them: the CLI imports no edge code).
 
     <data_dir>/collector/   collector.addr
     <data_dir>/edge/        edge.duckdb, edge.addr
@@ -95,7 +97,7 @@ class LocalDeployment:
     def deploy(self, cfg: Config, *, ports: LocalPorts, node: str = "", timeout: float = 60.0) -> Config:
         if self.running():
             self.say("pxo is already running locally; restarting it")
-            self.delete()
+            self.delete(unpin=False)  # the new edge adopts the programs when they are still the ones it loads
         self.dir.mkdir(parents=True, exist_ok=True)
         node = node or socket.gethostname()
         started: list[str] = []
@@ -164,7 +166,8 @@ class LocalDeployment:
 
     # -- stop ------------------------------------------------------------------
 
-    def delete(self, *, quiet: bool = False, timeout: float = 10.0) -> list[str]:
+    def delete(self, *, quiet: bool = False, timeout: float = 10.0, unpin: bool = True) -> list[str]:
+        """Stop the components; ``unpin``: then remove the eBPF programs the edge left pinned."""
         stopped = []
         running = self.running()
         for name in reversed(COMPONENTS):
@@ -181,7 +184,18 @@ class LocalDeployment:
                     os.kill(pid, signal.SIGKILL)
                 stopped.append(name)
             self.pid_file(name).unlink(missing_ok=True)
+        if unpin:
+            self.unpin(quiet=quiet)
         return stopped
+
+    def unpin(self, *, quiet: bool = False) -> None:
+        """Remove the edge's pinned eBPF programs (/sys/fs/bpf/pxo): they stop capturing."""
+        out = subprocess.run([self.python, "-m", "pxo.edge.loader", "unpin"], capture_output=True, text=True,
+                             timeout=60, stdin=subprocess.DEVNULL, check=False)
+        if out.returncode != 0:
+            self.say(f"could not remove the edge's eBPF programs: {out.stderr.strip().splitlines()[-1:]}")
+        elif out.stdout.strip() and not quiet:
+            self.say(f"eBPF programs: {out.stdout.strip()}")
 
 
 def key_works(url: str, key: str) -> bool:

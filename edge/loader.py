@@ -8,6 +8,7 @@ process that runs for months, so the edge spawns this module:
 
     python -m pxo.edge.loader facts --btf /sys/kernel/btf/vmlinux --root /sys/fs/bpf/pxo
     python -m pxo.edge.loader load --root /sys/fs/bpf/pxo --program oom < manifest.json
+    python -m pxo.edge.loader unpin --root /sys/fs/bpf/pxo      (pxo delete)
 
 ``facts`` parses BTF and pins what the edge needs from it (every raw
 tracepoint's arguments, the verifier's helpers, every struct offset the
@@ -313,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     ld.add_argument("--root", type=Path, default=pins.PIN_ROOT)
     ld.add_argument("--program", required=True)
     ld.add_argument("--private", action="store_true", help="leave the pins in a directory of their own (printed)")
+    un = sub.add_parser("unpin", help="remove every pxo program pinned under --root (pxo delete): they detach")
+    un.add_argument("--root", type=Path, default=pins.PIN_ROOT)
     args = ap.parse_args(argv)
     # Before 5.11 maps are charged to RLIMIT_MEMLOCK (64 KiB by default): lift it, as BCC does.
     try:
@@ -323,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "facts":
             _write_facts(args.btf, args.root)
+        elif args.command == "unpin":
+            if pins.remove(args.root):
+                print(f"removed {args.root}")
         else:
             manifest = json.loads(sys.stdin.read())
             if manifest.get("program") != args.program:

@@ -69,9 +69,10 @@ def test_edge_daemonset() -> None:
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
     assert set(host.values()) >= {"/sys", "/sys/kernel/btf", "/sys/fs/cgroup", "/lib/modules", "/usr/src",
-                                  "/dev/kmsg"}
-    for name, path in host.items():  # read-only, except the store
-        assert mounts[name].get("readOnly") is (None if path == "/var/lib/pxo/edge" else True), path
+                                  "/dev/kmsg", "/sys/fs/bpf"}
+    for name, path in host.items():  # read-only, except the store and the pinned eBPF programs
+        assert mounts[name].get("readOnly") is (None if path in ("/var/lib/pxo/edge", "/sys/fs/bpf") else True), path
+    assert mounts["bpffs"]["mountPropagation"] == "Bidirectional"  # a bpffs the edge mounts outlives the pod
     env = {e["name"]: e for e in c["env"]}
     assert env["PXO_EDGE_NODE"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     assert c["resources"]["limits"]["memory"] and c["resources"]["requests"]["memory"]
