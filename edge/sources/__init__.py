@@ -7,6 +7,7 @@ from dataclasses import replace
 from pxo.common.schema import Table
 from pxo.edge.attribution import with_attribution
 from pxo.edge.sources.alloc import AllocRateBpfSource
+from pxo.edge.sources.alloc_faults import AllocFaultsSource
 from pxo.edge.sources.base import Source, SourceContext, SourceStatus
 from pxo.edge.sources.cgroupfs import ContainerMemorySource
 from pxo.edge.sources.exit import ProcessExitBpfSource
@@ -18,9 +19,17 @@ from pxo.edge.sources.status import ProbeStatusSource
 
 SOURCES: dict[str, type[Source]] = {
     cls.name: cls
-    for cls in (OomSource, KillBpfSource, ProcessExitBpfSource, AllocRateBpfSource, ReclaimBpfSource,
-                ContainerMemorySource, ProcessMemorySource, ProbeStatusSource)
+    for cls in (OomSource, KillBpfSource, ProcessExitBpfSource, AllocFaultsSource, AllocRateBpfSource,
+                ReclaimBpfSource, ContainerMemorySource, ProcessMemorySource, ProbeStatusSource)
 }
+
+# Run only when named: alloc_bpf counts alloc_rate exactly at a cost per page
+# (bench/overhead.py); alloc_faults fills the same table by default.
+OPT_IN = frozenset({AllocRateBpfSource.name})
+DEFAULT_SOURCES = [name for name in SOURCES if name not in OPT_IN]
+# Alternatives that fill the same table: when both are named, the first is left out
+# (an edge started with every source runs the exact alloc_rate only, never both).
+SUPERSEDED = {AllocFaultsSource.name: AllocRateBpfSource.name}
 
 
 def all_tables() -> list[Table]:
@@ -43,5 +52,5 @@ def build_sources(names: list[str], ctx: SourceContext) -> list[Source]:
         return [s.status for s in built if s.name != ProbeStatusSource.name] + outer()
 
     ctx = replace(ctx, statuses=statuses)
-    built.extend(SOURCES[name](ctx) for name in names)
+    built.extend(SOURCES[name](ctx) for name in names if SUPERSEDED.get(name) not in names)
     return built

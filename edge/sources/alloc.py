@@ -1,10 +1,14 @@
-"""Page allocations per process and memory cgroup per interval (bpf/alloc.bpf.c).
+"""Page allocations per process and memory cgroup per interval, exactly (bpf/alloc.bpf.c):
+the opt-in source alloc_bpf. The edge's default source of the same table,
+alloc_faults (edge/sources/alloc_faults.py), reads the page faults the kernel
+already counts instead, at no cost per page.
 
 The kernel counts pages in per-CPU maps on the raw tracepoint
 kmem:mm_page_alloc; this source drains them once per interval, double-buffered
 (see the comment at the top of bpf/alloc.bpf.c), and writes one alloc_rate row
 per (process, memory cgroup) that allocated in the interval. There is never
-one event per page.
+one event per page, but there is one program run per allocation: a few percent
+of a page-fault-bound workload's CPU (bench/overhead.py, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -33,10 +37,15 @@ _NO_BATCH = (524, errno.EOPNOTSUPP, errno.EINVAL)
 
 ALLOC_RATE = Table(
     "alloc_rate",
-    "Page allocations per process and memory cgroup per interval, counted in the kernel on "
-    "kmem:mm_page_alloc (every buddy allocation: page faults, page cache, slab, page tables...). "
-    "Charged to the task current on the CPU: allocations made in interrupt context (e.g. network "
-    "receive buffers) count for whatever task was interrupted. Freed pages are not subtracted.",
+    "Page allocations per process and memory cgroup per interval. By default (source alloc_faults) "
+    "the page faults the kernel counts per process (/proc/PID/stat minflt + majflt, and at exit), one "
+    "page each: anonymous memory, copy-on-write, file mappings; not page cache filled by read(), slab "
+    "or page tables; a huge page fault counts one page; a fault that maps a page already in memory "
+    "counts too. The cgroup is the process's at the end of the interval (or at its exit). The opt-in "
+    "source alloc_bpf counts every buddy allocation exactly on kmem:mm_page_alloc (page faults, page "
+    "cache, slab, page tables...), at a cost per page, charged to the task current on the CPU "
+    "(allocations in interrupt context count for whatever task was interrupted). Freed pages are "
+    "not subtracted.",
     (
         TIME,  # the end of the interval
         Column("interval_s", "DOUBLE", "Length of the interval that ends at time, seconds"),
@@ -46,7 +55,8 @@ ALLOC_RATE = Table(
                "Memory cgroup of the allocating task (v1 memory hierarchy or v2); NULL if already removed"),
         Column("cgroup_id", "UBIGINT", "Inode number of that memory cgroup's directory"),
         Column("alloc_bytes", "UBIGINT", "Bytes of pages allocated in the interval (alloc_pages x page size)"),
-        Column("alloc_pages", "UBIGINT", "Pages allocated in the interval (an order-n allocation counts 2^n)"),
+        Column("alloc_pages", "UBIGINT", "Pages allocated in the interval (alloc_faults: page faults; "
+               "alloc_bpf: an order-n allocation counts 2^n)"),
     ),
 )
 
@@ -92,6 +102,30 @@ class AllocCommC(SharedStruct):
     c_header = "alloc.h"
     c_struct = "alloc_comm"
     _fields_ = [("comm", ctypes.c_char * PXO_COMM_LEN)]
+
+
+def map_batches(op: Any, fd: int, keys: Any, values: Any, capacity: int) -> Iterator[int]:
+    """Run a BPF_MAP_*_BATCH operation over a whole map; yields how many
+    entries each call put at the start of keys and values.
+
+    (bcc's own items_*_batch share one integer between the batch cursor
+    and the count in bcc 0.26, so they are not used.)
+    """
+    in_batch, out_batch, count = ctypes.c_uint32(0), ctypes.c_uint32(0), ctypes.c_uint32(0)
+    first = True
+    while True:
+        count.value = capacity
+        res = op(fd, None if first else ctypes.byref(in_batch), ctypes.byref(out_batch),
+                 ctypes.byref(keys), ctypes.byref(values), ctypes.byref(count))
+        err = ctypes.get_errno()
+        if count.value:
+            yield count.value
+        if res != 0:
+            if err == errno.ENOENT:  # the whole map has been read
+                return
+            raise EdgeError(f"cannot drain the alloc_rate maps: {errno.errorcode.get(err, err)}")
+        in_batch.value = out_batch.value
+        first = False
 
 
 class AllocRateBpfSource(Source):
@@ -232,8 +266,8 @@ class AllocRateBpfSource(Source):
             if g == gen and words[at + _W_PAGES]:
                 counts[(words[at + _W_TGID] & 0xFFFFFFFF, words[at + _W_MEMCG])] += words[at + _W_PAGES]
         keys, values = b["hash_keys"], b["hash_values"]
-        for n in self._batches(lib.bpf_lookup_and_delete_batch, self._bpf[f"counts_{gen & 1}"].map_fd,
-                               keys, values, self.max_keys):
+        for n in map_batches(lib.bpf_lookup_and_delete_batch, self._bpf[f"counts_{gen & 1}"].map_fd,
+                             keys, values, self.max_keys):
             for i in range(n):
                 counts[(keys[i].tgid, keys[i].memcg_id)] += sum(values[i * ncpu:(i + 1) * ncpu])
         return counts
@@ -269,30 +303,6 @@ class AllocRateBpfSource(Source):
                 err = ctypes.get_errno()
                 raise EdgeError(f"cannot read the alloc_rate counters: {errno.errorcode.get(err, err)}")
         return self.slots
-
-    @staticmethod
-    def _batches(op: Any, fd: int, keys: Any, values: Any, capacity: int) -> Iterator[int]:
-        """Run a BPF_MAP_*_BATCH operation over a whole map; yields how many
-        entries each call put at the start of keys and values.
-
-        (bcc's own items_*_batch share one integer between the batch cursor
-        and the count in bcc 0.26, so they are not used.)
-        """
-        in_batch, out_batch, count = ctypes.c_uint32(0), ctypes.c_uint32(0), ctypes.c_uint32(0)
-        first = True
-        while True:
-            count.value = capacity
-            res = op(fd, None if first else ctypes.byref(in_batch), ctypes.byref(out_batch),
-                     ctypes.byref(keys), ctypes.byref(values), ctypes.byref(count))
-            err = ctypes.get_errno()
-            if count.value:
-                yield count.value
-            if res != 0:
-                if err == errno.ENOENT:  # the whole map has been read
-                    return
-                raise EdgeError(f"cannot drain the alloc_rate counters: {errno.errorcode.get(err, err)}")
-            in_batch.value = out_batch.value
-            first = False
 
     # -- enrichment -------------------------------------------------------------
 

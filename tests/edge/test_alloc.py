@@ -17,7 +17,7 @@ import pytest
 from pxo.edge.cgroups import ScratchCgroup
 from pxo.edge.sources.alloc import PAGE_SIZE, AllocRateBpfSource
 from pxo.edge.sources.base import SourceContext
-from tests.edge.sink import ListSink
+from tests.helpers.sink import ListSink
 
 pytestmark = pytest.mark.requires_bpf
 

@@ -1,0 +1,122 @@
+"""alloc_faults, the default source of alloc_rate: the kernel's own page-fault counts, read
+per interval from /proc and kept at exit by bpf/alloc.bpf.c (ALLOC_EXITS), against
+children that allocate a known amount and whose own counts the kernel reports to
+their parent (wait4's rusage).
+
+Other tests run on this machine at the same time: only rows of our own children's
+pids are looked at.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pxo.edge.cgroups import ScratchCgroup
+from pxo.edge.sources import DEFAULT_SOURCES, OPT_IN, SOURCES, build_sources
+from pxo.edge.sources.alloc import PAGE_SIZE
+from pxo.edge.sources.alloc_faults import AllocFaultsSource, read_stat
+from pxo.edge.sources.base import SourceContext
+from tests.edge.test_alloc import _CHILD, CHILD_COMM
+from tests.helpers.sink import ListSink
+
+MIB = 1 << 20
+SIZE = 512 * MIB
+
+
+def run_child(cg: ScratchCgroup, size: int, *, hold: float = 0.0) -> tuple[int, int]:
+    """A child that allocates ``size`` bytes page by page, then (after ``hold`` seconds) exits;
+    returns its pid and its page faults (minor + major) as the kernel reported them at its exit."""
+    script = _CHILD + (f"import time; time.sleep({hold})\n" if hold else "")
+    child = subprocess.Popen([sys.executable, "-c", script, str(cg.procs_file), str(size), CHILD_COMM])
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    assert child.returncode == 0
+    return child.pid, usage.ru_minflt + usage.ru_majflt
+
+
+def wait_reads(src: AllocFaultsSource, n: int, timeout: float = 10.0) -> None:
+    target = src.reads + n
+    end = time.monotonic() + timeout
+    while src.reads < target and time.monotonic() < end:
+        time.sleep(0.02)
+    assert src.reads >= target, "the source stopped reading"
+
+
+@pytest.mark.requires_bpf
+def test_a_known_allocation_is_counted_for_its_process_and_memory_cgroup() -> None:
+    sink = ListSink()
+    src = AllocFaultsSource(SourceContext(sink=sink), interval=0.25)
+    src.start()
+    try:
+        assert src.status.state == "running", src.status.detail  # exits are kept (eBPF loaded)
+        with ScratchCgroup(1 << 30, prefix="pxo-alloc-test") as cg:
+            # A child that exits within an interval (its last faults come from the exit
+            # program), and one still alive across a few reads (from /proc, then at exit).
+            short, short_faults = run_child(cg, SIZE)
+            held, held_faults = run_child(cg, SIZE, hold=0.6)
+            cgroup_id = os.stat(cg.dir).st_ino
+            wait_reads(src, 2)
+    finally:
+        src.stop()
+
+    rows = sink.where("alloc_rate")
+    for pid, faults in ((short, short_faults), (held, held_faults)):
+        ours = [r for r in rows if r["pid"] == pid]
+        counted = sum(r["alloc_pages"] for r in ours)
+        # Exactly the kernel's count: every fault of the child's life, none twice.
+        assert counted == faults, (pid, counted, faults, ours)
+        # The interpreter's own start-up faults come on top of the allocation.
+        assert SIZE // PAGE_SIZE <= counted <= SIZE // PAGE_SIZE * 1.05 + 64 * MIB // PAGE_SIZE
+        assert sum(r["alloc_bytes"] for r in ours if r["cgroup_path"] == cg.path) >= SIZE
+        assert {r["cgroup_id"] for r in ours if r["cgroup_path"] == cg.path} == {cgroup_id}
+        assert max(ours, key=lambda r: r["alloc_pages"])["comm"] == CHILD_COMM
+        for r in ours:
+            assert r["alloc_bytes"] == r["alloc_pages"] * PAGE_SIZE
+            assert 0.2 < r["interval_s"] < 5
+    assert len([r for r in rows if r["pid"] == held]) >= 2  # read alive, then at its exit
+    assert src.status.state == "stopped" and src.status.lost == 0
+
+
+def test_without_ebpf_live_processes_are_still_counted(tmp_path: Path) -> None:
+    sink = ListSink()
+    src = AllocFaultsSource(SourceContext(sink=sink, use_bpf=False), interval=0.25)
+    src.start()
+    try:
+        assert src.status.state == "degraded" and "exit" in src.status.detail
+        child = subprocess.Popen([sys.executable, "-c", "import mmap, sys, time\n"
+                                  "m = mmap.mmap(-1, 64 << 20)\n"
+                                  "m.write(b'x' * (64 << 20)); print(flush=True); time.sleep(30)"],
+                                 stdout=subprocess.PIPE)
+        try:
+            assert child.stdout is not None and child.stdout.readline()
+            wait_reads(src, 2)
+            counted = sum(r["alloc_pages"] for r in sink.where("alloc_rate", pid=child.pid))
+            assert counted >= (64 << 20) // PAGE_SIZE
+        finally:
+            child.kill()
+            child.wait()
+    finally:
+        src.stop()
+
+
+def test_stat_fields_are_read_past_a_comm_with_parentheses_and_spaces(tmp_path: Path) -> None:
+    # /proc/PID/stat of a process named "a) (b c": minflt 1000, majflt 7, starttime 4242
+    fields = ["S", "1", "1", "1", "0", "-1", "4194560", "1000", "0", "7", "0"] + ["0"] * 8 + ["4242"] + ["0"] * 30
+    (tmp_path / "stat").write_bytes(b"123 (a) (b c) " + " ".join(fields).encode() + b"\n")
+    st = read_stat(tmp_path / "stat")
+    assert st is not None and (st.comm, st.faults, st.start) == ("a) (b c", 1007, 4242)
+    assert read_stat(tmp_path / "gone") is None
+
+
+def test_the_exact_probe_is_opt_in_and_never_runs_beside_the_default() -> None:
+    assert "alloc_faults" in DEFAULT_SOURCES and "alloc_bpf" not in DEFAULT_SOURCES
+    assert {"alloc_bpf"} == OPT_IN and set(DEFAULT_SOURCES) | OPT_IN == set(SOURCES)
+    ctx = SourceContext(sink=ListSink())
+    assert [s.name for s in build_sources(["alloc_faults", "alloc_bpf"], ctx)] == ["alloc_bpf"]
+    assert [s.name for s in build_sources(["alloc_faults"], ctx)] == ["alloc_faults"]
