@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import signal
 import time
+import uuid
 from pathlib import Path
 
 import grpc
 import pytest
 
 from pxo.common import arrowipc
+from pxo.edge import pins
 from pxo.edge.cgroups import ScratchCgroup
 from pxo.edge.oomdrill import run_drill, start_allocator
 from pxo.edge.sources.base import SourceContext
@@ -125,19 +127,23 @@ def wait_rows(addr: str, sql: str, n: int, timeout: float = 10) -> list[dict]:
 
 
 def test_restart_recovers_kills_missed_while_down_exactly_once(tmp_path: Path, services: list[Service]) -> None:
+    """From the kernel log alone: the programs are unpinned while the edge is down, so eBPF
+    misses the kill (with them pinned it comes back as bpf+kmsg: tests/edge/test_pin.py)."""
     data = tmp_path / "edge"
-    edge, addr = start_edge(services, data, "", "node-r", "--sources", '["oom"]')
+    pinned = ("--bpf-pins", str(pins.PIN_ROOT.parent / f"pxo-test-{uuid.uuid4().hex[:8]}"))
+    edge, addr = start_edge(services, data, "", "node-r", "--sources", '["oom"]', *pinned)
     seen_live = run_drill()
     wait_rows(addr, f"SELECT * FROM oom_events WHERE pid = {seen_live.pid}", 1)
     edge.stop()
     services.remove(edge)
+    pins.remove(Path(pinned[1]))
 
     wait_out_report_ratelimit()
     missed = run_drill()  # the edge is down
     reported = report_printed(missed.pid)
 
     for _round in range(2):  # and a second restart must not duplicate anything
-        edge, addr = start_edge(services, data, "", "node-r", "--sources", '["oom"]')
+        edge, addr = start_edge(services, data, "", "node-r", "--sources", '["oom"]', *pinned)
         rows = wait_rows(addr, f"SELECT pid, origin, cgroup_path FROM oom_events WHERE pid IN "
                                f"({seen_live.pid}, {missed.pid}) ORDER BY pid", 2)
         time.sleep(1)
@@ -150,6 +156,7 @@ def test_restart_recovers_kills_missed_while_down_exactly_once(tmp_path: Path, s
         assert by_pid[seen_live.pid]["origin"] in ("bpf+kmsg", "bpf")
         edge.stop(signal.SIGKILL if _round == 0 else signal.SIGTERM)  # a crash, then a clean stop
         services.remove(edge)
+    pins.remove(Path(pinned[1]))
 
 
 def test_degraded_without_ebpf_still_records_kills(tmp_path: Path, services: list[Service]) -> None:

@@ -1,0 +1,148 @@
+"""eBPF that outlives the edge (edge/pins.py, edge/loader.py): programs, maps and ring buffers
+pinned in bpffs keep capturing while the edge is SIGKILLed and restarting; a starting edge
+adopts them and drains what they captured, joined with the kernel log's backlog. Real
+programs, real OOM kills in cgroups beneath this test's own, real edges."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pxo.cli.local import LocalDeployment
+from pxo.edge import pins
+from pxo.edge.cgroups import ScratchCgroup
+from pxo.edge.oomdrill import start_allocator
+from pxo.edge.sources.base import SourceContext
+from pxo.edge.sources.signal import KillBpfSource
+from tests.helpers.oom import edge_rows, wait_rows
+from tests.helpers.services import Service, start_edge
+from tests.helpers.sink import ListSink
+
+pytestmark = pytest.mark.requires_bpf
+
+
+@pytest.fixture
+def pin_root() -> Iterator[Path]:
+    """A pin directory of this test's own (the node's is /sys/fs/bpf/pxo), removed afterwards."""
+    root = pins.PIN_ROOT.parent / f"pxo-test-{uuid.uuid4().hex[:8]}"
+    yield root
+    pins.remove(root)
+
+
+def _kill(cg: ScratchCgroup) -> int:
+    p = start_allocator(cg, 128)
+    p.wait(timeout=60)
+    assert p.returncode == -signal.SIGKILL
+    return p.pid
+
+
+def test_kills_while_the_edge_is_down_or_restarting_come_back_once_from_ebpf_and_the_log(
+        tmp_path: Path, services: list[Service], pin_root: Path) -> None:
+    data = tmp_path / "edge"
+    args = ["--listen", "127.0.0.1:0", "--data-dir", str(data), "--node", "node-pin", "--sources", '["oom"]',
+            "--bpf-pins", str(pin_root)]
+    edge, addr = start_edge(services, data, "", "node-pin", "--sources", '["oom"]', "--bpf-pins", str(pin_root))
+    assert (pin_root / "oom" / "link_mark_victim").exists()
+    expected: list[int] = []
+    with ScratchCgroup(32 << 20, prefix="pxo-pin") as cg:
+        for _round in range(2):
+            edge.stop(signal.SIGKILL)  # a crash: nothing is flushed or closed
+            services.remove(edge)
+            # 12 kills in a few seconds: more than the kernel's 10 reports per 5 s, so some
+            # kills have only their "Killed process" line: eBPF's account says why.
+            down = [_kill(cg) for _ in range(12)]
+            edge = Service("edge", args, data)  # starting: kills now land before or after adoption
+            services.append(edge)
+            starting = [_kill(cg) for _ in range(2)]
+            addr = edge.wait_addr()
+            expected += down + starting
+            sql = f"SELECT pid, cgroup_path, \"constraint\", origin FROM oom_events WHERE pid IN " \
+                  f"({', '.join(map(str, expected))})"
+            wait_rows(addr, sql, len(expected), timeout=30)
+            time.sleep(1.5)  # past the join window: a duplicate would be here now
+            rows = edge_rows(addr, sql)
+            assert sorted(r["pid"] for r in rows) == sorted(expected), rows  # each exactly once
+            for r in rows:
+                assert (r["cgroup_path"], r["constraint"], r["origin"]) == (cg.path, "memcg", "bpf+kmsg"), r
+    assert "adopted the programs pinned" in edge.log()
+
+
+def _kill_event_seen(sink: ListSink) -> int:
+    victim = subprocess.Popen(["sleep", "30"])
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    sink.wait("kill_events", target_pid=victim.pid)
+    return victim.pid
+
+
+def test_a_pin_that_matches_is_adopted_and_one_that_does_not_is_replaced(pin_root: Path) -> None:
+    sink = ListSink()
+    ctx = SourceContext(sink=sink, pin_root=pin_root)
+    src = KillBpfSource(ctx)
+    src.start()
+    assert src.input.bpf is not None and not src.input.bpf.adopted
+    _kill_event_seen(sink)
+    src.stop()
+    link = pin_root / "signal" / "link_signal_generate"
+    first = os.stat(link).st_ino
+
+    # Stopped: the program still runs, and the next source adopts it with what it caught meanwhile.
+    victim = subprocess.Popen(["sleep", "30"])
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    src = KillBpfSource(ctx)
+    src.start()
+    assert src.input.bpf is not None and src.input.bpf.adopted
+    sink.wait("kill_events", target_pid=victim.pid)
+    src.stop()
+    assert os.stat(link).st_ino == first
+
+    # Another manifest (another pxo, other sources or flags): unpinned and loaded anew.
+    manifest = pins.read_blob(pin_root / "signal" / pins.MANIFEST)
+    assert manifest is not None and manifest["program"] == "signal"
+    (pin_root / "signal" / pins.MANIFEST).unlink()
+    pins.write_blob(pin_root / "signal" / pins.MANIFEST, {**manifest, "key": "another version"})
+    src = KillBpfSource(ctx)
+    src.start()
+    try:
+        assert src.input.bpf is not None and not src.input.bpf.adopted
+        assert os.stat(link).st_ino != first
+        assert pins.read_blob(pin_root / "signal" / pins.MANIFEST) == manifest
+        _kill_event_seen(sink)
+    finally:
+        src.stop()
+    assert sorted(p.name for p in pin_root.iterdir()) == ["kernel", "lock_signal", "signal"]  # no leftovers
+
+
+def test_a_second_edge_on_the_node_runs_a_copy_of_its_own(pin_root: Path) -> None:
+    """A ring buffer's readers share one position: two edges on one pin would each see half."""
+    a, b = ListSink(), ListSink()
+    first, second = KillBpfSource(SourceContext(sink=a, pin_root=pin_root)), \
+        KillBpfSource(SourceContext(sink=b, pin_root=pin_root))
+    first.start()
+    second.start()
+    try:
+        assert second.input.bpf is not None and second.input.bpf.private
+        pid = _kill_event_seen(a)
+        b.wait("kill_events", target_pid=pid)
+    finally:
+        second.stop()
+        first.stop()
+    assert sorted(p.name for p in (pin_root / "signal").iterdir()) == [
+        "link_signal_generate", "manifest", "map_kill_events", "map_kill_lost"]
+
+
+def test_pxo_delete_removes_the_pinned_programs(tmp_path: Path) -> None:
+    src = KillBpfSource(SourceContext(sink=ListSink()))  # the node's own pin directory
+    src.start()
+    src.stop()
+    assert (pins.PIN_ROOT / "signal" / "link_signal_generate").exists()
+    LocalDeployment(tmp_path / "local", say=lambda _s: None).delete()  # what `pxo delete --local` runs
+    assert not pins.PIN_ROOT.exists()
