@@ -21,7 +21,7 @@ import pytest
 
 from pxo.edge.cgroups import memory_hierarchy
 from pxo.edge.oomdrill import DRILL_COMM, run_drill
-from tests.conftest import http
+from tests.helpers.services import http
 
 pytestmark = pytest.mark.requires_bpf
 

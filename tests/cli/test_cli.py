@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
 import subprocess
 import sys
@@ -11,14 +10,8 @@ from pathlib import Path
 
 from pxo.cli import output
 from pxo.cli.config import Config
-from tests.conftest import Stack
-
-PXO = [sys.executable, "-m", "pxo.cli.main"]
-
-
-def pxo(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*PXO, *args], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **(env or {})})
+from tests.helpers.cli import pxo
+from tests.helpers.services import Stack
 
 
 def api_env(stack: Stack, tmp: Path) -> dict[str, str]:

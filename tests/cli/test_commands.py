@@ -8,8 +8,8 @@ import stat
 import subprocess
 from pathlib import Path
 
-from tests.cli.test_cli import pxo
-from tests.conftest import Stack
+from tests.helpers.cli import pxo
+from tests.helpers.services import Stack
 
 
 def env_for(stack: Stack, tmp: Path, key: str | None = None) -> dict[str, str]:
@@ -19,8 +19,7 @@ def env_for(stack: Stack, tmp: Path, key: str | None = None) -> dict[str, str]:
 
 def test_login_whoami_logout(stack: Stack, tmp_path: Path) -> None:
     env = {"XDG_CONFIG_HOME": str(tmp_path / "cfg"), "PXO_API_URL": "", "PXO_API_KEY": ""}
-    r = subprocess.run([*_pxo_cmd(), "auth", "login", "--url", stack.url, "--key-stdin"], input=stack.key + "\n",
-                       capture_output=True, text=True, env=_with(env), timeout=60)
+    r = pxo("auth", "login", "--url", stack.url, "--key-stdin", env=env, stdin=stack.key + "\n")
     assert r.returncode == 0, r.stderr
     assert f"signed in to {stack.url} as admin (admin)" in r.stderr
     cfg = tmp_path / "cfg" / "pxo" / "config.json"
@@ -32,8 +31,7 @@ def test_login_whoami_logout(stack: Stack, tmp_path: Path) -> None:
     assert pxo("auth", "logout", env=env).returncode == 0
     r = pxo("auth", "whoami", env=env)
     assert r.returncode == 1 and "no API key" in r.stderr
-    r = subprocess.run([*_pxo_cmd(), "auth", "login", "--url", stack.url, "--key-stdin"], input="pxo_bad\n",
-                       capture_output=True, text=True, env=_with(env), timeout=60)
+    r = pxo("auth", "login", "--url", stack.url, "--key-stdin", env=env, stdin="pxo_bad\n")
     assert r.returncode == 1 and "invalid or revoked API key" in r.stderr and "pxo auth login" in r.stderr
 
 
@@ -88,8 +86,7 @@ def test_tables_nodes_and_clusters(stack: Stack, tmp_path: Path) -> None:
     assert r.stdout.splitlines()[1].split()[:3] == ["default", stack.collector_addr, "yes"]
     r = pxo("query", "oom_events | last 1h", "--cluster", "nope", env=env)
     assert r.returncode == 1 and "no cluster named 'nope'" in r.stderr
-    r = subprocess.run([*_pxo_cmd(), "clusters", "add", "dead", "127.0.0.1:9", "--token-stdin"],
-                       input="t" * 20 + "\n", capture_output=True, text=True, env=_with(env), timeout=60)
+    r = pxo("clusters", "add", "dead", "127.0.0.1:9", "--token-stdin", env=env, stdin="t" * 20 + "\n")
     assert r.returncode == 0 and "cluster dead at 127.0.0.1:9" in r.stderr
     r = pxo("clusters", "list", "-o", "json", env=env)
     assert {c["name"]: c["authenticated"] for c in json.loads(r.stdout)} == {"default": False, "dead": True}
@@ -126,18 +123,6 @@ def test_completion_scripts(tmp_path: Path) -> None:
     out = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=10).stdout.splitlines()
     assert set(out[0].split()) >= {"create", "list", "revoke"} and out[1].split() == ["table", "json", "csv"]
     assert pxo("completion", "zsh").stdout.startswith("#compdef pxo")
-
-
-def _pxo_cmd() -> list[str]:
-    from tests.cli.test_cli import PXO
-
-    return PXO
-
-
-def _with(env: dict[str, str]) -> dict[str, str]:
-    import os
-
-    return {**os.environ, **env}
 
 
 def test_csv_is_streamed_and_a_partial_answer_still_exits_3(stack: Stack, tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from tests.conftest import Stack, http
+from tests.helpers.services import Stack, http
 
 
 def test_health_needs_no_key(stack: Stack) -> None:

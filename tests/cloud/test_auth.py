@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from tests.cloud.conftest import call
-from tests.conftest import Stack
+from tests.helpers.services import Stack, call
 
 
 def http(method: str, url: str, body: object = None, *, key: str | None = None):  # type: ignore[no-untyped-def]

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from tests.cloud.conftest import call
-from tests.conftest import Service, Stack
+from tests.helpers.services import Service, Stack, bootstrap, call
 
 
 def test_query_answers_csv_and_arrow_by_accept(stack: Stack) -> None:
@@ -86,16 +85,12 @@ def test_collector_checks_the_cluster_token(tmp_path: Path, services: list[Servi
     good, bad = cloud("good", {"PXO_CLOUD_CLUSTER_TOKEN": token}), cloud("bad", {})
     assert call("GET", good + "/api/v1/health")[1]["collector"] == "ok"
     assert call("GET", bad + "/api/v1/health")[1]["collector"] == "unreachable"
-    import subprocess
-    import sys
 
-    key = subprocess.run([sys.executable, "-m", "pxo.cloud", "bootstrap", "--data-dir", str(tmp_path / "bad")],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    key = bootstrap(tmp_path / "bad")
     status, body, _, _ = call("GET", bad + "/api/v1/nodes", key=key)
     assert status == 502 and "refused the cluster token" in body["error"]["message"]
     assert "missing cluster token" in body["error"]["message"]
-    key = subprocess.run([sys.executable, "-m", "pxo.cloud", "bootstrap", "--data-dir", str(tmp_path / "good")],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    key = bootstrap(tmp_path / "good")
     assert call("GET", good + "/api/v1/tables", key=key)[:2] == (200, [])  # ListTables, token checked
     assert call("GET", good + "/api/v1/nodes", key=key)[1] == {"cluster": "default", "nodes": []}
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.cloud.conftest import call, start_lone_cloud
-from tests.conftest import Service
+from tests.helpers.services import Service, call, start_lone_cloud
 
 
 def test_every_refusal_is_one_json_shape(tmp_path: Path, services: list[Service]) -> None:

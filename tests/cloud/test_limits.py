@@ -12,9 +12,9 @@ from urllib.parse import urlparse
 import pytest
 
 from pxo.cloud.errors import ServiceUnavailable
-from pxo.cloud.limits import FollowSlot, FollowSlots
-from tests.cloud.conftest import call, start_lone_cloud
-from tests.conftest import Service
+from pxo.cloud.limits import FollowSlots
+from pxo.common.slots import Slot
+from tests.helpers.services import Service, call, start_lone_cloud
 
 
 def test_body_and_query_length_limits(tmp_path: Path, services: list[Service]) -> None:
@@ -65,7 +65,7 @@ def test_slow_client_is_cut_off(tmp_path: Path, services: list[Service]) -> None
 
 def test_follow_slots_hold_one_cap_under_racing_threads() -> None:
     slots = FollowSlots(cap=16)
-    taken: list[FollowSlot] = []
+    taken: list[Slot] = []
     refused: list[ServiceUnavailable] = []
     lock = threading.Lock()
     start = threading.Barrier(64)

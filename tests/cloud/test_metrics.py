@@ -7,8 +7,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.cloud.conftest import call
-from tests.conftest import Stack
+from tests.helpers.services import Stack, call
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

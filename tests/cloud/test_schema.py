@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cloud.conftest import start_lone_cloud
-from tests.conftest import Service, start_collector, start_edge
+from tests.helpers.services import Service, start_collector, start_edge, start_lone_cloud
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 
@@ -20,7 +19,7 @@ SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 @pytest.mark.skipif(not SCHEMATHESIS.exists() and not shutil.which("schemathesis"),
                     reason="schemathesis is not installed (pip install -e '.[test]')")
 def test_openapi_schema_holds(tmp_path: Path, services: list[Service]) -> None:
-    from tests.collector.test_collector import seed_store, wait_nodes
+    from tests.helpers.seeding import seed_store, wait_nodes
 
     _, collector = start_collector(services, tmp_path / "collector", "--heartbeat-interval", "0.5")
     seed_store(tmp_path / "edge", [101, 102])

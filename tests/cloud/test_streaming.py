@@ -22,10 +22,9 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from tests.cloud.conftest import call
-from tests.collector.test_collector import wait_nodes
-from tests.collector.test_follow import LiveEdge
-from tests.conftest import Service, start_cloud, start_collector
+from tests.helpers.liveedge import LiveEdge
+from tests.helpers.seeding import wait_nodes
+from tests.helpers.services import Service, bootstrap, call, start_cloud, start_collector
 
 NDJSON = "application/x-ndjson"
 
@@ -39,8 +38,7 @@ class Live:
         self.edge.add(101, 102)
         wait_nodes(self.collector, 1)
         _, self.url = start_cloud(services, root / "cloud", self.collector)
-        self.key = subprocess.run([sys.executable, "-m", "pxo.cloud", "bootstrap", "--data-dir", str(root / "cloud")],
-                                  capture_output=True, text=True, check=True).stdout.strip()
+        self.key = bootstrap(root / "cloud")
 
 
 @pytest.fixture
@@ -233,8 +231,7 @@ def test_follow_streams_are_capped_per_cloud_and_given_back(tmp_path: Path, serv
             wait_nodes(addr, 1)
             addrs.append(addr)
         _, url = start_cloud(services, tmp_path / "cloud", addrs[0])
-        key = subprocess.run([sys.executable, "-m", "pxo.cloud", "bootstrap", "--data-dir", str(tmp_path / "cloud")],
-                             capture_output=True, text=True, check=True).stdout.strip()
+        key = bootstrap(tmp_path / "cloud")
         assert call("POST", url + "/api/v1/clusters", {"name": "b", "address": addrs[1]}, key=key)[0] == 201
         streams = [Lines(url, key, {"query": "oom_events", "cluster": c}) for c in ("default", "b") for _ in range(8)]
         try:

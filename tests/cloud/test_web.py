@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Stack
+from tests.helpers.services import Stack
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -127,7 +127,7 @@ def test_sign_in_timeline_query_chart_and_nodes(stack: Stack, page: Any) -> None
 
 
 def test_page_is_served_with_a_strict_content_security_policy(stack: Stack) -> None:
-    from tests.cloud.conftest import call
+    from tests.helpers.services import call
 
     for path, kind in (("/", "text/html"), ("/app.js", "text/javascript"), ("/app.css", "text/css")):
         status, _, hdrs, raw = call("GET", stack.url + path)

@@ -2,70 +2,16 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import time
 from pathlib import Path
 
-import grpc
-import pyarrow as pa
 import pytest
 
-from pxo.common import arrowipc
-from pxo.common.contract import node_state_name
-from pxo.edge.sources import all_tables
-from pxo.edge.store import Store
-from pxo.v1 import pxo_pb2, pxo_pb2_grpc
-from tests.conftest import Service, start_collector, start_edge
+from pxo.common.contract import NodeState
+from pxo.v1 import pxo_pb2
+from tests.helpers.seeding import query, seed_store, wait_nodes
+from tests.helpers.services import Service, start_collector, start_edge
 
 State = pxo_pb2.NodeStatus.State
-
-
-def oom_row(pid: int, when: dt.datetime) -> dict:
-    return {"time": when, "pid": pid, "tid": pid, "comm": f"proc{pid}", "uid": 0, "oom_score_adj": 0,
-            "total_vm_bytes": 1 << 30, "anon_rss_bytes": 1 << 29, "file_rss_bytes": 0, "shmem_rss_bytes": 0,
-            "swap_bytes": 0, "pgtables_bytes": 4096, "trigger_pid": pid, "trigger_tid": pid,
-            "trigger_comm": f"proc{pid}", "cgroup_path": f"/test/{pid}", "cgroup_id": pid,
-            "cgroup_v2_path": "/", "cgroup_v2_id": 1}
-
-
-def seed_store(data_dir: Path, pids: list[int], age: dt.timedelta = dt.timedelta(minutes=5)) -> None:
-    store = Store(data_dir / "edge.duckdb", all_tables(), flush_interval=0.01)
-    store.start()
-    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    for pid in pids:
-        store.append("oom_events", oom_row(pid, now - age))
-    store.flush()
-    store.close()
-
-
-def query(addr: str, text: str, syntax: int = pxo_pb2.SYNTAX_PIPE, **kw: int) -> dict:
-    with grpc.insecure_channel(addr) as ch:
-        stub = pxo_pb2_grpc.CollectorStub(ch)
-        batches, schema, summary, error = [], None, None, None
-        for reply in stub.Query(pxo_pb2.QueryRequest(text=text, syntax=syntax, **kw), timeout=30):
-            part = reply.WhichOneof("part")
-            if part == "batch":
-                schema, bs = arrowipc.decode(reply.batch.ipc_stream)
-                batches += bs
-            elif part == "summary":
-                summary = reply.summary
-            else:
-                error = reply.error
-    if error is not None:
-        return {"error": error}
-    return {"table": pa.Table.from_batches(batches, schema=schema), "summary": summary}
-
-
-def wait_nodes(addr: str, n: int, state: str = "live", timeout: float = 20) -> None:
-    end = time.monotonic() + timeout
-    with grpc.insecure_channel(addr) as ch:
-        stub = pxo_pb2_grpc.CollectorStub(ch)
-        while time.monotonic() < end:
-            nodes = stub.ListNodes(pxo_pb2.ListNodesRequest(), timeout=5).nodes
-            if sum(1 for e in nodes if node_state_name(e.state) == state) >= n:
-                return
-            time.sleep(0.1)
-    raise AssertionError(f"fewer than {n} {state} nodes after {timeout} s")
 
 
 @pytest.fixture
@@ -132,7 +78,7 @@ def test_a_dead_edge_is_named_not_dropped(cluster: tuple[str, dict[str, Service]
     b = next(n for n in s.nodes if n.node == "node-b")
     assert b.state == State.FAILED and "unreachable" in b.detail
     # Once its heartbeats have been missing past --expire-after, it is reported down.
-    wait_nodes(addr, 1, state="down")
+    wait_nodes(addr, 1, state=NodeState.DOWN)
     b = next(n for n in query(addr, "oom_events | last 1h")["summary"].nodes if n.node == "node-b")
     assert b.state == State.DOWN and "no heartbeat" in b.detail
 

@@ -2,7 +2,7 @@
 over 1..5 nodes (some possibly empty) and random queries from the grammar, the
 distributed answer (plan -> each node's own DuckDB runs its fragment -> the
 executor's merge and final step) is the answer the documented semantics give over
-every row at once: that of tests/collector/oracle.py, an evaluator in plain Python
+every row at once: that of tests/helpers/oracle.py, an evaluator in plain Python
 that shares no code with the planner. In-process, no gRPC: the merge is the
 executor's own code path.
 
@@ -26,7 +26,7 @@ from sqlglot import exp
 from pxo.collector import plan as planner
 from pxo.collector.errors import QueryError
 from pxo.collector.executor import merge_and_finish
-from tests.collector.harness import (
+from tests.helpers.planner import (
     CATALOG,
     NOW,
     TABLE,

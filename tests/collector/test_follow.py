@@ -10,7 +10,6 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -18,57 +17,14 @@ import grpc
 import pytest
 
 from pxo.common import arrowipc
-from pxo.edge.registration import Registration
-from pxo.edge.service import EdgeService
 from pxo.edge.sources import all_tables
 from pxo.edge.store import FollowerTooSlow, Store
 from pxo.v1 import pxo_pb2, pxo_pb2_grpc
-from tests.collector.test_collector import oom_row, seed_store, wait_nodes
-from tests.conftest import Service, start_collector, start_edge
+from tests.helpers.liveedge import LiveEdge, utcnow
+from tests.helpers.seeding import oom_row, seed_store, wait_nodes
+from tests.helpers.services import Service, start_collector, start_edge
 
 State = pxo_pb2.NodeStatus.State
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
-
-
-class LiveEdge:
-    """A real edge (store, gRPC service, registration) in this process, so that the
-    test can commit rows into its store while a follower reads them."""
-
-    def __init__(self, data_dir: Path, collector: str, node: str, **service: Any) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.node = node
-        self.store = Store(data_dir / "edge.duckdb", all_tables(), flush_interval=0.02)
-        self.store.start()
-        self.service = EdgeService(node=node, store=self.store, sources=[], address=lambda: self.address,
-                                   **service)
-        self.pool = futures.ThreadPoolExecutor(max_workers=8)
-        self.server = grpc.server(self.pool)
-        pxo_pb2_grpc.add_EdgeServicer_to_server(self.service, self.server)
-        self.address = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
-        self.server.start()
-        self.registration = Registration(collector=collector, node_info=self.service.node_info, interval=0.5) \
-            if collector else None
-        if self.registration is not None:
-            self.registration.start()
-
-    def add(self, *pids: int, age: dt.timedelta = dt.timedelta(0)) -> None:
-        """Commit one row per pid (time: now - age)."""
-        now = utcnow()
-        for pid in pids:
-            self.store.append("oom_events", oom_row(pid, now - age))
-        assert self.store.flush()
-
-    def stop(self) -> None:
-        if self.registration is not None:
-            self.registration.stop()
-        self.server.stop(0).wait()
-        # its threads hold DuckDB connections (the SQL gate's): they must end now, not while
-        # the interpreter shuts down
-        self.pool.shutdown(wait=True)
-        self.store.close()
 
 
 @pytest.fixture

@@ -12,9 +12,10 @@ import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from pxo.common.addr import read_addr_file
+from pxo.common.contract import NodeState
 from pxo.v1 import pxo_pb2, pxo_pb2_grpc
-from tests.collector.test_collector import query, seed_store, wait_nodes
-from tests.conftest import Service, start_collector, start_edge
+from tests.helpers.seeding import query, seed_store, wait_nodes
+from tests.helpers.services import Service, start_collector, start_edge
 
 
 def scrape(addr: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -61,7 +62,7 @@ def test_metrics_after_queries(tmp_path: Path, services: list[Service]) -> None:
 
     edges["node-b"].stop()
     assert query(addr, "oom_events | last 1h")["summary"].partial
-    wait_nodes(addr, 1, state="down")
+    wait_nodes(addr, 1, state=NodeState.DOWN)
     m = scrape(metrics)
     assert m[("pxo_collector_queries_total", (("outcome", "partial"),))] == 1
     assert m[("pxo_collector_partial_answers_total", ())] == 1

@@ -1,6 +1,6 @@
 """The language's semantics where they are easy to get wrong (docs/query-language.md
 "Types", "Integers", "Nulls"): random expressions from the grammar over random rows,
-distributed answer against the oracle (tests/collector/oracle.py); each decision the
+distributed answer against the oracle (tests/helpers/oracle.py); each decision the
 docs state, by example; integer overflow as one clear error; and the planner's column
 types (known without asking DuckDB) against the types DuckDB gives."""
 
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from pxo.collector import plan as planner
 from pxo.collector.errors import QueryError
-from tests.collector.harness import CATALOG, NOW, check, distributed, rows_st
+from tests.helpers.planner import CATALOG, NOW, check, distributed, rows_st
 
 COLUMNS = {"int": ["pid", "bytes"], "float": ["score"], "string": ["pod", "ns", "node"], "bool": ["flag"],
            "time": ["time"]}

@@ -1,55 +1,24 @@
 """`pxo deploy --kubernetes` and `pxo delete --kubernetes` as a user runs them:
 the CLI as a subprocess, pointed by KUBECONFIG at a real HTTP server on
-loopback that speaks the API calls the deploy makes (tests/kubeapi_apply.py).
+loopback that speaks the API calls the deploy makes (tests/helpers/kubeapi_apply.py).
 The test plays the controllers: it sets the DaemonSet's and Deployments'
 status and the edge pods. No real cluster is involved (deploy/README.md)."""
 
 from __future__ import annotations
 
 import base64
-import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
 from pxo.cli.kube import TLS_CHECKSUM, TLS_SECRETS, TOKEN_SECRET, render, tls_checksum
 from pxo.common.tls import ROLES, TlsMaterial, check_material
-from tests.kubeapi_apply import ApplyAPI, edge_pod
-
-IMAGE = "registry.example/pxo:9.9.9"
-PXO = [sys.executable, "-m", "pxo.cli.main"]
-
-
-def pxo(api: ApplyAPI, tmp_path: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "KUBECONFIG": str(api.kubeconfig(tmp_path)), "HOME": str(tmp_path)}
-    return subprocess.run([*PXO, *args], capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def all_ready(api: ApplyAPI, nodes: list[str]) -> None:
-    api.set_status("daemonsets", "pxo-edge", {"desiredNumberScheduled": len(nodes), "numberReady": len(nodes),
-                                              "updatedNumberScheduled": len(nodes)})
-    for name in ("pxo-collector", "pxo-cloud"):
-        api.set_status("deployments", name, {"availableReplicas": 1, "readyReplicas": 1, "updatedReplicas": 1,
-                                             "replicas": 1})
-    for n in nodes:
-        api.put_pod(edge_pod(n))
-
-
-def cluster(api: ApplyAPI, *kernels: str) -> list[str]:
-    names = [f"node-{i + 1}" for i in range(len(kernels))]
-    for name, kernel in zip(names, kernels, strict=True):
-        api.add_node(name, kernel=kernel)
-    return names
-
-
-def created(api: ApplyAPI) -> dict[tuple[str, str], dict[str, Any]]:
-    return {(o["kind"], o["metadata"]["name"]): o for o in api.objects() if o["kind"] not in ("Node", "Pod")}
+from tests.helpers import cli
+from tests.helpers.cluster import IMAGE, all_ready, cluster, created, pxo
+from tests.helpers.kubeapi_apply import ApplyAPI, edge_pod
 
 
 def tls_material(api: ApplyAPI) -> dict[str, TlsMaterial]:
@@ -276,8 +245,7 @@ def test_unreachable_api_server_fails_fast(tmp_path: Path) -> None:
     with ApplyAPI() as api:
         kubeconfig = api.kubeconfig(tmp_path)
     started = time.monotonic()
-    r = subprocess.run([*PXO, "deploy", "--kubernetes"], capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "KUBECONFIG": str(kubeconfig)})
+    r = cli.pxo("deploy", "--kubernetes", env={"KUBECONFIG": str(kubeconfig)})
     assert r.returncode == 1 and time.monotonic() - started < 30
     assert "the Kubernetes API server at http://127.0.0.1:" in r.stderr and "cannot be reached" in r.stderr
     assert "Traceback" not in r.stderr
@@ -326,10 +294,10 @@ def test_an_unschedulable_edge_says_why(api: ApplyAPI, tmp_path: Path) -> None:
 
 
 def test_no_kubeconfig_and_no_flag_is_a_clear_error(tmp_path: Path) -> None:
-    env = {**os.environ, "HOME": str(tmp_path), "KUBECONFIG": ""}
-    r = subprocess.run([*PXO, "deploy"], capture_output=True, text=True, timeout=60, env=env)
+    env = {"HOME": str(tmp_path), "KUBECONFIG": ""}
+    r = cli.pxo("deploy", env=env)
     assert r.returncode == 1 and "'pxo deploy --local'" in r.stderr and "'pxo deploy --kubernetes'" in r.stderr
-    r = subprocess.run([*PXO, "deploy", "--kubernetes"], capture_output=True, text=True, timeout=60, env=env)
+    r = cli.pxo("deploy", "--kubernetes", env=env)
     assert r.returncode == 1 and r.stderr.startswith("pxo: cannot load the kubeconfig") and "Traceback" not in r.stderr
 
 

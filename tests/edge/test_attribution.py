@@ -1,5 +1,5 @@
 """cgroup path -> container -> pod: every layout, and the pod watcher against a
-real (loopback) Kubernetes API server speaking list + watch (tests/kubeapi.py)."""
+real (loopback) Kubernetes API server speaking list + watch (tests/helpers/kubeapi.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pxo.edge.attribution import (
     KubePodWatcher,
     parse_cgroup_path,
 )
-from tests.kubeapi import KubeAPI, pod
+from tests.helpers.kubeapi import KubeAPI, pod
 
 # Ids as real nodes show them (from systemd-cgls output of real clusters).
 CID = "0ba8ac17e4e7a31fb82279503552fe94e64bab4745bf6fd2ff231e7c8ca8bed0"

@@ -16,9 +16,9 @@ from pxo.edge.cgroups import Hierarchy, ScratchCgroup, memory_hierarchy
 from pxo.edge.errors import EdgeError
 from pxo.edge.sources.base import SourceContext
 from pxo.edge.sources.cgroupfs import CONTAINER_MEMORY, ContainerMemorySource, read_memcg
-from tests.edge import sink
-from tests.fixtures.memtrees import CTR, PATHS, PG, POD, V1, V2, MiB, write_v1, write_v2
-from tests.fixtures.workload import AllocatingChild
+from tests.helpers import sink
+from tests.helpers.memtrees import CTR, PATHS, PG, POD, V1, V2, MiB, write_v1, write_v2
+from tests.helpers.workloads import Holder
 
 T0 = 1_764_000_000.0  # a fixed clock reading
 NULL_EVENTS = dict.fromkeys(("events_low", "events_high", "events_max", "events_oom", "events_oom_group_kill"))
@@ -237,7 +237,7 @@ def test_real_cgroup_holding_a_known_allocation() -> None:
     h = memory_hierarchy()
     limit, alloc = 128 * MiB, 48 * MiB
     with ScratchCgroup(limit, prefix="pxo-test-cgroupfs", hierarchy=h) as cg:
-        with AllocatingChild(cg, alloc):
+        with Holder(cg, alloc // MiB):
             direct = read_memcg(h, cg.path)
             _, sink = sample_once(h)
         mine = [r for _, r in sink.rows if r["cgroup_path"] == cg.path]  # others' cgroups come and go

@@ -23,7 +23,7 @@ from pxo.edge.cgroups import ScratchCgroup, cgroup_of, memory_hierarchy
 from pxo.edge.oomdrill import DRILL_COMM, run_drill
 from pxo.edge.sources.base import SourceContext
 from pxo.edge.sources.exit import ExitEventC, ProcessExitBpfSource, event_row
-from tests.edge import sink
+from tests.helpers import sink
 
 pytestmark = pytest.mark.requires_bpf
 

@@ -10,8 +10,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pxo.common.addr import read_addr_file
 from pxo.edge.oomdrill import run_drill
-from tests.conftest import Service, start_edge
-from tests.edge.test_oom_capture import edge_rows, wait_rows
+from tests.helpers.oom import edge_rows, wait_rows
+from tests.helpers.services import Service, start_edge
 
 pytestmark = pytest.mark.requires_bpf
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 
@@ -11,22 +10,10 @@ import pytest
 from pxo.edge.oomdrill import DRILL_COMM, run_drill
 from pxo.edge.sources.base import SourceContext
 from pxo.edge.sources.oom import OomSource
-from tests.edge.sink import ListSink
+from tests.helpers.oom import kmsg_records_after
+from tests.helpers.sink import ListSink
 
 pytestmark = pytest.mark.requires_bpf
-
-
-def kmsg_records_after(fd: int) -> list[str]:
-    out = []
-    while True:
-        try:
-            out.append(os.read(fd, 8192).decode(errors="replace"))
-        except OSError as exc:
-            if exc.errno == errno.EAGAIN:
-                return out
-            if exc.errno == errno.EPIPE:  # overwritten records: skip on
-                continue
-            raise
 
 
 def test_real_oom_kill_is_attributed_to_the_victim_and_its_cgroup() -> None:

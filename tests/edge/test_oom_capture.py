@@ -11,16 +11,15 @@ from pathlib import Path
 import grpc
 import pytest
 
-from pxo.common import arrowipc
 from pxo.edge import pins
 from pxo.edge.cgroups import ScratchCgroup
 from pxo.edge.oomdrill import run_drill, start_allocator
 from pxo.edge.sources.base import SourceContext
 from pxo.edge.sources.oom import OomSource
 from pxo.v1 import pxo_pb2, pxo_pb2_grpc
-from tests.conftest import Service, start_edge
-from tests.edge.sink import ListSink
-from tests.edge.test_oom_bpf import kmsg_records_after
+from tests.helpers.oom import edge_rows, kmsg_records_after, wait_rows
+from tests.helpers.services import Service, start_edge
+from tests.helpers.sink import ListSink
 
 pytestmark = pytest.mark.requires_bpf
 
@@ -111,21 +110,6 @@ def wait_out_report_ratelimit() -> None:
     time.sleep(5.5)
 
 
-def edge_rows(addr: str, sql: str) -> list[dict]:
-    with grpc.insecure_channel(addr) as ch:
-        msgs = pxo_pb2_grpc.EdgeStub(ch).Execute(pxo_pb2.Fragment(sql=sql), timeout=30)
-        return [r for m in msgs for b in arrowipc.decode(m.ipc_stream)[1] for r in b.to_pylist()]
-
-
-def wait_rows(addr: str, sql: str, n: int, timeout: float = 10) -> list[dict]:
-    end = time.monotonic() + timeout
-    while True:
-        rows = edge_rows(addr, sql)
-        if len(rows) >= n or time.monotonic() > end:
-            return rows
-        time.sleep(0.1)
-
-
 def test_restart_recovers_kills_missed_while_down_exactly_once(tmp_path: Path, services: list[Service]) -> None:
     """From the kernel log alone: the programs are unpinned while the edge is down, so eBPF
     misses the kill (with them pinned it comes back as bpf+kmsg: tests/edge/test_pin.py)."""
@@ -186,7 +170,7 @@ def test_kill_in_a_kubernetes_container_is_attributed_to_its_pod(tmp_path: Path,
     and a loopback API server that knows the pod: the row names namespace, pod and container."""
     import uuid
 
-    from tests.kubeapi import KubeAPI, pod
+    from tests.helpers.kubeapi import KubeAPI, pod
 
     uid, cid = str(uuid.uuid4()), uuid.uuid4().hex + uuid.uuid4().hex
     with KubeAPI() as api:

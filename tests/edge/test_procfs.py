@@ -15,8 +15,8 @@ from pxo.edge.cgroups import Hierarchy, ScratchCgroup, memory_hierarchy
 from pxo.edge.errors import EdgeError
 from pxo.edge.sources.base import SourceContext
 from pxo.edge.sources.procfs import PAGE_SIZE, PROCESS_MEMORY, ProcessMemorySource, memcg_of, parse_status
-from tests.fixtures.memtrees import CTR, PG, PROCS, MiB, write_proc, write_v1, write_v2
-from tests.fixtures.workload import AllocatingChild
+from tests.helpers.memtrees import CTR, PG, PROCS, MiB, write_proc, write_v1, write_v2
+from tests.helpers.workloads import Holder
 
 T0 = 1_764_000_000.0
 
@@ -141,7 +141,7 @@ def test_status_and_cgroup_parsers() -> None:
 def test_real_process_holding_a_known_allocation() -> None:
     h = memory_hierarchy()
     limit, alloc = 128 * MiB, 48 * MiB
-    with ScratchCgroup(limit, prefix="pxo-test-procfs", hierarchy=h) as cg, AllocatingChild(cg, alloc) as child:
+    with ScratchCgroup(limit, prefix="pxo-test-procfs", hierarchy=h) as cg, Holder(cg, alloc // MiB) as child:
         sink = ListSink()
         # 48 MiB and the interpreter are over a quarter of 128 MiB: near its limit at 0.25,
         # whatever other engineers' processes on this machine do to the top 20.

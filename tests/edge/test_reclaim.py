@@ -21,7 +21,7 @@ import pytest
 from pxo.edge.cgroups import ScratchCgroup
 from pxo.edge.sources.base import SourceContext
 from pxo.edge.sources.reclaim import PAGE_SIZE, ReclaimBpfSource, pair_arguments
-from tests.edge.sink import ListSink
+from tests.helpers.sink import ListSink
 
 pytestmark = pytest.mark.requires_bpf
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from types import TracebackType
 
@@ -80,12 +81,13 @@ class TailAllocator:
 
 class Holder:
     """A process in ``cg`` that holds ``mib`` MiB (written, resident) until it is killed or the
-    context ends: a neighbour, or a member of a group."""
+    context ends: a neighbour, a member of a group, or the known allocation a sampler must see.
+    ``python`` is the interpreter to run (a guest kernel's own; by default this one)."""
 
     _CHILD = "import sys\nb = bytearray(b'\\x5a') * (int(sys.argv[1]) << 20)\nprint('ready', flush=True)\n" \
              "sys.stdin.readline()\n"
 
-    def __init__(self, cg: ScratchCgroup | ChildCgroup, mib: int, *, python: str) -> None:
+    def __init__(self, cg: ScratchCgroup | ChildCgroup, mib: int, *, python: str = sys.executable) -> None:
         assert mib << 20 < cg.limit_bytes
         # The shell joins the cgroup, then becomes the interpreter: every page is charged there.
         self.proc = subprocess.Popen(

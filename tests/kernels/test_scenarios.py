@@ -39,7 +39,7 @@ from pxo.edge.sources.oom import OomSource
 from pxo.edge.sources.reclaim import ReclaimBpfSource
 from pxo.edge.sources.signal import KillBpfSource
 from pxo.edge.store import Store
-from tests.edge.sink import ListSink
+from tests.helpers.sink import ListSink
 from tests.helpers.workloads import ChildCgroup, Holder, TailAllocator, memory_events
 
 pytestmark = pytest.mark.requires_bpf

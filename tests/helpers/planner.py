@@ -3,7 +3,7 @@
 ``distributed``: the plan's fragment runs on each node's own DuckDB (its share of the
 rows), as an edge runs it (gated, $start and $end bound the way edge/store.py finds
 them), then the executor's own merge and final step. ``expected``: the oracle's answer
-(tests/collector/oracle.py) over every row with its node. ``assert_same`` compares
+(tests/helpers/oracle.py) over every row with its node. ``assert_same`` compares
 them: exactly, but floating-point sums and the like to 1e-9, and the approximate
 percentiles within the documented bound."""
 
@@ -24,7 +24,7 @@ from pxo.collector.errors import QueryError
 from pxo.collector.executor import merge_and_finish
 from pxo.common import sqlgate
 from pxo.common.schema import TIME, Column, Table
-from tests.collector import oracle
+from tests.helpers import oracle
 
 TABLE = Table("events", "test rows", (
     TIME,

@@ -37,9 +37,10 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from tests.helpers.loopback import JsonHandler, LoopbackHTTP
 
 _PATH = re.compile(r"^(?P<gv>/api/v1|/apis/[^/]+/[^/]+)(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>[a-z]+)"
                    r"(?:/(?P<name>[^/]+))?$")
@@ -91,30 +92,22 @@ class ApplyAPI:
         self._status: dict[tuple[str, str], dict[str, Any]] = {}
         self._deleted_at: dict[Key, float] = {}
         self._rv = 1000
-        self._server: ThreadingHTTPServer | None = None
+        self._http: LoopbackHTTP | None = None
 
     # -- lifecycle
 
     def __enter__(self) -> ApplyAPI:
-        api = self
-
-        class Handler(_Handler):
-            server_api = api
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self._http = LoopbackHTTP(_Handler, self, name="kubeapi-apply")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.shutdown()
-        self._server.server_close()
+        assert self._http is not None
+        self._http.close()
 
     @property
     def url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_port}"
+        assert self._http is not None
+        return self._http.url
 
     def kubeconfig(self, directory: Path) -> Path:
         path = directory / "kubeconfig"
@@ -228,21 +221,8 @@ def _labels_match(selector: str, obj: Mapping[str, Any]) -> bool:
     return True
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonHandler):
     server_api: ApplyAPI
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms delayed-ACK stall per call
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _json(self, code: int, body: Mapping[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def _body(self) -> dict[str, Any]:
         n = int(self.headers.get("Content-Length") or 0)

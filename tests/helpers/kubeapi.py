@@ -28,8 +28,9 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.helpers.loopback import JsonHandler, LoopbackHTTP
 
 
 @dataclass(frozen=True)
@@ -128,38 +129,25 @@ class KubeAPI:
         self._endings = 0
         self._failures: list[int] = []
         self._closed = False
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http: LoopbackHTTP | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
     def start(self) -> KubeAPI:
-        api = self
-
-        class Handler(_Handler):
-            server_api = api
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="kubeapi", daemon=True)
-        self._thread.start()
+        self._http = LoopbackHTTP(_Handler, self, name="kubeapi")
         return self
 
     @property
     def url(self) -> str:
-        assert self._server is not None, "start() first"
-        return f"http://127.0.0.1:{self._server.server_port}"
+        assert self._http is not None, "start() first"
+        return self._http.url
 
     def close(self) -> None:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join()
+        if self._http is not None:
+            self._http.close()
 
     def __enter__(self) -> KubeAPI:
         return self.start()
@@ -232,12 +220,8 @@ class KubeAPI:
             return [r for r in self.requests if r.is_watch]
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonHandler):
     server_api: KubeAPI
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet
-        pass
 
     def do_GET(self) -> None:
         api = self.server_api
@@ -264,14 +248,6 @@ class _Handler(BaseHTTPRequestHandler):
             body = {"kind": "PodList", "apiVersion": "v1",
                     "metadata": {"resourceVersion": str(api._rv)}, "items": items}
         return self._json(200, body)
-
-    def _json(self, code: int, body: Mapping[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def _chunk(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")

@@ -6,11 +6,9 @@ store and never shown."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +17,10 @@ import pytest
 
 from pxo.cloud.db import MIGRATIONS, Database
 from pxo.common.tls import TlsFiles, generate_cluster
-from tests.collector.test_collector import seed_store
-from tests.conftest import Service, http, start_cloud, start_collector, start_edge
-from tests.test_tls import tls_args
+from tests.helpers import cli
+from tests.helpers.seeding import seed_store
+from tests.helpers.services import Service, bootstrap, http, start_cloud, start_collector, start_edge
+from tests.helpers.tls import tls_args
 
 TOKEN = "far-cluster-token-0123456789"
 
@@ -43,8 +42,7 @@ def far(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         start_edge(services, root / "edge", collector, "node-far", "--sources", "[]", *tls_args(certs["edge"]))
         # the cloud's own (deploy-time) cluster is elsewhere and down: "far" is added later
         cloud, url = start_cloud(services, root / "cloud", "127.0.0.1:9")
-        key = subprocess.run([sys.executable, "-m", "pxo.cloud", "bootstrap", "--data-dir", str(root / "cloud")],
-                             capture_output=True, text=True, check=True).stdout.strip()
+        key = bootstrap(root / "cloud")
         yield {"root": root, "certs": certs, "collector": collector, "url": url, "key": key, "cloud": cloud}
     finally:
         for s in reversed(services):
@@ -52,10 +50,8 @@ def far(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
 
 
 def pxo(far: dict, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PXO_API_URL": far["url"], "PXO_API_KEY": far["key"],
-           "XDG_CONFIG_HOME": str(far["root"] / "cfg")}
-    return subprocess.run([sys.executable, "-m", "pxo.cli.main", *args], input=stdin, capture_output=True,
-                          text=True, env=env, timeout=60)
+    env = {"PXO_API_URL": far["url"], "PXO_API_KEY": far["key"], "XDG_CONFIG_HOME": str(far["root"] / "cfg")}
+    return cli.pxo(*args, env=env, stdin=stdin)
 
 
 def nodes(far: dict, cluster: str) -> tuple[int, dict]:

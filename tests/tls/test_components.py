@@ -28,12 +28,9 @@ from pxo.common.addr import read_addr_file
 from pxo.common.contract import NodeState
 from pxo.common.tls import ROLES, TlsFiles, channel_factory, generate_cluster, role_name
 from pxo.v1 import pxo_pb2, pxo_pb2_grpc
-from tests.collector.test_collector import seed_store
-from tests.conftest import Service, http, start_cloud, start_collector, start_edge
-
-
-def tls_args(f: TlsFiles) -> list[str]:
-    return ["--tls-ca", str(f.ca), "--tls-cert", str(f.cert), "--tls-key", str(f.key)]
+from tests.helpers.seeding import seed_store
+from tests.helpers.services import Service, bootstrap, http, start_cloud, start_collector, start_edge
+from tests.helpers.tls import tls_args
 
 
 def foreign(tmp_path: Path, cluster: dict[str, TlsFiles], role: str) -> TlsFiles:
@@ -137,8 +134,7 @@ def test_edge_registers_and_a_query_runs_over_tls(tls_cluster: dict, tmp_path: P
     assert [n["state"] for n in answer["nodes"]] == ["ok"] and not answer["partial"]
     # and the whole front door: HTTP -> cloud -> (TLS) collector -> (TLS) edge
     _, url = start_cloud(services, tmp_path / "cloud", collector, *tls_args(certs["cloud"]))
-    key = subprocess.run([sys.executable, "-m", "pxo.cloud", "bootstrap", "--data-dir", str(tmp_path / "cloud")],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    key = bootstrap(tmp_path / "cloud")
     status, body, _ = http("POST", url + "/api/v1/query", {"query": "oom_events | last 1h"}, key=key)
     assert status == 200, body
     assert len(body["rows"]) == 2

@@ -1,7 +1,7 @@
 """What `pxo deploy --kubernetes` applies is a working mutual-TLS cluster: the real
 collector, edge and cloud started as processes on loopback with exactly the
 environment of the pod templates the deploy sent to the loopback API server
-(tests/kubeapi_apply.py) and the files of the Secrets it created, as the kubelet
+(tests/helpers/kubeapi_apply.py) and the files of the Secrets it created, as the kubelet
 would mount them. Only what a kubelet does is played here: the Secret volumes
 become files, fieldRef and secretKeyRef values are resolved, and 0.0.0.0:<port>
 listens on 127.0.0.1:0 (any free port). No real cluster is involved."""
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import base64
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,9 +19,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pxo.common.addr import read_addr_file
 from pxo.v1 import pxo_pb2, pxo_pb2_grpc
-from tests.conftest import Service, http
-from tests.deploy.test_kube_deploy import IMAGE, all_ready, cluster, created, pxo
-from tests.kubeapi_apply import ApplyAPI
+from tests.helpers.cluster import IMAGE, all_ready, cluster, created, pxo
+from tests.helpers.kubeapi_apply import ApplyAPI
+from tests.helpers.services import Service, bootstrap, http
 
 
 def pod_spec(api: ApplyAPI, name: str) -> dict[str, Any]:
@@ -96,8 +94,7 @@ def test_the_deployed_pods_talk_mutual_tls(api: ApplyAPI, tmp_path: Path, servic
     cloud = Service("cloud", ["serve"], wdir, env=env)
     services.append(cloud)
     url = cloud.wait_addr()
-    key = subprocess.run([sys.executable, "-m", "pxo.cloud", "bootstrap", "--data-dir", str(wdir)],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    key = bootstrap(wdir)
 
     # the edge registered over TLS with its Secret's certificate; the cloud asks over TLS with its own
     end = time.monotonic() + 20
