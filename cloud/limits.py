@@ -24,6 +24,7 @@ from pxo.cloud.errors import (
     TooManyRequests,
     error_response,
 )
+from pxo.common.slots import Slot, Slots, SlotsFull
 
 MAX_FOLLOWS = 16  # follow streams per cloud: each holds a worker thread while it waits for rows
 
@@ -121,42 +122,17 @@ class RateLimiter:
             raise TooManyRequests(f"rate limit of key {key} exceeded; retry in {seconds} s", retry_after=seconds)
 
 
-class FollowSlots:
-    """The follow streams this cloud serves at once, at most ``cap``: a slot is taken
-    before a stream starts (ServiceUnavailable when none is free) and given back when
-    its answer ends, however it ends. Thread-safe: routes take slots in worker threads."""
+class FollowSlots(Slots):
+    """The follow streams this cloud serves at once, at most ``cap`` (common/slots.py): a slot
+    is taken before a stream starts (ServiceUnavailable when none is free) and given back
+    when its answer ends, however it ends."""
 
     def __init__(self, cap: int = MAX_FOLLOWS) -> None:
-        self.cap = cap
-        self._lock = threading.Lock()
-        self._active = 0
+        super().__init__(cap)
 
-    @property
-    def active(self) -> int:
-        return self._active
-
-    def take(self) -> FollowSlot:
-        with self._lock:
-            if self._active >= self.cap:
-                raise ServiceUnavailable(f"this cloud already serves {self.cap} follow streams, its most; "
-                                         "try again later")
-            self._active += 1
-        return FollowSlot(self)
-
-    def _give_back(self) -> None:
-        with self._lock:
-            self._active -= 1
-
-
-class FollowSlot:
-    """One taken slot; ``release`` gives it back once, however often it is called."""
-
-    def __init__(self, slots: FollowSlots) -> None:
-        self._slots: FollowSlots | None = slots
-        self._lock = threading.Lock()
-
-    def release(self) -> None:
-        with self._lock:
-            slots, self._slots = self._slots, None
-        if slots is not None:
-            slots._give_back()
+    def take(self) -> Slot:
+        try:
+            return super().take()
+        except SlotsFull as exc:
+            raise ServiceUnavailable(f"this cloud already serves {exc.cap} follow streams, its most; "
+                                     "try again later") from None

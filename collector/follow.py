@@ -43,8 +43,10 @@ from pxo.collector.plan.model import OV
 from pxo.collector.registry import EdgeEntry, Registry
 from pxo.collector.scratch import scratch
 from pxo.common import arrowipc
+from pxo.common.backoff import Backoff
 from pxo.common.contract import NodeState
 from pxo.common.schema import Table
+from pxo.common.slots import Slots, SlotsFull
 from pxo.common.timeutil import to_unix_us
 from pxo.v1 import pxo_pb2, pxo_pb2_grpc
 
@@ -57,7 +59,7 @@ NOT_ROW_LOCAL = ("--follow streams rows as they arrive; summarize, sort, take, t
 # The open end of a `last` or `since` range while following (DuckDB TIMESTAMP holds it).
 FOREVER = dt.datetime(9999, 12, 31)
 MAX_FOLLOWS = 8  # concurrent follow streams per collector: each holds a server thread
-_follows = threading.BoundedSemaphore(MAX_FOLLOWS)
+_follows = Slots(MAX_FOLLOWS)
 
 
 @dataclass(frozen=True)
@@ -112,12 +114,12 @@ class _Link:
     """One edge's follow stream."""
 
     node: str
+    backoff: Backoff  # when to ask again: grows while attempts fail before the edge confirms
     address: str = ""
     thread: threading.Thread | None = None
     call: grpc.Call | None = None
     attempts: int = 0
-    failures: int = 0  # attempts in a row that never got the edge's first message
-    ended_at: float = 0.0  # monotonic time its last stream ended
+    retry_at: float = 0.0  # monotonic time before which it is not asked again
     detail: str = ""  # what to say once the edge confirms
     confirmed: threading.Event = field(default_factory=threading.Event)
     reported: tuple[pxo_pb2.NodeStatus.State, str] | None = None  # the last state sent for it (state, detail)
@@ -129,7 +131,7 @@ class _Link:
 
 class Follow:
     def __init__(self, registry: Registry, stub: Callable[[str], pxo_pb2_grpc.EdgeStub], plan: FollowPlan, *,
-                 row_limit: int, retry_after: float = 1.0, check_every: float = 0.5,
+                 row_limit: int, retry_after: float = 1.0, retry_cap: float = 10.0, check_every: float = 0.5,
                  queue_replies: int = 64, confirm_wait: float = 3.0) -> None:
         self.confirm_wait = confirm_wait
         self.registry = registry
@@ -137,6 +139,7 @@ class Follow:
         self.plan = plan
         self.row_limit = row_limit
         self.retry_after = retry_after
+        self.retry_cap = retry_cap
         self.check_every = check_every
         self._out: queue.Queue[pxo_pb2.QueryReply | _Ended] = queue.Queue(queue_replies)
         self._links: dict[str, _Link] = {}
@@ -213,7 +216,8 @@ class Follow:
         now = time.monotonic()
         for entry in self.registry.snapshot():
             with self._lock:
-                link = self._links.setdefault(entry.node, _Link(entry.node))
+                link = self._links.setdefault(
+                    entry.node, _Link(entry.node, backoff=Backoff(self.retry_after, self.retry_cap)))
             if link.running:
                 continue
             reason = skip_reason(entry, [self.plan.table], self.plan.skip_reason)
@@ -225,7 +229,7 @@ class Follow:
                 changed += self._note(entry.node, State.DOWN, "edge down: it stopped heartbeating; "
                                                                "following again when it is back")
                 continue
-            if link.attempts and now - link.ended_at < min(10.0, self.retry_after * 2 ** min(link.failures, 4)):
+            if now < link.retry_at:
                 continue
             changed += self._start(link, entry)
         return changed
@@ -269,7 +273,7 @@ class Follow:
             for msg in call:
                 if not link.confirmed.is_set():  # the edge's first message: it is subscribed
                     link.confirmed.set()
-                    link.failures = 0
+                    link.backoff.reset()
                     if not self._put((link.node, State.OK, link.detail)):
                         return
                 _, batches = arrowipc.decode(msg.ipc_stream)
@@ -300,9 +304,8 @@ class Follow:
             log.exception("bad follow answer from %s", link.node)
             detail = f"bad answer from the edge: {exc}"
         finally:
-            link.ended_at = time.monotonic()
-            if not link.confirmed.is_set():
-                link.failures += 1
+            # once confirmed, the backoff starts over: a stream that ran is asked again soon
+            link.retry_at = time.monotonic() + link.backoff.delay()
         if not self.stop.is_set():
             self._put((link.node, State.FAILED, f"{detail}; following again when it answers"))
 
@@ -316,13 +319,13 @@ def serve(request: pxo_pb2.QueryRequest, context: grpc.ServicerContext, *, regis
         assert refusal is not None
         yield refusal
         return
-    if not _follows.acquire(blocking=False):
-        yield pxo_pb2.QueryReply(error=pxo_pb2.QueryError(
-            message=f"this collector already serves {MAX_FOLLOWS} follow streams, its most; try again later"))
-        return
     try:
+        slot = _follows.take()
+    except SlotsFull as exc:
+        yield pxo_pb2.QueryReply(error=pxo_pb2.QueryError(
+            message=f"this collector already serves {exc.cap} follow streams, its most; try again later"))
+        return
+    with slot:
         follow = Follow(registry, stub, plan, row_limit=min(request.row_limit or row_cap, row_cap))
         context.add_callback(follow.stop.set)
         yield from follow.run()
-    finally:
-        _follows.release()
