@@ -25,11 +25,10 @@ from prometheus_client.registry import Collector
 
 from pxo.collector.registry import Registry
 from pxo.common.addr import split_hostport
-from pxo.common.contract import NodeState, node_state_name
+from pxo.common.contract import NodeState, answer_state_name, node_state_name
 from pxo.v1 import pxo_pb2
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-NODE_STATES = {v: k.lower() for k, v in pxo_pb2.NodeStatus.State.items()}
 
 
 class EdgesCollector(Collector):
@@ -87,7 +86,7 @@ class CollectorMetrics:
                 if part == "summary":
                     outcome = "partial" if reply.summary.partial else "ok"
                     for n in reply.summary.nodes:
-                        self.node_answers.labels(NODE_STATES.get(n.state, str(n.state))).inc()
+                        self.node_answers.labels(answer_state_name(n.state)).inc()
                 elif part == "error":
                     outcome = "error"
                 yield reply

@@ -21,6 +21,15 @@ def node_state_name(state: int) -> str:
     return pxo_pb2.NodeEntry.State.Name(state).lower()
 
 
+def answer_state_name(state: int) -> str:
+    """"ok", "failed", "timed_out", "down" or "skipped", as the REST API, the CLI and the metrics
+    show a node's part of an answer; "unknown" for a state this build does not know (a newer peer's)."""
+    try:
+        return pxo_pb2.NodeStatus.State.Name(state).lower()
+    except ValueError:
+        return "unknown"
+
+
 def source_state_name(state: int) -> str:
     """"running", "degraded", "failed" or "stopped"."""
     return pxo_pb2.SourceStatus.State.Name(state).lower()
