@@ -17,11 +17,9 @@ import pyarrow as pa
 from pxo.cloud.errors import BadQuery, CollectorUnavailable
 from pxo.common import arrowipc
 from pxo.common.contract import CLUSTER_TOKEN_METADATA as TOKEN_METADATA
-from pxo.common.contract import node_state_name, source_state_name
+from pxo.common.contract import answer_state_name, node_state_name, source_state_name
 from pxo.common.timeutil import from_unix_us, iso
 from pxo.v1 import pxo_pb2, pxo_pb2_grpc
-
-NODE_STATES = {v: k.lower() for k, v in pxo_pb2.NodeStatus.State.items()}
 
 
 def json_value(v: Any) -> Any:
@@ -62,7 +60,7 @@ def _bad_query(e: pxo_pb2.QueryError) -> BadQuery:
 
 
 def node_statuses(summary: pxo_pb2.QuerySummary) -> list[dict[str, Any]]:
-    return [{"node": s.node, "state": NODE_STATES.get(s.state, "unknown"), "detail": s.detail, "rows": s.rows}
+    return [{"node": s.node, "state": answer_state_name(s.state), "detail": s.detail, "rows": s.rows}
             for s in summary.nodes]
 
 

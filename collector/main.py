@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import logging
 import sys
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -23,15 +21,14 @@ from pxo.collector.registry import Registry
 from pxo.collector.service import CollectorService
 from pxo.common import sqlgate
 from pxo.common.addr import split_hostport, write_addr_file
+from pxo.common.grpcserver import GrpcServer
 from pxo.common.settings import SettingsError, configure_logging, load_settings, wait_for_shutdown
 from pxo.common.tls import (
     COLLECTOR_CALLERS,
     TlsError,
     TlsSettings,
-    add_port,
     channel_factory,
     role_interceptors,
-    serve_health,
 )
 from pxo.common.version import pxo_version
 from pxo.v1 import pxo_pb2_grpc
@@ -91,37 +88,43 @@ class CollectorSettings(TlsSettings):
         return v
 
 
-def serve(settings: CollectorSettings) -> tuple[grpc.Server, str, Executor, health.HealthServicer,
-                                                futures.ThreadPoolExecutor]:
-    registry = Registry(expire_after=settings.expire_after, forget_after=settings.forget_after)
-    # TlsError (a missing or unreadable file) is reported by main() in one line.
-    executor = Executor(registry, edge_timeout=settings.edge_timeout, row_cap=settings.row_cap,
-                        byte_cap=int(settings.byte_cap_mb * (1 << 20)),
-                        channel_factory=channel_factory(settings.tls, peer="edge"))
-    interceptors: list[grpc.ServerInterceptor[Any, Any]] = \
-        [ClusterTokenInterceptor(settings.cluster_token)] if settings.cluster_token else []
-    interceptors += role_interceptors(settings.tls, COLLECTOR_CALLERS)  # with TLS: edges register, the cloud asks
-    rpc_pool = futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="collector-rpc")
-    server = grpc.server(rpc_pool, interceptors=interceptors)
-    metrics = CollectorMetrics()
-    metrics.watch(registry)
-    pxo_pb2_grpc.add_CollectorServicer_to_server(
-        CollectorService(registry, executor, heartbeat_interval=settings.heartbeat_interval, metrics=metrics),
-        server)
-    if settings.metrics:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        write_addr_file(settings.data_dir / "metrics.addr", metrics.serve(settings.metrics))
-    healthz = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(healthz, server)
-    host, _ = split_hostport(settings.listen)
-    port = add_port(server, settings.listen, settings.tls)
-    if port == 0:
-        raise OSError(f"cannot listen on {settings.listen} (address in use?)")
-    sqlgate.check("SELECT 1", ())  # the gate's parser database opens now, not in the first query
-    server.start()
-    healthz.set("", health_pb2.HealthCheckResponse.SERVING)
-    healthz.set("pxo.v1.Collector", health_pb2.HealthCheckResponse.SERVING)
-    return server, f"{host}:{port}", executor, healthz, rpc_pool
+class Collector:
+    """The running collector: the registry of edges, the executor, the gRPC server."""
+
+    def __init__(self, settings: CollectorSettings) -> None:
+        self.settings = settings
+        self.registry = Registry(expire_after=settings.expire_after, forget_after=settings.forget_after)
+        # TlsError (a missing or unreadable file) is reported by main() in one line.
+        self.executor = Executor(self.registry, edge_timeout=settings.edge_timeout, row_cap=settings.row_cap,
+                                 byte_cap=int(settings.byte_cap_mb * (1 << 20)),
+                                 channel_factory=channel_factory(settings.tls, peer="edge"))
+        interceptors: list[grpc.ServerInterceptor[Any, Any]] = \
+            [ClusterTokenInterceptor(settings.cluster_token)] if settings.cluster_token else []
+        interceptors += role_interceptors(settings.tls, COLLECTOR_CALLERS)  # with TLS: edges register, the cloud asks
+        self.metrics = CollectorMetrics()
+        self.metrics.watch(self.registry)
+        service = CollectorService(self.registry, self.executor, heartbeat_interval=settings.heartbeat_interval,
+                                   metrics=self.metrics)
+        self.grpc = GrpcServer(
+            "collector", listen=settings.listen, tls=settings.tls, service_names=["pxo.v1.Collector"],
+            add_servicers=lambda server: pxo_pb2_grpc.add_CollectorServicer_to_server(service, server),
+            interceptors=interceptors, max_workers=32)
+
+    def start(self) -> str:
+        """Serve; returns the bound address, written to collector.addr last. OSError or TlsError
+        when the address or a certificate cannot be had."""
+        data_dir = self.settings.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        if self.settings.metrics:
+            write_addr_file(data_dir / "metrics.addr", self.metrics.serve(self.settings.metrics))
+        sqlgate.check("SELECT 1", ())  # the gate's parser database opens now, not in the first query
+        address = self.grpc.start(data_dir=data_dir, health_listen=self.settings.health_listen)
+        self.grpc.publish(data_dir)
+        return address
+
+    def stop(self) -> None:
+        self.grpc.stop()  # its RPC threads end here, their DuckDB connections with them
+        self.executor.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,12 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level)
     try:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        server, address, executor, healthz, rpc_pool = serve(settings)
-        if settings.health_listen:
-            health_server, health_address = serve_health(healthz, settings.health_listen)
-            write_addr_file(settings.data_dir / "health.addr", health_address)
-        write_addr_file(settings.data_dir / "collector.addr", address)
+        collector = Collector(settings)
+        address = collector.start()
     except OSError as exc:
         print(f"pxo-collector: error: {exc}", file=sys.stderr)
         return 1
@@ -149,15 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     tls = settings.tls
     log.info("gRPC %s%s", f"with mutual TLS (cluster CA {tls.ca})" if tls else
              "in plain text: edges and the cloud are not authenticated by certificate",
-             f"; plain-text health checks on {health_address}" if settings.health_listen else "")
+             f"; plain-text health checks on {collector.grpc.health_address}" if settings.health_listen else "")
     wait_for_shutdown()
-    healthz.enter_graceful_shutdown()
-    server.stop(grace=2).wait()
-    if settings.health_listen:
-        health_server.stop(grace=None)
-    # End the RPC threads now, so their per-thread DuckDB connections are freed while
-    # the interpreter is whole, not during its teardown.
-    rpc_pool.shutdown(wait=True, cancel_futures=True)
-    executor.close()
+    collector.stop()
     log.info("pxo collector stopped")
     return 0
