@@ -9,7 +9,7 @@
                   text comes last, with the node and the time range as parameters
     compile.py    the whole: plan_pipe (and plan_sql, the SQL form); model.py the result
 
-docs/query-language.md is the language's reference; tests/collector/oracle.py evaluates
+docs/query-language.md is the language's reference; tests/helpers/oracle.py evaluates
 it independently of all this, and tests/collector/test_exactness.py holds the two equal.
 """
 

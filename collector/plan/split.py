@@ -14,7 +14,7 @@ distinct, sort, take, top):
 
 Exactness: every partial is exact and complete, so the answer is the one a single
 database holding every row would give (tests/collector/test_exactness.py checks it
-against an evaluator of the documented semantics, tests/collector/oracle.py).
+against an evaluator of the documented semantics, tests/helpers/oracle.py).
 """
 
 from __future__ import annotations
