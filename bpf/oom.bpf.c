@@ -168,6 +168,28 @@ static __always_inline void read_trigger_path(void *css, struct oom_event *e)
 	}
 }
 
+/* The victim's process id as its own pid namespace numbers it: the thread group
+ * leader's struct pid, numbers[level].nr (what getpid() returns inside a container). */
+static __always_inline void read_ns_tgid(void *task, struct oom_event *e)
+{
+	void *leader = NULL, *pid = NULL;
+	u32 level = 0;
+	int nr = 0;
+
+	KREAD(leader, task, TASK_GROUP_LEADER);
+	if (!leader)
+		leader = task;
+	KREAD(pid, leader, TASK_THREAD_PID);
+	if (!pid)
+		return;
+	KREAD(level, pid, PID_LEVEL);
+	if (level > 32) /* MAX_PID_NS_LEVEL */
+		return;
+	bpf_probe_read_kernel(&nr, sizeof(nr), (char *)pid + PID_NUMBERS + level * UPID_SIZE + UPID_NR);
+	e->ns_tgid = nr;
+	e->ns_level = level;
+}
+
 RAW_TRACEPOINT_PROBE(mark_victim)
 {
 	struct oom_event *e;
@@ -225,6 +247,8 @@ RAW_TRACEPOINT_PROBE(mark_victim)
 	e->swap_pages = 0;
 	e->pgtables_bytes = 0;
 	__builtin_memset(e->victim_comm, 0, sizeof(e->victim_comm));
+	e->ns_tgid = 0;
+	e->ns_level = 0;
 #if !MARK_VICTIM_TASK_ARG
 	e->victim_tid = tid; /* known even when the task is not */
 #endif
@@ -236,6 +260,7 @@ RAW_TRACEPOINT_PROBE(mark_victim)
 		if (signal)
 			KREAD(adj, signal, SIGNAL_OOM_SCORE_ADJ);
 		KREAD(mm, task, TASK_MM);
+		read_ns_tgid(task, e);
 	} else {
 		count_lost(); /* the victim's task was not found: user space has the kernel log's account */
 	}

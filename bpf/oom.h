@@ -33,6 +33,8 @@ struct oom_event {
 	__u32 trigger_tid;
 	__u32 uid;            /* victim's uid in the initial user namespace */
 	__s32 oom_score_adj;  /* victim's signal->oom_score_adj (a short in the kernel) */
+	__u32 ns_tgid;        /* victim's process id in its own pid namespace (1: a container's main process) */
+	__u32 ns_level;       /* depth of that pid namespace: 0 is the node's own (ns_tgid is then the tgid) */
 	/* The next five are PAGES, exactly as the kernel counts them (mm->total_vm,
 	 * the mm's rss_stat counters); user space converts to bytes. */
 	__u64 total_vm_pages;

@@ -24,6 +24,7 @@ examples:
   pxo query "oom_events | last 1h"         every OOM kill of the last hour
   pxo query "oom_events | last 7d | take 5" -o json
   pxo query --sql "SELECT comm, count(*) AS kills FROM oom_events GROUP BY comm"
+  pxo explain                              why the last kill happened, and what led to it
   pxo tables                               what can be asked, column by column
   pxo nodes                                the edges and their probes
   pxo auth login --url http://pxo:8700     sign in with an API key
@@ -336,6 +337,20 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     rows = [[n["node"], output.state(n["state"]), n["address"], n["edge_version"], n["kernel_release"], sources(n)]
             for n in body["nodes"]]
     _print_table(args, cols, rows, "(no nodes)")
+    return EXIT_OK
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from pxo.cli import explain, output
+
+    window = explain.parse_window(args.window)
+    with output.Progress("finding the kill ..."):
+        body = _api().call("GET", "/api/v1/explain",
+                           query={"target": args.target, "window": str(window), "cluster": args.cluster})
+    if args.output == "json":
+        print(output.as_json(body))
+    else:
+        print(explain.render(body, colour=output.use_colour(sys.stdout, disabled=args.no_color)))
     return EXIT_OK
 
 
@@ -658,6 +673,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--follow", "-f", action="store_true",
                    help="keep printing new rows as the nodes commit them, like tail -f (Ctrl-C ends); a pipe "
                         "query of range, where, project and extend only")
+
+    e = add(sub, "explain", cmd_explain, "why a process was killed: the kill, the minutes before, who held the "
+            "memory, and a verdict (docs/explain.md)",
+            "pxo explain                         (the most recent kill)", "pxo explain prod/api-7f9c/server",
+            "pxo explain 48213 --window 30m", "pxo explain /kubepods/burstable/pod1234 -o json", cluster=True)
+    e.add_argument("target", nargs="?", default="",
+                   help="an oom_id, a pid, a cgroup path, a container id or namespace/pod[/container] "
+                        "(default: the most recent kill)")
+    e.add_argument("--window", default="10m", help="how long before the kill to show (default 10m; e.g. 90s, 1h)")
+    e.add_argument("-o", "--output", choices=("table", "json"), default="table",
+                   help="table (default: text with sparklines) or json")
 
     t = add(sub, "tables", cmd_tables, "list the tables, or one table's columns with their descriptions",
             "pxo tables", "pxo tables oom_events", "pxo tables -o json", output=True, cluster=True)

@@ -13,8 +13,9 @@ from typing import Any
 
 import grpc
 import pyarrow as pa
+from google.protobuf import json_format
 
-from pxo.cloud.errors import BadQuery, CollectorUnavailable
+from pxo.cloud.errors import BadQuery, BadRequest, CollectorUnavailable, NotFound
 from pxo.common import arrowipc
 from pxo.common.contract import CLUSTER_TOKEN_METADATA as TOKEN_METADATA
 from pxo.common.contract import answer_state_name, node_state_name, source_state_name
@@ -214,5 +215,48 @@ class CollectorClient:
                  "columns": [{"name": c.name, "type": c.type, "description": c.description} for c in t.columns]}
                 for t in reply.tables]
 
+    def explain(self, target: str, *, window_s: int = 0) -> dict[str, Any]:
+        """`pxo explain`: the collector's Explanation as JSON (explanation_json)."""
+        try:
+            reply = self._stub.Explain(pxo_pb2.ExplainRequest(target=target, window_s=window_s),
+                                       timeout=self.timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise NotFound(exc.details() or "no such kill") from exc
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise BadRequest(exc.details() or "bad target") from exc
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and exc.details():
+                raise CollectorUnavailable(exc.details() or "") from exc
+            raise self._unavailable(exc) from exc
+        return explanation_json(reply)
+
     def close(self) -> None:
         self._channel.close()
+
+
+def _row(s: Any) -> dict[str, Any]:
+    """A Struct row as JSON: its numbers were doubles on the wire; whole ones are integers again."""
+    return {k: int(v) if isinstance(v, float) and v.is_integer() else v
+            for k, v in json_format.MessageToDict(s).items()}
+
+
+def explanation_json(e: pxo_pb2.Explanation) -> dict[str, Any]:
+    """An Explanation as the REST API, the CLI and the web page read it (docs/explain.md)."""
+    def when(us: int) -> str | None:
+        return iso(from_unix_us(us))
+
+    return {
+        "node": e.node, "kind": e.kind,
+        "kill": _row(e.kill),
+        "members": [_row(m) for m in e.members],
+        "window": {"start": when(e.window_start_unix_us), "end": when(e.window_end_unix_us)},
+        "series": [{"name": s.name, "unit": s.unit,
+                    "points": [[when(t), None if math.isnan(v) else v] for t, v in zip(s.time_unix_us, s.values,
+                                                                                      strict=True)]}
+                   for s in e.series],
+        "holders": [_row(h) for h in e.holders],
+        "verdicts": [{"rule": v.rule, "sentence": v.sentence, "numbers": dict(v.numbers)} for v in e.verdicts],
+        "missing": list(e.missing),
+        "unanswered": [{"node": u.node, "state": answer_state_name(u.state), "detail": u.detail}
+                       for u in e.unanswered],
+    }

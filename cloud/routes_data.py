@@ -16,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from pxo.cloud import formats
 from pxo.cloud.deps import ClusterParam, Follows, Pool, Settings, Viewer
-from pxo.cloud.errors import NotAcceptable, PayloadTooLarge
+from pxo.cloud.errors import BadRequest, NotAcceptable, PayloadTooLarge
 from pxo.cloud.formats import ARROW_STREAM, NDJSON, NdjsonWriter
 from pxo.cloud.models import FollowIn, QueryIn, QueryOut, TableOut, errors
 from pxo.cloud.settings import CloudSettings
@@ -115,6 +115,17 @@ def follow(body: FollowIn, caller: Viewer, request: Request, settings: Settings,
 def tables(caller: Viewer, pool: Pool, cluster: ClusterParam = "") -> list[dict[str, Any]]:
     """The tables of a cluster's edges, with every column's type and description."""
     return pool.get(cluster or None)[1].tables()
+
+
+@router.get("/explain", responses=errors(400, 404, 502))
+def explain(caller: Viewer, pool: Pool, target: str = "", window: int = 600,
+            cluster: ClusterParam = "") -> dict[str, Any]:
+    """Why a kill happened (docs/explain.md): TARGET is an oom_id, a pid, a cgroup path, a container id
+    or namespace/pod[/container]; empty, the most recent kill. ``window``: seconds before the kill."""
+    if not 10 <= window <= 24 * 3600:
+        raise BadRequest(f"window must be between 10 s and 24 h, not {window} s")
+    found, client = pool.get(cluster or None)
+    return {"cluster": found.name, **client.explain(target, window_s=window)}
 
 
 @router.get("/nodes", responses=errors(502))

@@ -23,6 +23,7 @@ CLOUD_METHODS = frozenset({
     "/pxo.v1.Collector/Follow",
     "/pxo.v1.Collector/ListNodes",
     "/pxo.v1.Collector/ListTables",
+    "/pxo.v1.Collector/Explain",
 })
 
 

@@ -17,6 +17,7 @@ from pydantic_settings import SettingsConfigDict
 from pxo.collector.auth import ClusterTokenInterceptor
 from pxo.collector.executor import Executor
 from pxo.collector.metrics import CollectorMetrics
+from pxo.collector.notify import Notifier
 from pxo.collector.registry import Registry
 from pxo.collector.service import CollectorService
 from pxo.common import sqlgate
@@ -66,6 +67,17 @@ class CollectorSettings(TlsSettings):
 
     health_listen: str = Field("", description="host:port of a plain-text server answering only grpc.health.v1 "
                                "(for Kubernetes gRPC probes when TLS is on; empty: off)")
+    notify_url: str = Field("", description="webhook to POST warnings to (Alertmanager's webhook JSON) when a "
+                            "memory cgroup's estimated time to its limit (oom_risk) drops below --notify-threshold; "
+                            "once per episode, and again when it ends (empty: off)")
+    notify_threshold: float = Field(60.0, gt=0, description="seconds to the limit below which --notify-url is told")
+
+    @field_validator("notify_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v and not v.startswith(("http://", "https://")):
+            raise ValueError("--notify-url must be an http:// or https:// URL")
+        return v
 
     @field_validator("listen")
     @classmethod
@@ -103,6 +115,8 @@ class Collector:
         interceptors += role_interceptors(settings.tls, COLLECTOR_CALLERS)  # with TLS: edges register, the cloud asks
         self.metrics = CollectorMetrics()
         self.metrics.watch(self.registry)
+        self.notifier = Notifier(settings.notify_url, self.executor.run, threshold=settings.notify_threshold) \
+            if settings.notify_url else None
         service = CollectorService(self.registry, self.executor, heartbeat_interval=settings.heartbeat_interval,
                                    metrics=self.metrics)
         self.grpc = GrpcServer(
@@ -119,10 +133,14 @@ class Collector:
             write_addr_file(data_dir / "metrics.addr", self.metrics.serve(self.settings.metrics))
         sqlgate.check("SELECT 1", ())  # the gate's parser database opens now, not in the first query
         address = self.grpc.start(data_dir=data_dir, health_listen=self.settings.health_listen)
+        if self.notifier is not None:
+            self.notifier.start()
         self.grpc.publish(data_dir)
         return address
 
     def stop(self) -> None:
+        if self.notifier is not None:
+            self.notifier.stop()
         self.grpc.stop()  # its RPC threads end here, their DuckDB connections with them
         self.executor.close()
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent import futures
 from typing import cast
 
 import grpc
 
 from pxo.collector import follow
 from pxo.collector.executor import Executor
+from pxo.collector.explain import ExplainError, explain
 from pxo.collector.metrics import CollectorMetrics
 from pxo.collector.registry import Registry
 from pxo.v1 import pxo_pb2, pxo_pb2_grpc
@@ -21,6 +23,7 @@ class CollectorService(pxo_pb2_grpc.CollectorServicer):
         self.executor = executor
         self.heartbeat_interval = heartbeat_interval
         self.metrics = metrics
+        self._explain_pool = futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="explain")
 
     def Register(self, request: pxo_pb2.RegisterRequest, context: grpc.ServicerContext) -> pxo_pb2.RegisterReply:
         info = request.node
@@ -60,3 +63,11 @@ class CollectorService(pxo_pb2_grpc.CollectorServicer):
                    context: grpc.ServicerContext) -> pxo_pb2.ListTablesReply:
         catalog = self.registry.catalog()
         return pxo_pb2.ListTablesReply(tables=[catalog[name].to_proto() for name in sorted(catalog)])
+
+    def Explain(self, request: pxo_pb2.ExplainRequest, context: grpc.ServicerContext) -> pxo_pb2.Explanation:
+        """`pxo explain`: see collector/explain.py."""
+        try:
+            return explain(request, registry=self.registry, stub=self.executor.stub,
+                           timeout=self.executor.edge_timeout, pool=self._explain_pool)
+        except ExplainError as exc:
+            context.abort(exc.code, str(exc))

@@ -470,6 +470,10 @@ class KubePodWatcher:
         self._lists = 0
         self._logged_error: str | None = None
 
+    def new_api_client(self) -> ApiClient:
+        """A client of the API server this watcher talks to (the pod Events of edge/kubeevents.py)."""
+        return self._new_api_client()
+
     # -- in a cluster or not ---------------------------------------------------
 
     @classmethod

@@ -11,6 +11,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
@@ -26,15 +27,17 @@ from pxo.common.tls import (
     role_interceptors,
 )
 from pxo.common.version import pxo_version
+from pxo.edge import explain
 from pxo.edge.attribution import AttributingSink, Attributor, KubePodWatcher
 from pxo.edge.errors import EdgeError
+from pxo.edge.kubeevents import EventTap, PodEvents
 from pxo.edge.metrics import EdgeCollector, EdgeMetrics
 from pxo.edge.pins import PIN_ROOT
 from pxo.edge.registration import Registration
 from pxo.edge.runtimes import RUNTIME_APIS, runtime_indexes
 from pxo.edge.service import EdgeService
 from pxo.edge.sources import SOURCES, all_tables, build_sources
-from pxo.edge.sources.base import Source, SourceContext, SourceStatus
+from pxo.edge.sources.base import Sink, Source, SourceContext, SourceStatus
 from pxo.edge.store import Store
 from pxo.v1 import pxo_pb2_grpc
 
@@ -50,6 +53,8 @@ class EdgeSettings(TlsSettings):
     node: str = Field(default_factory=socket.gethostname,
                       description="this node's name (in Kubernetes: spec.nodeName via the downward API)")
     data_dir: Path = Field(Path("/var/lib/pxo/edge"), description="directory of the DuckDB store")
+    pod_events: bool = Field(True, description="post each OOM kill of a pod's process as a Kubernetes Event on "
+                             "the pod (reason PxoOOMKill; needs create and patch on events)")
     bpf_pins: Path = Field(PIN_ROOT, description="bpffs directory where the eBPF programs, their maps and ring "
                            "buffers are pinned, so that they keep capturing while the edge restarts (in "
                            "Kubernetes: on the host's /sys/fs/bpf; `pxo delete` removes it)")
@@ -112,14 +117,17 @@ class Edge:
         self.pods = KubePodWatcher.from_environment(settings.node)
         self.runtimes = runtime_indexes(settings.runtime_dir, factories=RUNTIME_APIS)
         self.attributor = Attributor(pods=self.pods, runtimes=self.runtimes)
-        sink = AttributingSink(self.store, self.attributor, self.store.tables.values())
+        self.pod_events = PodEvents(node=settings.node, api_client=self.pods.new_api_client,
+                                    explain=self.verdict_line) if self.pods and settings.pod_events else None
+        inner: Sink = EventTap(self.store, self.pod_events.offer) if self.pod_events else self.store
+        sink = AttributingSink(inner, self.attributor, self.store.tables.values())
         ctx = SourceContext(sink=sink, oom_recorded=self.store.oom_kill_recorded, statuses=self.extra_status,
                             pin_root=settings.bpf_pins)
         self.sources: list[Source] = build_sources(settings.sources, ctx)
         self.address = ""
         self.metrics = EdgeMetrics()
         self.metrics.watch(EdgeCollector(node=settings.node, sources=self.sources, store=self.store,
-                                         extra_status=self.extra_status))
+                                         extra_status=self.extra_status, attribute=self.attributor.attribute))
         self.service = EdgeService(node=settings.node, store=self.store, sources=self.sources,
                                    address=lambda: self.address, extra_status=self.extra_status,
                                    metrics=self.metrics)
@@ -130,6 +138,13 @@ class Edge:
             interceptors=role_interceptors(settings.tls, EDGE_CALLERS))
         self.registration: Registration | None = None
         self._started = time.time()
+
+    def verdict_line(self, row: dict[str, Any]) -> str:
+        """`pxo explain`'s verdict on one oom_events row, in one line (the pod's Event)."""
+        found = explain.find(self.store, row.get("oom_id") or str(row["pid"]))
+        if found is None:
+            return "no verdict (the kill is not in the store)"
+        return " ".join(v.sentence for v in explain.explain(self.store, found).verdicts)
 
     def extra_status(self) -> list[SourceStatus]:
         """The store's and the pod watcher's status, beside the sources'."""
@@ -155,6 +170,8 @@ class Edge:
         self._started = time.time()
         self.store.start()
         self.attributor.start()
+        if self.pod_events is not None:
+            self.pod_events.start()
         for s in self.sources:
             try:
                 s.start()
@@ -197,6 +214,8 @@ class Edge:
         for s in self.sources:
             s.stop()
         self.attributor.stop()
+        if self.pod_events is not None:
+            self.pod_events.stop()
         self.grpc.stop()
         self.store.close()
         log.info("pxo edge stopped; store closed")

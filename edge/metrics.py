@@ -8,7 +8,7 @@ fragments the edge answered, counted and timed where they run (edge/service.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -24,8 +24,10 @@ STATES = ("running", "degraded", "failed", "stopped")
 
 class EdgeCollector(Collector):
     def __init__(self, *, node: str, sources: Sequence[Source], store: Store,
-                 extra_status: Callable[[], list[SourceStatus]]) -> None:
+                 extra_status: Callable[[], list[SourceStatus]],
+                 attribute: Callable[[str], Mapping[str, Any]] | None = None) -> None:
         self.node = node
+        self.attribute = attribute  # cgroup path -> namespace, pod, container (edge/attribution.py)
         self.sources = sources
         self.store = store
         self.extra_status = extra_status
@@ -60,9 +62,26 @@ class EdgeCollector(Collector):
             for (namespace, pod, container), n in getattr(src, "kills_by_pod", {}).items():
                 pod_kills.add_metric([self.node, namespace, pod, container], n)
         yield pod_kills
+        yield self._eta()
         size = GaugeMetricFamily("pxo_edge_store_bytes", "Bytes the store holds", labels=["node"])
         size.add_metric([self.node], self.store.used_bytes())
         yield size
+
+
+    def _eta(self) -> GaugeMetricFamily:
+        """oom_risk's latest estimate, one series per memory cgroup that is growing toward its limit
+        now (the cardinality is the cgroups at risk, not all of them)."""
+        eta = GaugeMetricFamily("pxo_edge_oom_eta_seconds", "Estimated seconds until a memory cgroup reaches its "
+                                "limit at its current growth (oom_risk; only cgroups that are growing)",
+                                labels=["node", "cgroup_path", "namespace", "pod", "container"])
+        for src in self.sources:
+            for path, row in list(getattr(src, "latest", {}).items()):
+                if row.get("eta_seconds") is None:
+                    continue
+                who = self.attribute(path) if self.attribute else {}
+                eta.add_metric([self.node, path, who.get("namespace") or "", who.get("pod") or "",
+                                who.get("container") or ""], row["eta_seconds"])
+        return eta
 
 
 class EdgeMetrics:

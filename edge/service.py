@@ -4,6 +4,7 @@ table's rows as they are committed, through a row-local fragment)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import platform
 import threading
@@ -13,8 +14,9 @@ from collections.abc import Callable, Iterator, Sequence
 import grpc
 
 from pxo.common import arrowipc
-from pxo.common.timeutil import from_unix_us
+from pxo.common.timeutil import from_unix_us, to_unix_us
 from pxo.common.version import pxo_version
+from pxo.edge import explain
 from pxo.edge.errors import FragmentError
 from pxo.edge.metrics import EdgeMetrics
 from pxo.edge.sources.base import Source, SourceStatus
@@ -105,3 +107,25 @@ class EdgeService(pxo_pb2_grpc.EdgeServicer):
         finally:
             stop.set()
             self._followers.release()
+
+    # -- pxo explain (edge/explain.py) ---------------------------------------------------
+
+    def FindKill(self, request: pxo_pb2.ExplainRequest, context: grpc.ServicerContext) -> pxo_pb2.KillMatch:
+        try:
+            found = explain.find(self.store, request.target)
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if found is None:
+            return pxo_pb2.KillMatch(found=False)
+        return pxo_pb2.KillMatch(found=True, time_unix_us=to_unix_us(found.time), kind=found.kind)
+
+    def Explain(self, request: pxo_pb2.ExplainRequest, context: grpc.ServicerContext) -> pxo_pb2.Explanation:
+        window = dt.timedelta(seconds=request.window_s or explain.DEFAULT_WINDOW_S)
+        try:
+            found = explain.find(self.store, request.target, at=from_unix_us(request.time_unix_us)
+                                 if request.time_unix_us else None, kind=request.kind or None)
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if found is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no kill on node {self.node} matches {request.target!r}")
+        return explain.to_proto(explain.explain(self.store, found, window=window), self.node)

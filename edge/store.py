@@ -359,6 +359,19 @@ class Store:
             cur.close()
         return bool(row)
 
+    def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """The edge's own questions to its store (`pxo explain`'s evidence): committed rows as
+        dicts, with bound parameters. Not for SQL from outside: that goes through ``execute``
+        and the SQL gate."""
+        self.flush()
+        cur = self._con.cursor()
+        try:
+            rel = cur.execute(sql, params or {})
+            names = [d[0] for d in rel.description or []]
+            return [dict(zip(names, r, strict=True)) for r in rel.fetchall()]
+        finally:
+            cur.close()
+
     def execute(
         self,
         sql: str,

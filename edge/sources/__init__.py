@@ -14,13 +14,15 @@ from pxo.edge.sources.exit import ProcessExitBpfSource
 from pxo.edge.sources.oom import OomSource
 from pxo.edge.sources.procfs import ProcessMemorySource
 from pxo.edge.sources.reclaim import ReclaimBpfSource
+from pxo.edge.sources.risk import OomRiskSource
 from pxo.edge.sources.signal import KillBpfSource
 from pxo.edge.sources.status import ProbeStatusSource
 
+# (alloc_bpf before alloc_faults: a table's documented source is the last that fills it)
 SOURCES: dict[str, type[Source]] = {
     cls.name: cls
-    for cls in (OomSource, KillBpfSource, ProcessExitBpfSource, AllocFaultsSource, AllocRateBpfSource,
-                ReclaimBpfSource, ContainerMemorySource, ProcessMemorySource, ProbeStatusSource)
+    for cls in (OomSource, KillBpfSource, ProcessExitBpfSource, AllocRateBpfSource, AllocFaultsSource,
+                ReclaimBpfSource, ContainerMemorySource, OomRiskSource, ProcessMemorySource, ProbeStatusSource)
 }
 
 # Run only when named: alloc_bpf counts alloc_rate exactly at a cost per page

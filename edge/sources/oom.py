@@ -68,6 +68,9 @@ OOM_EVENTS = Table(
         Column("comm", "VARCHAR", "Victim command name (15 characters at most)"),
         Column("uid", "UBIGINT", "Victim's user id in the initial user namespace"),
         Column("oom_score_adj", "SMALLINT", "Victim's oom_score_adj (-1000..1000)"),
+        Column("ns_pid", "INTEGER",
+               "Victim's process id in its own pid namespace (1: the main process of its container); NULL when it runs "
+               "in the node's own pid namespace (eBPF only)"),
         Column("total_vm_bytes", "UBIGINT", "Victim's virtual memory size, bytes"),
         Column("anon_rss_bytes", "UBIGINT", "Victim's resident anonymous memory at the kill, bytes"),
         Column("file_rss_bytes", "UBIGINT", "Victim's resident file-backed memory at the kill, bytes"),
@@ -185,6 +188,8 @@ class OomEventC(SharedStruct):
         ("trigger_tid", ctypes.c_uint32),
         ("uid", ctypes.c_uint32),
         ("oom_score_adj", ctypes.c_int32),
+        ("ns_tgid", ctypes.c_uint32),
+        ("ns_level", ctypes.c_uint32),
         ("total_vm_pages", ctypes.c_uint64),
         ("anon_rss_pages", ctypes.c_uint64),
         ("file_rss_pages", ctypes.c_uint64),
@@ -214,6 +219,7 @@ def event_row(e: OomEventC, *, to_utc: Callable[[int], dt.datetime] = boot_to_ut
         "comm": comm(e.victim_comm) if found else None,
         "uid": e.uid if found else None,
         "oom_score_adj": e.oom_score_adj if found else None,
+        "ns_pid": e.ns_tgid if found and e.ns_level > 0 else None,
         "total_vm_bytes": e.total_vm_pages * PAGE_SIZE if found else None,
         "anon_rss_bytes": e.anon_rss_pages * PAGE_SIZE if found else None,
         "file_rss_bytes": e.file_rss_pages * PAGE_SIZE if found else None,
@@ -474,7 +480,12 @@ class OomSource(Source):
             self.bpf.open(kernel, {"MARK_VICTIM_TASK_ARG": int(task_arg and not emulate),
                                    "PXO_EMULATE_PID_FORM": int(emulate),
                                    "TASK_REAL_CRED": kernel.btf.offset("task_struct", "real_cred"),
-                                   "CRED_UID": kernel.btf.offset("cred", "uid")})
+                                   "CRED_UID": kernel.btf.offset("cred", "uid"),
+                                   "TASK_THREAD_PID": kernel.btf.offset("task_struct", "thread_pid"),
+                                   "PID_LEVEL": kernel.btf.offset("pid", "level"),
+                                   "PID_NUMBERS": kernel.btf.offset("pid", "numbers"),
+                                   "UPID_SIZE": kernel.btf.sizeof("upid"),
+                                   "UPID_NR": kernel.btf.offset("upid", "nr")})
         except PrerequisiteError as exc:
             self.bpf_error = str(exc)
             return False

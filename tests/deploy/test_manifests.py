@@ -81,9 +81,10 @@ def test_edge_daemonset() -> None:
     assert pod["serviceAccountName"] == "pxo-edge"
 
 
-def test_rbac_is_read_only_on_pods() -> None:
+def test_rbac_reads_pods_and_writes_only_events() -> None:
     (role,) = by_kind("ClusterRole")
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+                             {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]}]
     assert not by_kind("Role")
 
 

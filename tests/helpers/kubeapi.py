@@ -1,4 +1,4 @@
-"""A real Kubernetes API server for tests, on loopback: pods only.
+"""A real Kubernetes API server for tests, on loopback: pods, and core/v1 events.
 
 It speaks the part of the API the official client uses to list and watch
 pods: ``GET /api/v1/pods`` with ``fieldSelector`` (a PodList with
@@ -11,6 +11,11 @@ resourceVersion is too old). Bearer tokens are checked.
         api.put_pod(pod("web-0", uid=..., node="node-1", containers={"web": cid}))
         cfg = kubernetes.client.Configuration(host=api.url, api_key={"BearerToken": "t"},
                                               api_key_prefix={"BearerToken": "Bearer"})
+
+Events: ``POST /api/v1/namespaces/NS/events`` creates one (409 if its name is taken),
+``PATCH .../events/NAME`` merges the body's top-level fields into it (what a strategic
+merge patch does to an Event's scalar fields; 404 if there is none), ``GET`` lists a
+namespace's; ``events(namespace)`` is what the server holds.
 
 Knobs for the failure paths: ``expire()`` (every open watch gets a 410 ERROR
 event, and resuming from before that point gets 410 too), ``end_watches()``
@@ -130,6 +135,7 @@ class KubeAPI:
         self._failures: list[int] = []
         self._closed = False
         self._http: LoopbackHTTP | None = None
+        self._events: dict[tuple[str, str], dict[str, Any]] = {}  # (namespace, name) -> event
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -211,6 +217,10 @@ class KubeAPI:
         with self._cond:
             self._failures += [status] * count
 
+    def events(self, namespace: str) -> list[dict[str, Any]]:
+        with self._cond:
+            return [json.loads(json.dumps(e)) for (ns, _), e in self._events.items() if ns == namespace]
+
     def lists(self) -> list[Request]:
         with self._cond:
             return [r for r in self.requests if not r.is_watch]
@@ -223,20 +233,76 @@ class KubeAPI:
 class _Handler(JsonHandler):
     server_api: KubeAPI
 
-    def do_GET(self) -> None:
+    def _begin(self, method: str) -> tuple[Request, list[str]] | None:
+        """Record the request, check the token; the path's parts, or None when answered already."""
         api = self.server_api
         url = urllib.parse.urlsplit(self.path)
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
-        req = Request("GET", url.path, query, self.headers.get("Authorization"))
+        req = Request(method, url.path, query, self.headers.get("Authorization"))
         with api._cond:
             api.requests.append(req)
             failure = api._failures.pop(0) if api._failures else None
         if failure is not None:
-            return self._json(failure, _status(failure, "InternalError", "injected failure"))
+            self._json(failure, _status(failure, "InternalError", "injected failure"))
+            return None
         if api.token is not None and req.authorization != f"Bearer {api.token}":
-            return self._json(401, _status(401, "Unauthorized", "Unauthorized"))
-        if url.path != "/api/v1/pods":
-            return self._json(404, _status(404, "NotFound", f"the server could not find {url.path}"))
+            self._json(401, _status(401, "Unauthorized", "Unauthorized"))
+            return None
+        return req, url.path.strip("/").split("/")
+
+    def _body(self) -> dict[str, Any]:
+        n = int(self.headers.get("Content-Length") or 0)
+        body: dict[str, Any] = json.loads(self.rfile.read(n) or b"{}")
+        return body
+
+    def do_POST(self) -> None:
+        begun = self._begin("POST")
+        if begun is None:
+            return
+        _, parts = begun
+        if len(parts) != 5 or parts[:3] != ["api", "v1", "namespaces"] or parts[4] != "events":
+            return self._json(404, _status(404, "NotFound", f"the server could not find {self.path}"))
+        ns, event = parts[3], self._body()
+        name = event.get("metadata", {}).get("name", "")
+        api = self.server_api
+        with api._cond:
+            if (ns, name) in api._events:
+                return self._json(409, _status(409, "AlreadyExists", f'events "{name}" already exists'))
+            api._rv += 1
+            event["metadata"] = {**event.get("metadata", {}), "namespace": ns, "resourceVersion": str(api._rv)}
+            api._events[(ns, name)] = event
+        return self._json(201, event)
+
+    def do_PATCH(self) -> None:
+        begun = self._begin("PATCH")
+        if begun is None:
+            return
+        _, parts = begun
+        if len(parts) != 6 or parts[:3] != ["api", "v1", "namespaces"] or parts[4] != "events":
+            return self._json(404, _status(404, "NotFound", f"the server could not find {self.path}"))
+        ns, name, patch = parts[3], parts[5], self._body()
+        api = self.server_api
+        with api._cond:
+            if (ns, name) not in api._events:
+                return self._json(404, _status(404, "NotFound", f'events "{name}" not found'))
+            api._rv += 1
+            event = {**api._events[(ns, name)], **{k: v for k, v in patch.items() if k != "metadata"}}
+            event["metadata"] = {**event["metadata"], "resourceVersion": str(api._rv)}
+            api._events[(ns, name)] = event
+        return self._json(200, event)
+
+    def do_GET(self) -> None:
+        api = self.server_api
+        begun = self._begin("GET")
+        if begun is None:
+            return
+        req, parts = begun
+        query = req.query
+        if len(parts) == 5 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "events":
+            return self._json(200, {"kind": "EventList", "apiVersion": "v1", "metadata": {},
+                                    "items": api.events(parts[3])})
+        if req.path != "/api/v1/pods":
+            return self._json(404, _status(404, "NotFound", f"the server could not find {req.path}"))
         try:
             match = _selector(query.get("fieldSelector", ""))
         except ValueError as exc:
