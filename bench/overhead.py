@@ -1,98 +1,115 @@
-"""What pxo's eBPF probes cost a page-fault-heavy workload (issue 3).
+"""What pxo's eBPF probes cost a page-fault-bound workload (issues 3 and 15).
 
     cd /work/main && .venv/bin/python bench/overhead.py
-    .venv/bin/python bench/overhead.py --sources alloc_bpf,reclaim_bpf --rounds 20
+    .venv/bin/python bench/overhead.py --rounds 10 --passes 8
 
-The workload is one long-lived child process that, on each request, maps
-anonymous memory, writes one byte to every page (so the kernel takes a page
-fault and allocates a page for each: kmem:mm_page_alloc fires once per page),
-unmaps it, and repeats; it reports the CPU time of exactly that loop, so
-neither interpreter start-up nor waiting for a CPU that other work holds is
-measured (the machines are shared).
+The workload is a small C program (compiled here with cc), kept running across
+runs: on each request it maps 256 MiB of anonymous memory, writes one byte to
+every page (so the kernel takes a page fault and allocates a page for each:
+kmem:mm_page_alloc fires once per page), unmaps it, --passes times, and reports
+the CPU time of exactly that loop (CLOCK_THREAD_CPUTIME_ID), so neither start-up
+nor waiting for a CPU that other work holds is measured (the machines are
+shared).
 
-Configurations: no probe loaded; every BPF source of pxo loaded (the Source
-subclasses of every pxo.edge.sources module whose name ends in "_bpf", or
-those named by --sources); the alloc_rate source alone, the hot one; and,
-for reference, an empty program on kmem:mm_page_alloc: what merely hooking
-that tracepoint costs, the floor under any per-page probe (on machines
-where calls and returns are expensive, e.g. with retpolines and AMD's
-"Safe RET", it is most of alloc_bpf's cost). They are interleaved, one block of --runs runs of each per round in a
-rotating order (A B C, B C A, ...), so that drift on the machine hits every
-configuration alike. Sources are started before each block and stopped after
-it, their threads polling and draining as in the edge.
+Configurations: no probe loaded; the edge's default sources (DEFAULT_SOURCES:
+alloc_rate from alloc_faults, which runs no program per page); the opt-in exact
+alloc_rate probe alloc_bpf alone; and an empty program on kmem:mm_page_alloc:
+what merely hooking that tracepoint costs, the floor under any per-page probe.
 
-On a shared machine even CPU time is noisy (a busy sibling hyperthread slows
-the workload's instructions), and the noise only ever adds time. So each
-block is summarised by its fastest run, and reported are: the median over
-rounds of those, its slowdown against no probes, and the median of the
-per-round ratios to the block without probes of the same round ("paired",
-the figure that slow drift cannot move); then the plain median of all runs.
+Two measures, each taken side by side for every configuration:
 
-Finally, with every selected source loaded once more, the kernel's own BPF
-run-time statistics (BPF_ENABLE_STATS, on only for that last run) give each
-program's own cost per call and calls per page fault, next to the empty
-program's.
+1. The kernel's BPF run-time statistics (BPF_ENABLE_STATS, as
+   `sysctl kernel.bpf_stats_enabled=1`): the run_time_ns of every program the
+   configuration's sources hold (found through the prog_id of this process's
+   /proc/self/fdinfo), summed over the workload's runs, as a fraction of the
+   workload's CPU time. It counts the programs alone, not the cost of entering
+   them (an empty program's share shows how much of that there is).
+2. The workload's slowdown against no probe: configurations rotate within each
+   round (A B C, B C A, ...), each block summarised by its fastest run; reported
+   are the median over rounds of the ratio to the block without probes of the same
+   round ("paired", which slow drift cannot move). Statistics are off here (their
+   clock reads would add to every program run).
 
-Needs root (it loads eBPF programs). About two minutes with the defaults.
+Sources run with their programs pinned under a private root in bpffs, unpinned
+after each block, so that a configuration's programs never outlive it.
+
+Needs root (it loads eBPF programs) and a C compiler. About three minutes with the defaults.
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
-import importlib
-import mmap
 import os
-import pkgutil
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
 from typing import Any
 
-import pxo.edge.sources
 from pxo.edge.btf import Btf
-from pxo.edge.sources.base import Source
+from pxo.edge.sources import DEFAULT_SOURCES, SOURCES
+from pxo.edge.sources.base import Source, SourceContext
 
 MIB = 1 << 20
-ALLOC = "alloc_bpf"
-FLOOR = "empty prog, mm_page_alloc"
+PAGE = os.sysconf("SC_PAGE_SIZE")
+EXACT = "alloc_bpf"
+FLOOR = "empty prog on mm_page_alloc"
+PIN_ROOT = Path(f"/sys/fs/bpf/pxo-bench-{os.getpid()}")
 
-# The child: on each line "MIB PASSES" from stdin, fault in MIB MiB page by
-# page PASSES times and print the CPU seconds that took. The strided
-# memoryview write touches one byte per page from C, so the loop is page
-# faults (and the unmap that frees the pages), not interpreter.
-_WORKER = r"""
-import mmap, sys, time
-for line in sys.stdin:
-    mib, passes = map(int, line.split())
-    size = mib << 20
-    ones = b"\x01" * (size // mmap.PAGESIZE)
-    start = time.thread_time()
-    for _ in range(passes):
-        m = mmap.mmap(-1, size)
-        m.madvise(mmap.MADV_NOHUGEPAGE)  # one fault, one order-0 allocation, per 4 KiB page
-        view = memoryview(m)
-        view[::mmap.PAGESIZE] = ones
-        view.release()
-        m.close()
-    print(time.thread_time() - start, flush=True)
+# The workload: on each stdin line "MIB PASSES", fault in MIB MiB page by page PASSES
+# times; print the CPU seconds that took.
+_WORKER_C = r"""
+#include <stdio.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+int main(void)
+{
+	long mib, passes, page = sysconf(_SC_PAGESIZE);
+
+	while (scanf("%ld %ld", &mib, &passes) == 2) {
+		size_t size = (size_t)mib << 20;
+		struct timespec a, b;
+
+		clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
+		for (long p = 0; p < passes; p++) {
+			char *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+			if (m == MAP_FAILED)
+				return 1;
+			madvise(m, size, MADV_NOHUGEPAGE); /* one fault, one order-0 allocation, per page */
+			for (size_t off = 0; off < size; off += page)
+				((volatile char *)m)[off] = 1;
+			munmap(m, size);
+		}
+		clock_gettime(CLOCK_THREAD_CPUTIME_ID, &b);
+		printf("%.9f\n", (b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9);
+		fflush(stdout);
+	}
+	return 0;
+}
 """
 
 
 class Worker:
     """The workload process, kept across runs."""
 
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", _WORKER], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
+    def __init__(self, workdir: Path) -> None:
+        src, exe = workdir / "faults.c", workdir / "faults"
+        src.write_text(_WORKER_C)
+        cc = shutil.which("cc") or shutil.which("gcc")
+        if cc is None:
+            raise SystemExit("overhead: needs a C compiler (cc) for the workload")
+        subprocess.run([cc, "-O2", "-o", str(exe), str(src)], check=True)
+        self.proc = subprocess.Popen([str(exe)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def run(self, mib: int, passes: int) -> float:
         """CPU seconds of one run."""
@@ -110,58 +127,33 @@ class Worker:
         self.proc.wait(timeout=10)
 
 
-class CountingSink:
-    """Keeps no rows: counts them, and the alloc_rate bytes per pid (to check the probe saw the workload)."""
-
-    def __init__(self) -> None:
-        self.rows = 0
-        self.alloc_bytes: dict[int, int] = defaultdict(int)
-
+class NullSink:
     def append(self, table: str, row: Mapping[str, Any]) -> None:
-        self.rows += 1
-        if table == "alloc_rate":
-            self.alloc_bytes[row["pid"]] += row["alloc_bytes"]
+        pass
 
 
-def discover() -> dict[str, type[Source]]:
-    """Every Source subclass defined in a module of pxo.edge.sources, by name."""
-    for mod in pkgutil.iter_modules(pxo.edge.sources.__path__):
-        importlib.import_module(f"pxo.edge.sources.{mod.name}")
-    found: dict[str, type[Source]] = {}
-    todo = list(Source.__subclasses__())
-    while todo:
-        cls = todo.pop()
-        todo += cls.__subclasses__()
-        if cls.name and cls.__module__.startswith("pxo.edge.sources."):
-            found.setdefault(cls.name, cls)
-    return found
+def unpin_programs() -> None:
+    """Unpin every program under the bench's root (the kernel facts stay: they take a while)."""
+    if PIN_ROOT.is_dir():
+        for p in PIN_ROOT.iterdir():
+            if p.is_dir():
+                shutil.rmtree(p)
 
 
 @contextmanager
-def running(classes: list[type[Source]], sink: CountingSink) -> Iterator[list[Source]]:
+def running(names: list[str]) -> Iterator[list[Source]]:
     started: list[Source] = []
+    ctx = SourceContext(sink=NullSink(), pin_root=PIN_ROOT)
     try:
-        for cls in classes:
-            src = cls(sink=sink)
+        for name in names:
+            src = SOURCES[name](ctx)
             src.start()
             started.append(src)
         yield started
     finally:
         for src in reversed(started):
-            src.stop()  # alloc_bpf drains its last interval on stop
-
-
-def loadable(names: list[str], known: dict[str, type[Source]]) -> list[str]:
-    """The sources that start on this machine; the others are named and left out."""
-    ok = []
-    for name in names:
-        try:
-            with running([known[name]], CountingSink()):
-                pass
-            ok.append(name)
-        except Exception as exc:
-            print(f"  {name}: cannot start here, left out ({exc})")
-    return ok
+            src.stop()
+        unpin_programs()
 
 
 @contextmanager
@@ -176,14 +168,28 @@ def empty_program() -> Iterator[Any]:
         bpf.cleanup()
 
 
+def loadable(names: list[str]) -> list[str]:
+    """The sources that start on this machine; the others are named and left out."""
+    ok = []
+    for name in names:
+        try:
+            with running([name]) as [src]:
+                if src.status.state not in ("running", "degraded"):
+                    raise RuntimeError(src.status.detail or src.status.state)
+            ok.append(name)
+        except Exception as exc:
+            print(f"  {name}: cannot start here, left out ({exc})")
+    return ok
+
+
 # -- the kernel's BPF run-time statistics ------------------------------------------
 
 _SYS_BPF = 321  # x86_64
-_BPF_OBJ_GET_INFO_BY_FD, _BPF_ENABLE_STATS, _BPF_STATS_RUN_TIME = 15, 32, 0
+_BPF_PROG_GET_FD_BY_ID, _BPF_OBJ_GET_INFO_BY_FD, _BPF_ENABLE_STATS, _BPF_STATS_RUN_TIME = 13, 15, 32, 0
 
 
 class ProgStats:
-    """run_time_ns and run_cnt of BPF programs, counted while enable() holds the stats on."""
+    """run_time_ns and run_cnt of BPF programs, counted while enabled() holds the stats on."""
 
     def __init__(self) -> None:
         btf = Btf.load()
@@ -204,42 +210,37 @@ class ProgStats:
         finally:
             os.close(fd)
 
-    def read(self, prog_fd: int) -> tuple[int, int]:
-        """(run_time_ns, run_cnt) so far."""
-        info = (ctypes.c_uint8 * self._size)()
-        attr = (ctypes.c_uint64 * 2)()  # {u32 bpf_fd; u32 info_len; u64 info}
-        attr[0] = prog_fd | self._size << 32
-        attr[1] = ctypes.addressof(info)
-        if self._libc.syscall(_SYS_BPF, _BPF_OBJ_GET_INFO_BY_FD, attr, ctypes.sizeof(attr)) < 0:
-            raise OSError(ctypes.get_errno(), "BPF_OBJ_GET_INFO_BY_FD")
+    def read(self, prog_id: int) -> tuple[int, int]:
+        """(run_time_ns, run_cnt) so far of the program with this id."""
+        attr = (ctypes.c_uint32 * 4)(prog_id)
+        fd = self._libc.syscall(_SYS_BPF, _BPF_PROG_GET_FD_BY_ID, attr, ctypes.sizeof(attr))
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "BPF_PROG_GET_FD_BY_ID")
+        try:
+            info = (ctypes.c_uint8 * self._size)()
+            req = (ctypes.c_uint64 * 2)()  # {u32 bpf_fd; u32 info_len; u64 info}
+            req[0] = fd | self._size << 32
+            req[1] = ctypes.addressof(info)
+            if self._libc.syscall(_SYS_BPF, _BPF_OBJ_GET_INFO_BY_FD, req, ctypes.sizeof(req)) < 0:
+                raise OSError(ctypes.get_errno(), "BPF_OBJ_GET_INFO_BY_FD")
+        finally:
+            os.close(fd)
         return (ctypes.c_uint64.from_buffer(info, self._run_time).value,
                 ctypes.c_uint64.from_buffer(info, self._run_cnt).value)
 
 
-def programs(src: Source) -> dict[str, int]:
-    """A source's loaded BPF programs, name -> fd (bench-only look inside its bcc object)."""
-    bpf = getattr(src, "_bpf", None)
-    funcs = getattr(bpf, "funcs", {}) if bpf is not None else {}
-    return {name.decode(): fn.fd for name, fn in funcs.items()}
-
-
-def per_call_costs(classes: list[type[Source]], worker: Worker, mib: int, passes: int) -> None:
-    stats = ProgStats()
-    with empty_program() as empty, running(classes, CountingSink()) as sources:
-        progs = {f"({FLOOR})": empty.funcs[b"raw_tracepoint__mm_page_alloc"].fd}
-        for src in sources:
-            progs.update({f"{src.name} {name}": fd for name, fd in programs(src).items()})
-        with stats.enabled():
-            before = {k: stats.read(fd) for k, fd in progs.items()}
-            worker.run(mib, passes)
-            after = {k: stats.read(fd) for k, fd in progs.items()}
-    faults = mib * MIB // mmap.PAGESIZE * passes
-    print(f"{'program (kernel BPF statistics, one run)':<58} {'ns/call':>8} {'calls/fault':>11}")
-    for k in progs:
-        ns, calls = after[k][0] - before[k][0], after[k][1] - before[k][1]
-        label = k if len(k) <= 58 else k[:55] + "..."
-        print(f"{label:<58} {f'{ns / calls:.0f}' if calls else '-':>8} {calls / faults:>11.2f}")
-    print("ns/call includes the statistics' own clock reads: compare with the empty program")
+def held_programs() -> set[int]:
+    """Ids of the BPF programs this process holds: a program's fd or an attachment's (link) fd."""
+    ids = set()
+    for fd in os.listdir("/proc/self/fdinfo"):
+        try:
+            text = Path(f"/proc/self/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("prog_id:"):
+                ids.add(int(line.split()[1]))
+    return ids
 
 
 def pct(ratio: float) -> str:
@@ -248,14 +249,12 @@ def pct(ratio: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Slowdown of a page-fault-heavy workload with pxo's eBPF probes loaded.",
-        epilog="example: bench/overhead.py --sources alloc_bpf --rounds 20")
-    parser.add_argument("--sources", default="",
-                        help="comma-separated source names (default: every source named *_bpf)")
-    parser.add_argument("--rounds", type=int, default=12, help="rounds of one block per configuration (default 12)")
-    parser.add_argument("--runs", type=int, default=5, help="runs per block (default 5)")
+        description="The CPU share of pxo's eBPF programs in a page-fault-bound workload, and its slowdown.",
+        epilog="example: bench/overhead.py --rounds 10 --passes 8")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds of one block per configuration (default 6)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per block (default 3)")
     parser.add_argument("--mib", type=int, default=256, help="MiB faulted in per pass (default 256)")
-    parser.add_argument("--passes", type=int, default=1, help="map/touch/unmap passes per run (default 1)")
+    parser.add_argument("--passes", type=int, default=8, help="map/touch/unmap passes per run (default 8)")
     parser.add_argument("--settle", type=float, default=0.3,
                         help="seconds between starting the sources and the first run (default 0.3)")
     args = parser.parse_args(argv)
@@ -263,74 +262,69 @@ def main(argv: list[str] | None = None) -> int:
         print("overhead: needs root to load eBPF programs", file=sys.stderr)
         return 2
 
-    known = discover()
-    wanted = [s for s in args.sources.split(",") if s] or sorted(n for n in known if n.endswith("_bpf") or n == "oom")
-    unknown = [s for s in wanted if s not in known]
-    if unknown:
-        print(f"overhead: unknown source(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}",
-              file=sys.stderr)
-        return 2
-    faults = args.mib * MIB // mmap.PAGESIZE * args.passes
+    faults = args.mib * MIB // PAGE * args.passes
     print(f"pxo probe overhead: {args.passes} x {args.mib} MiB faulted in per run ({faults} page faults), "
           f"{args.rounds} rounds x {args.runs} runs, {os.cpu_count()} CPUs, kernel {os.uname().release}")
+    wanted = [*DEFAULT_SOURCES, EXACT]
     print("checking the sources:", ", ".join(wanted))
-    selected = loadable(wanted, known)
-    if not selected:
-        print("overhead: no source could start", file=sys.stderr)
-        return 1
-    configs: dict[str, list[str]] = {"none": [], "+".join(selected): selected}
-    if ALLOC in selected and selected != [ALLOC]:
-        configs[ALLOC] = [ALLOC]
-    if ALLOC in selected:
-        configs[FLOOR] = []
+    ok = loadable(wanted)
+    default = [n for n in DEFAULT_SOURCES if n in ok]
+    configs: dict[str, list[str]] = {"none": [], "default sources": default}
+    if EXACT in ok:
+        configs[f"{EXACT} (opt-in)"] = [EXACT]
+    configs[FLOOR] = []
     names = list(configs)
+    print("default sources:", ", ".join(default))
 
-    def loaded(name: str, sink: CountingSink) -> AbstractContextManager[Any]:
+    def loaded(name: str) -> AbstractContextManager[Any]:
         if name == FLOOR:
             return empty_program()
-        return running([known[s] for s in configs[name]], sink) if configs[name] else nullcontext()
+        return running(configs[name]) if configs[name] else nullcontext()
 
-    worker = Worker()
+    stats = ProgStats()
+    workdir = Path(tempfile.mkdtemp(prefix="pxo-overhead-"))
+    worker = Worker(workdir)
     try:
         worker.run(args.mib, args.passes)  # warm-up: allocator, page tables, CPU frequency
-        cpu: dict[str, list[float]] = defaultdict(list)
         block: dict[str, list[float]] = defaultdict(list)  # fastest CPU time of each round's block
-        seen: dict[str, list[float]] = defaultdict(list)  # share of the workload's bytes alloc_bpf counted
+        share: dict[str, list[tuple[int, int, float]]] = defaultdict(list)  # (prog ns, prog runs, workload s)
         for r in range(args.rounds):
             for name in names[r % len(names):] + names[:r % len(names)]:
-                sink = CountingSink()
-                with loaded(name, sink):
+                before = held_programs()
+                with loaded(name):
                     time.sleep(args.settle)
-                    runs = [worker.run(args.mib, args.passes) for _ in range(args.runs)]
-                cpu[name] += runs
-                block[name].append(min(runs))
-                if ALLOC in configs[name]:
-                    seen[name].append(sink.alloc_bytes.get(worker.pid, 0) / (args.mib * MIB * args.passes * args.runs))
+                    block[name].append(min(worker.run(args.mib, args.passes) for _ in range(args.runs)))
+                    progs = held_programs() - before
+                    with stats.enabled():
+                        s0 = {p: stats.read(p) for p in progs}
+                        cpu = worker.run(args.mib, args.passes)
+                        s1 = {p: stats.read(p) for p in progs}
+                    share[name].append((sum(s1[p][0] - s0[p][0] for p in progs),
+                                        sum(s1[p][1] - s0[p][1] for p in progs), cpu))
             print(f"  round {r + 1:>2}/{args.rounds}, CPU s: "
-                  + "  ".join(f"{n[:10]} {block[n][-1]:.3f}" for n in names))
+                  + "  ".join(f"{n[:12]} {block[n][-1]:.3f}" for n in names))
 
         print()
-        print("CPU seconds of the workload's fault loops: fastest run of each block (median over")
-        print("rounds), and the median of all runs")
-        print(f"{'configuration':<28} {'CPU s':>7} {'slowdown':>9} {'paired':>8} {'all runs':>9} {'slowdown':>9}")
-        base_best, base_all = statistics.median(block["none"]), statistics.median(cpu["none"])
+        print(f"{'configuration':<28} {'BPF CPU share':>13} {'ns/call':>8} {'calls/fault':>11} "
+              f"{'CPU s':>7} {'paired':>8}")
         for name in names:
-            best, every = statistics.median(block[name]), statistics.median(cpu[name])
+            ns = sum(x[0] for x in share[name])
+            calls = sum(x[1] for x in share[name])
+            cpu = sum(x[2] for x in share[name])
             paired = statistics.median(x / b for x, b in zip(block[name], block["none"], strict=True))
-            label = name if len(name) <= 28 else name[:25] + "..."
-            print(f"{label:<28} {best:>7.3f} {pct(best / base_best):>9} {pct(paired):>8} "
-                  f"{every:>9.3f} {pct(every / base_all):>9}")
-            if name != "none":
-                line = f"  {(best - base_best) / faults * 1e9:+.0f} ns of CPU per page fault"
-                if seen[name]:
-                    line += f"; alloc_bpf counted {statistics.median(seen[name]) * 100:.1f}% of the workload's bytes"
-                print(line)
-        print("slowdown: against no probes; paired: median over rounds of the ratio to the block")
-        print("without probes of the same round")
-        print()
-        per_call_costs([known[s] for s in selected], worker, args.mib, args.passes)
+            print(f"{name:<28} {ns / (cpu * 1e9) * 100:>12.2f}% {f'{ns / calls:.0f}' if calls else '-':>8} "
+                  f"{calls / (faults * len(share[name])):>11.4f} {statistics.median(block[name]):>7.3f} "
+                  f"{pct(paired) if name != 'none' else '':>8}")
+        print("BPF CPU share: the programs' run_time_ns (kernel BPF statistics) over the workload's CPU time,")
+        print("in runs with statistics on; paired: median over rounds of the slowdown against the block")
+        print("without probes of the same round, statistics off. ns/call includes the statistics' own clock")
+        print("reads: compare with the empty program.")
     finally:
         worker.close()
+        shutil.rmtree(workdir)
+        unpin_programs()
+        if PIN_ROOT.is_dir():
+            shutil.rmtree(PIN_ROOT)
     return 0
 
 
