@@ -3,7 +3,8 @@
     CollectorError        anything the collector reports
     └── QueryError        the query cannot run: syntax, types, refused SQL, an integer
         │                 overflow; carries a 1-based line/column and a hint
-        └── UnknownTable  it names a table no edge has (``table``)
+        ├── UnknownTable  it names a table no edge has (``table``)
+        └── IntegerOverflow  an int result beyond signed 64 bits, in ``expression``
 
 Errors from grpc and duckdb are translated where they enter.
 """
@@ -41,6 +42,15 @@ class UnknownTable(QueryError):
     def __init__(self, table: str, message: str, *, line: int = 0, column: int = 0, hint: str = "") -> None:
         super().__init__(message, line=line, column=column, hint=hint)
         self.table = table
+
+
+class IntegerOverflow(QueryError):
+    """An integer result beyond signed 64 bits; ``expression`` is the query's text of the
+    expression whose result it was."""
+
+    def __init__(self, expression: str, message: str, *, line: int = 0, column: int = 0, hint: str = "") -> None:
+        super().__init__(message, line=line, column=column, hint=hint)
+        self.expression = expression
 
 
 def position(text: str, offset: int | None) -> tuple[int, int]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from pxo.collector.errors import QueryError
+from pxo.collector.errors import IntegerOverflow, position
 from pxo.collector.plan import sql as s
 from pxo.collector.plan.ir import OV, Site
 
@@ -60,12 +60,13 @@ class Plan:
             return "the query's where clause excludes this node"
         return ""
 
-    def overflow(self, site: int) -> QueryError:
+    def overflow(self, site: int) -> IntegerOverflow:
         """The error of an integer overflow in the expression ``sites[site]``."""
         where = self.sites[site]
-        return QueryError.at(self.text, where.pos, f"integer overflow in {where.text}: the result is beyond the "
-                                                   "range of an int (signed 64-bit, about ±9.2e18)",
-                             hint="for larger values compute in floats, e.g. x * 1.0 * y")
+        line, column = position(self.text, where.pos)
+        return IntegerOverflow(where.text, f"integer overflow in {where.text}: the result is beyond the range of "
+                                           "an int (signed 64-bit, about ±9.2e18)",
+                               line=line, column=column, hint="for larger values compute in floats, e.g. x * 1.0 * y")
 
 
 __all__ = ["OV", "Fragment", "Plan"]

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pxo.collector import plan as planner
-from pxo.collector.errors import QueryError
+from pxo.collector.errors import IntegerOverflow
 from tests.helpers.planner import CATALOG, NOW, check, distributed, rows_st
 
 COLUMNS = {"int": ["pid", "bytes"], "float": ["score"], "string": ["pod", "ns", "node"], "bool": ["flag"],
@@ -181,8 +181,9 @@ def test_unsigned_columns_are_signed_ints_in_arithmetic() -> None:
 
 def test_overflow_names_the_expression_and_where_it_is() -> None:
     rows = _rows(bytes=[1 << 40, 3])
-    with pytest.raises(QueryError) as e:
+    with pytest.raises(IntegerOverflow) as e:
         _answer("events | last 1h\n| extend x = bytes * 1TiB", rows)
+    assert e.value.expression == "bytes * 1TiB"
     assert e.value.message.startswith("integer overflow in bytes * 1TiB: ")
     assert (e.value.line, e.value.column) == (2, 20) and "float" in e.value.hint
     got = _answer("events | extend x = bytes * 1.0 * 1TiB | project x", rows)

@@ -237,7 +237,10 @@ def _bin(cx: Context, e: q.Call, x: Any, w: Any) -> Any:
             return None
         out = x - x % w
         return out if _checked(cx, e, out) else None
-    return None if x is None else math.floor(float(x) / float(w)) * float(w)
+    if x is None:
+        return None
+    steps = _divide(float(x), float(w))  # IEEE 754: an infinite or NaN quotient stays one
+    return (math.floor(steps) if math.isfinite(steps) else steps) * float(w)
 
 
 def evaluate_expr(cx: Context, e: q.Expr, row: dict[str, Any], aggs: Callable[[q.Call], Any] | None = None) -> Any:
@@ -357,7 +360,10 @@ Row = dict[str, Any]
 
 
 def _sorted(rows: list[Row], key: Callable[[Row], list[tuple[Any, bool]]]) -> list[Row]:
-    return sorted(rows, key=functools.cmp_to_key(lambda a, b: compare_keys(key(a), key(b))))
+    # every row's key is evaluated, once: even a lone row's (an overflow in a sort key counts)
+    keyed = [(key(r), r) for r in rows]
+    keyed.sort(key=functools.cmp_to_key(lambda a, b: compare_keys(a[0], b[0])))
+    return [r for _, r in keyed]
 
 
 def default_order(rel: Relation) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ import pyarrow as pa
 from hypothesis import strategies as st
 
 from pxo.collector import plan as planner
-from pxo.collector.errors import QueryError
+from pxo.collector.errors import IntegerOverflow
 from pxo.collector.executor import merge_and_finish
 from pxo.common import sqlgate
 from pxo.common.schema import TIME, Column, Table
@@ -148,9 +148,8 @@ def check(text: str, rows: list[dict[str, Any]], assign: list[int], n_nodes: int
     except oracle.Overflow as overflow:
         try:
             distributed(plan, rows, assign, n_nodes)
-        except QueryError as exc:
-            assert any(exc.message.startswith(f"integer overflow in {t}:") for t in overflow.texts), (
-                text, exc.message, overflow.texts)
+        except IntegerOverflow as exc:
+            assert exc.expression in overflow.texts, (text, exc.message, overflow.texts)
             return plan
         raise AssertionError(f"{text}: no overflow reported; the oracle saw {overflow.texts}") from None
     assert_same(distributed(plan, rows, assign, n_nodes), want, text, plan.approximate)
