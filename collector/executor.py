@@ -73,6 +73,10 @@ class Executor:
         self.byte_cap = byte_cap
         self._pool = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fanout")
         self.clock = clock
+        # The catalog and the registrations it was built from (the edges' NodeInfo objects,
+        # which a heartbeat updates in place and only a new registration replaces).
+        self._catalog: tuple[tuple[pxo_pb2.NodeInfo, ...], dict[str, Table]] = ((), {})
+        self._catalog_lock = threading.Lock()
 
     def stub(self, address: str) -> pxo_pb2_grpc.EdgeStub:
         with self._channels_lock:
@@ -80,6 +84,18 @@ class Executor:
             if ch is None:
                 ch = self._channels[address] = self._channel_factory(address)
             return pxo_pb2_grpc.EdgeStub(ch)
+
+    def catalog(self) -> dict[str, Table]:
+        """The registry's catalog, built again only when an edge registered, came or went:
+        rebuilding it costs about 0.2 ms per edge, more than a query's own work at the
+        collector once there are a few dozen edges."""
+        infos = tuple(e.info for e in self.registry.snapshot())
+        with self._catalog_lock:
+            built_from, catalog = self._catalog
+            if len(built_from) != len(infos) or any(a is not b for a, b in zip(built_from, infos, strict=True)):
+                catalog = self.registry.catalog()
+                self._catalog = (infos, catalog)
+            return catalog
 
     # -- one query ---------------------------------------------------------------
 
@@ -89,7 +105,7 @@ class Executor:
         return plan_pipe(request.text, catalog, now=self.clock())
 
     def run(self, request: pxo_pb2.QueryRequest) -> Iterator[pxo_pb2.QueryReply]:
-        catalog = self.registry.catalog()
+        catalog = self.catalog()
         plan, refusal = plan_or_refusal(lambda: self.plan(request, catalog), request.text)
         if plan is None:
             assert refusal is not None
