@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
 import logging
 import socket
@@ -170,6 +171,7 @@ class Edge:
         self._started = time.time()
         self.store.start()
         self.attributor.start()
+        self._await_pod_index()
         if self.pod_events is not None:
             self.pod_events.start()
         for s in self.sources:
@@ -186,6 +188,7 @@ class Edge:
                 s.stop()
             self.store.close()
             raise EdgeError(message)
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # what starting took and freed, back to the system
         if problems:
             log.warning("edge is DEGRADED: %s", "; ".join(f"{s.name}: {s.status.detail}" for s in problems))
         if self.settings.metrics:
@@ -207,6 +210,16 @@ class Edge:
                  pxo_version(), self.settings.node, self.address, self.store.path, running)
         log.info("gRPC %s", f"with mutual TLS (cluster CA {tls.ca})" if tls else
                  "in plain text: anyone who reaches the port may query this node")
+
+    def _await_pod_index(self, timeout: float = 10.0) -> None:
+        """Let the pod watcher list this node's pods before the sources start, so the first rows
+        (the backlog the pinned programs kept among them) carry pod names: the programs capture
+        meanwhile. Bounded: an unreachable API server only delays the start by ``timeout``."""
+        if self.pods is None:
+            return
+        end = time.monotonic() + timeout
+        while not self.pods.status["connected"] and time.monotonic() < end:
+            time.sleep(0.05)
 
     def stop(self) -> None:
         if self.registration is not None:

@@ -25,14 +25,18 @@ swaps it in). ``remove()`` (``pxo delete``) unpins everything.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import errno
 import fcntl
 import hashlib
 import json
 import logging
+import mmap
 import os
+import select
 import shutil
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -57,7 +61,6 @@ class PinError(EdgeError):
 
 # -- libbpf ---------------------------------------------------------------------------
 
-_RING_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
 _lib: ctypes.CDLL | None = None
 
 
@@ -84,10 +87,6 @@ def libbpf() -> ctypes.CDLL:
                                          ctypes.POINTER(c_uint32), c_void_p]),
         ("bpf_map_lookup_and_delete_batch", c_int, [c_int, c_void_p, c_void_p, c_void_p, c_void_p,
                                                     ctypes.POINTER(c_uint32), c_void_p]),
-        ("ring_buffer__new", c_void_p, [c_int, _RING_CB, c_void_p, c_void_p]),
-        ("ring_buffer__poll", c_int, [c_void_p, c_int]),
-        ("ring_buffer__consume", c_int, [c_void_p]),
-        ("ring_buffer__free", None, [c_void_p]),
     ):
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = res, args
@@ -320,33 +319,99 @@ class PinnedMap:
                f"cannot write map {self.name}")
 
 
+_BUSY, _DISCARD = 1 << 31, 1 << 30  # a record's header bits (BPF_RINGBUF_BUSY_BIT, _DISCARD_BIT)
+
+
 class RingBuffer:
-    """libbpf's ring buffer consumer over a pinned BPF_MAP_TYPE_RINGBUF.
+    """A consumer of a pinned BPF_MAP_TYPE_RINGBUF, reading the kernel's layout directly (as
+    libbpf's ring_buffer__consume does): the consumer page (consumer position, written here),
+    then the producer page (producer position) and the data pages, mapped twice in a row so a
+    record that wraps reads as one.
 
     The consumer position lives in the map, shared by every process that maps it: a new edge
-    resumes where the last one stopped, so what the kernel wrote meanwhile is read first."""
+    resumes where the last one stopped, so what the kernel wrote meanwhile is read first.
+    ``replay`` (seconds): the position given back to the kernel trails what was delivered by
+    that long, so that records whose rows an edge had not yet written when it was killed are
+    delivered again to the next edge (which must drop the ones it finds written); 0: at once.
+    """
 
-    def __init__(self, fd: int, on_sample: Callable[[int, int], None]) -> None:
-        def sample(_ctx: int | None, data: int | None, size: int) -> int:
-            on_sample(data or 0, size)
-            return 0
-
-        self._cb = _RING_CB(sample)  # kept: libbpf calls it until free()
-        ptr = libbpf().ring_buffer__new(fd, self._cb, None, None)
-        if not ptr:
+    def __init__(self, fd: int, on_sample: Callable[[int, int], None], *, replay: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._fd = fd
+        self._on_sample = on_sample
+        self._replay = replay
+        self._clock = clock
+        size = map_info(fd).max_entries
+        page = mmap.PAGESIZE
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_long]
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        self._libc = libc
+        self._lens = (page, page + 2 * size)
+        cons = libc.mmap(None, page, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
+        prod = libc.mmap(None, page + 2 * size, mmap.PROT_READ, mmap.MAP_SHARED, fd, page)
+        if cons in (None, ctypes.c_void_p(-1).value) or prod in (None, ctypes.c_void_p(-1).value):
             raise PinError(f"cannot map the ring buffer: {os.strerror(ctypes.get_errno())}")
-        self._rb: int | None = ptr
+        self._maps: tuple[int, int] | None = (cons, prod)
+        self._consumer = ctypes.c_uint64.from_address(cons)
+        self._producer = ctypes.c_uint64.from_address(prod)
+        self._data = prod + page
+        self._mask = size - 1
+        self._pos = self._consumer.value  # delivered up to here
+        self._pending: collections.deque[tuple[float, int]] = collections.deque()  # (when, position) delivered
+        self._poller = select.epoll()
+        self._poller.register(fd, select.EPOLLIN)
 
     def poll(self, timeout_ms: int) -> int:
-        return int(libbpf().ring_buffer__poll(self._rb, timeout_ms)) if self._rb else 0
+        if self._maps is None:
+            return 0
+        if self._producer.value == self._pos:
+            self._poller.poll(max(timeout_ms, 0) / 1000)
+        return self.consume()
 
     def consume(self) -> int:
-        return int(libbpf().ring_buffer__consume(self._rb)) if self._rb else 0
+        """Deliver every complete record; returns how many."""
+        if self._maps is None:
+            return 0
+        n = 0
+        end = self._producer.value
+        while self._pos < end:
+            header = ctypes.c_uint32.from_address(self._data + (self._pos & self._mask)).value
+            if header & _BUSY:  # reserved, not yet submitted: it holds back everything behind it
+                break
+            length = header & ~(_BUSY | _DISCARD)
+            if not header & _DISCARD:
+                self._on_sample(self._data + (self._pos & self._mask) + 8, length)
+                n += 1
+            self._pos += (length + 8 + 7) & ~7
+            if self._pos >= end:
+                end = self._producer.value
+        self._give_back()
+        return n
 
-    def free(self) -> None:
-        if self._rb:
-            libbpf().ring_buffer__free(self._rb)
-            self._rb = None
+    def _give_back(self, *, everything: bool = False) -> None:
+        if everything or self._replay <= 0:
+            self._pending.clear()
+            self._consumer.value = self._pos
+            return
+        now = self._clock()
+        if not self._pending or self._pending[-1][1] != self._pos:
+            self._pending.append((now, self._pos))
+        while self._pending and now - self._pending[0][0] >= self._replay:
+            self._consumer.value = self._pending.popleft()[1]
+
+    def free(self, *, keep_replay: bool = False) -> None:
+        """Unmap. ``keep_replay``: leave the last ``replay`` seconds for the next reader."""
+        if self._maps is None:
+            return
+        if not keep_replay:
+            self._give_back(everything=True)
+        self._poller.close()
+        for addr, length in zip(self._maps, self._lens, strict=True):
+            self._libc.munmap(addr, length)
+        self._maps = None
 
 
 class PinnedProgram:
@@ -389,8 +454,8 @@ class PinnedProgram:
             self._maps[name] = PinnedMap(fd, name=name, key=key, leaf=c_type(desc["leaf"]))
         return self._maps[name]
 
-    def ring_buffer(self, name: str, on_sample: Callable[[int, int], None]) -> RingBuffer:
-        rb = RingBuffer(self[name].map_fd, on_sample)
+    def ring_buffer(self, name: str, on_sample: Callable[[int, int], None], *, replay: float = 0.0) -> RingBuffer:
+        rb = RingBuffer(self[name].map_fd, on_sample, replay=0.0 if self.private else replay)
         self._rings.append(rb)
         return rb
 

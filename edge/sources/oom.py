@@ -404,8 +404,10 @@ class OomSource(Source):
         self.settle = settle
         self.victim_from_signal = victim_from_signal
         self._hierarchy = hierarchy  # the memory hierarchy, for the OOMing cgroup's state
+        # Replay: a kill's row is written a second or so after eBPF's event (the join window): an edge
+        # killed meanwhile leaves the event to the next one, which drops it if the row is there.
         self.bpf = RingBufferInput("oom", OomEventC, ring="oom_events", lost_counter="oom_lost",
-                                   on_event=self._on_bpf_event, status=self.status)
+                                   on_event=self._on_bpf_event, status=self.status, replay=5.0)
         self.kmsg = KmsgInput(ctx.kmsg, on_kill=self._on_kill)
         self.joiner: OomJoiner | None = None
         self._backlog: list[Kill] = []  # the kernel log's backlog, read before eBPF is open
@@ -496,8 +498,11 @@ class OomSource(Source):
 
         A backlog kill eBPF also holds goes to the joiner as a live pair (one row, bpf+kmsg),
         unless the store already has it; the other backlog kills are the joiner's backlog
-        (written from the log alone, when not yet recorded)."""
+        (written from the log alone, when not yet recorded). ``drained`` may replay kills an
+        earlier edge wrote (the ring buffer's replay): those are dropped."""
         assert self.joiner is not None
+        drained = [k for k in drained  # replayed events of kills an earlier edge wrote
+                   if not self.ctx.oom_recorded(self.boot_id, -1, k.tid, k.row["time"])]
         held = {k.tid for k in drained}
         joinable = []
         for kill in self._backlog:

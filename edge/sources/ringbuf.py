@@ -3,8 +3,8 @@ source made of one such input and a row function.
 
 ``RingBufferInput`` loads a program (pinned: it outlives the edge, see
 edge/pins.py), opens its ring buffer and hands each event to a callback; a
-source is built from it (``RingBufferSource``: one input, one table) or from it and other inputs (the OOM source joins it with
-the kernel log).
+source is built from it (``RingBufferSource``: one input, one table) or from
+it and other inputs (the OOM source joins it with the kernel log).
 """
 
 from __future__ import annotations
@@ -30,8 +30,12 @@ class RingBufferInput:
     """
 
     def __init__(self, program: str, event: type[SharedStruct], *, ring: str, lost_counter: str,
-                 on_event: Callable[[Any], None], status: SourceStatus) -> None:
+                 on_event: Callable[[Any], None], status: SourceStatus, replay: float = 0.0) -> None:
+        """``replay``: seconds for which delivered events stay in the ring buffer for the next edge,
+        in case this one is killed before their rows are written (pins.RingBuffer); a source that
+        sets it drops the replayed events it finds already written."""
         self.program = program
+        self.replay = replay
         self.event = event
         self.ring = ring
         self.lost_counter = lost_counter
@@ -48,7 +52,7 @@ class RingBufferInput:
         flags = {f"{self.program.upper()}_EVENT_SIZE": ctypes.sizeof(self.event), **settings}
         self.bpf = load_program(self.program, kernel=kernel, settings=flags)
         try:
-            self._ring = self.bpf.ring_buffer(self.ring, self._callback)
+            self._ring = self.bpf.ring_buffer(self.ring, self._callback, replay=self.replay)
         except Exception:
             self.bpf.cleanup()
             self.bpf = None
