@@ -35,6 +35,38 @@ def seed_store(data_dir: Path, pids: list[int], age: dt.timedelta = dt.timedelta
     store.close()
 
 
+MiB = 1 << 20
+
+
+def seed_explained_kill(data_dir: Path, *, pid: int = 4242, comm: str = "leaky", seconds: int = 120,
+                        limit: int = 64 * MiB, leak_per_s: int = 400 * 1024) -> dict:
+    """An edge's store with one memory cgroup OOM kill that has the evidence `pxo explain` reads:
+    the kill with an oom_id, its cgroup in oom_risk every second for ``seconds`` before it (anonymous
+    memory growing by ``leak_per_s`` to the limit, 4 MiB of page cache, PSI rising) and the kernel's
+    candidate table (the victim and two others). Returns the oom_events row."""
+    store = Store(data_dir / "edge.duckdb", all_tables(), flush_interval=0.01)
+    store.start()
+    t = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(minutes=2)
+    cg, oom_id, cache = f"/explain/{comm}", f"6b1c2d4e-0000-4000-8000-00000000abcd:{pid}", 4 * MiB
+    for i in range(seconds + 1):
+        anon = limit - cache - leak_per_s * (seconds - i)
+        store.append("oom_risk", {"time": t - dt.timedelta(seconds=seconds - i), "cgroup_path": cg, "cgroup_id": 7,
+                                  "limit_bytes": limit, "usage_bytes": anon + cache, "anon_bytes": anon,
+                                  "file_bytes": cache, "shmem_bytes": 0, "nonreclaimable_bytes": anon,
+                                  "psi_some_avg10": 30.0 * i / seconds, "psi_full_avg10": 0.0, "samples": 10})
+    kill = {**oom_row(pid, t), "comm": comm, "trigger_comm": comm, "cgroup_path": cg, "cgroup_id": 7,
+            "anon_rss_bytes": limit - cache, "constraint": "memcg", "oom_memcg_path": cg, "chosen": True,
+            "memcg_limit_bytes": limit, "memcg_usage_bytes": limit, "oom_id": oom_id}
+    store.append("oom_events", kill)
+    for n, (who, rss) in enumerate(((comm, limit - cache), ("sidecar", 3 * MiB), ("pause", MiB))):
+        store.append("oom_candidates", {"time": t, "oom_id": oom_id, "pid": pid + n, "tgid": pid + n, "uid": 0,
+                                        "comm": who, "rss_bytes": rss, "victim": n == 0, "oom_memcg_path": cg,
+                                        "constraint": "memcg"})
+    store.flush()
+    store.close()
+    return kill
+
+
 def query(addr: str, text: str, syntax: int = pxo_pb2.SYNTAX_PIPE, **kw: int) -> dict:
     with grpc.insecure_channel(addr) as ch:
         stub = pxo_pb2_grpc.CollectorStub(ch)
