@@ -331,7 +331,7 @@ class ContainerDeployment:
         self._ensure_image(image)
         if self.running():
             self.say("pxo's containers are running; replacing them")
-            self.delete(quiet=True)
+            self.delete(quiet=True, unpin=False)  # the new edge adopts what is still current
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         node = node or socket.gethostname()
         token = secrets.token_urlsafe(32)
@@ -475,7 +475,8 @@ class ContainerDeployment:
 
     # -- delete -----------------------------------------------------------------------
 
-    def delete(self, *, quiet: bool = False) -> list[str]:
+    def delete(self, *, quiet: bool = False, unpin: bool = True) -> list[str]:
+        """Remove the containers and their network; ``unpin``: and the eBPF programs the edge pinned."""
         names = self.running()
         if names:
             if not quiet:
@@ -487,6 +488,10 @@ class ContainerDeployment:
         with contextlib.suppress(OSError, ValueError, ProcessLookupError):
             os.kill(int(pid_file.read_text()), signal.SIGTERM)
         pid_file.unlink(missing_ok=True)
+        if unpin:  # the edge container pinned its programs in the host's /sys/fs/bpf
+            from pxo.cli.local import unpin_programs
+
+            unpin_programs(sys.executable, say=self.say, quiet=quiet)
         return names
 
 

@@ -189,13 +189,18 @@ class LocalDeployment:
         return stopped
 
     def unpin(self, *, quiet: bool = False) -> None:
-        """Remove the edge's pinned eBPF programs (/sys/fs/bpf/pxo): they stop capturing."""
-        out = subprocess.run([self.python, "-m", "pxo.edge.loader", "unpin"], capture_output=True, text=True,
-                             timeout=60, stdin=subprocess.DEVNULL, check=False)
-        if out.returncode != 0:
-            self.say(f"could not remove the edge's eBPF programs: {out.stderr.strip().splitlines()[-1:]}")
-        elif out.stdout.strip() and not quiet:
-            self.say(f"eBPF programs: {out.stdout.strip()}")
+        unpin_programs(self.python, say=self.say, quiet=quiet)
+
+
+def unpin_programs(python: str, *, say: Callable[[str], None], quiet: bool = False) -> None:
+    """Remove the edge's pinned eBPF programs (/sys/fs/bpf/pxo) with the edge's own loader
+    (``python -m pxo.edge.loader unpin``): they stop capturing."""
+    out = subprocess.run([python, "-m", "pxo.edge.loader", "unpin"], capture_output=True, text=True,
+                         timeout=60, stdin=subprocess.DEVNULL, check=False)
+    if out.returncode != 0:
+        say(f"could not remove the edge's eBPF programs: {out.stderr.strip().splitlines()[-1:]}")
+    elif out.stdout.strip() and not quiet:
+        say(f"eBPF programs: {out.stdout.strip()}")
 
 
 def key_works(url: str, key: str) -> bool:
