@@ -256,6 +256,19 @@ def _write_facts(btf_path: Path, root: Path) -> None:
     tmp.rename(path)
 
 
+def _remove_abandoned(root: Path) -> None:
+    """Pins a helper left half made when it was killed (new_<name>_<pid>, that pid gone): their
+    programs would stay attached with nobody reading them."""
+    for d in root.glob("new_*_*"):
+        pid = d.name.rsplit("_", 1)[-1]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        if d.is_dir():
+            shutil.rmtree(d, ignore_errors=True)
+        else:
+            d.unlink(missing_ok=True)
+
+
 def _load_and_pin(root: Path, manifest: dict[str, Any], *, private: bool) -> str:
     """Compile and load manifest["program"] with its flags, pin it, swap the pins in (unless
     ``private``: then they stay in a directory of their own for the edge to open and unpin);
@@ -272,6 +285,7 @@ def _load_and_pin(root: Path, manifest: dict[str, Any], *, private: bool) -> str
         print(str(exc).replace("\n", " "), file=sys.stderr)
         raise SystemExit(_REFUSED) from None
     pins.ensure_bpffs(root)
+    _remove_abandoned(root)
     tmp = root / f"new_{program}_{os.getpid()}"
     tmp.mkdir(mode=0o700)
     try:
