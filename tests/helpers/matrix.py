@@ -52,7 +52,9 @@ def run_scenarios(suite: str, *, timeout: float = 1500, pytest_args: Sequence[st
     script = (f"{ROOT}/.venv/bin/python -m pytest -p no:cacheprovider -q -rfE tests/kernels/test_scenarios.py "
               + " ".join(pytest_args) + f"; rc=$?; echo; echo {MARK}; cat /tmp/pxo-matrix.json; exit $rc")
     started = time.monotonic()
+    # 1 GiB: enough for the loader's compiler, and small enough that the node-wide OOM scenario fills it fast
     result = run_in_guest(suite, ["sh", "-c", script], cwd=str(ROOT), timeout=timeout, on_output=on_output,
+                          memory_mb=1024,
                           env={"PXO_GUEST": "1", "CI": "true", "PXO_MATRIX_REPORT": "/tmp/pxo-matrix.json",
                                "PYTHONDONTWRITEBYTECODE": "1"})
     out, _, raw = result.output.partition(MARK)

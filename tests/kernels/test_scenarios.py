@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from pxo.edge import explain
 from pxo.edge.cgroups import Hierarchy, ScratchCgroup, memory_hierarchy
 from pxo.edge.errors import EdgeError
 from pxo.edge.oomdrill import DRILL_COMM, run_drill, start_allocator
@@ -151,7 +152,7 @@ def test_one_kill_is_one_row_with_its_cgroup_and_why(node: Node) -> None:
     REPORT["scenarios"]["single kill"] = {"rows": 1, "kernel oom_kill": drill.oom_kills, "origin": row["origin"]}
 
 
-def test_a_group_kill_of_three_is_three_rows_one_chosen(node: Node) -> None:
+def test_a_group_kill_of_three_is_three_rows_one_chosen(node: Node, tmp_path: Path) -> None:
     node.require("oom")
     if node.hierarchy.version != 2:
         pytest.skip("memory.oom.group is cgroup v2's: the matrix's guests run this")
@@ -179,6 +180,45 @@ def test_a_group_kill_of_three_is_three_rows_one_chosen(node: Node) -> None:
     assert all(inferred[r["pid"]] == (r["chosen"], cg.path) for r in rows), inferred
     REPORT["scenarios"]["group kill of 3"] = {"rows": len(rows), "kernel oom_kill": events["oom_kill"],
                                              "kernel oom_group_kill": events.get("oom_group_kill")}
+    why = explained(node, str(grower.pid), tmp_path)
+    assert why.verdicts[0].rule == "group_kill" and "all 3 of its tasks" in why.verdicts[0].sentence, why.verdicts
+    assert {m["pid"] for m in why.members} == {a.pid, b.pid}
+
+
+@pytest.mark.skipif(not IN_GUEST, reason="a node-wide OOM is caused only inside the matrix's guests (a VM of "
+                    "its own), never on the machine that runs the suite")
+def test_a_node_oom_is_explained_with_the_nodes_top_consumers(node: Node, tmp_path: Path) -> None:
+    """The whole guest runs out of memory: a process outside any limit (its cgroup's is far above the
+    guest's RAM) maps memory until the kernel's global OOM killer takes it."""
+    node.require("oom")
+    grab = ("import mmap, time\nopen('/proc/self/oom_score_adj', 'w').write('1000')\nheld = []\n"
+            "for _ in range(64):\n    held.append(mmap.mmap(-1, 128 << 20, flags=mmap.MAP_PRIVATE | "
+            "mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE))\ntime.sleep(60)\n")
+    with ScratchCgroup(64 << 30, prefix="pxo-node") as cg:
+        hog = subprocess.Popen(["sh", "-c", f'echo $$ > {cg.dir}/cgroup.procs && exec "$0" -c "$1"', sys.executable,
+                                grab])
+        assert hog.wait(timeout=300) == -signal.SIGKILL
+        [row] = node.wait_rows("oom_events", 1, timeout=30, pid=hog.pid)
+    assert row["constraint"] == "global", row
+    why = explained(node, str(hog.pid), tmp_path)
+    assert why.verdicts[0].rule == "node_oom", why.verdicts
+    assert "The node ran out of memory" in why.verdicts[0].sentence and "pid" in why.verdicts[0].sentence
+    assert why.holders and why.holders[0]["pid"] == hog.pid  # the largest candidate was the hog
+    REPORT["scenarios"]["node OOM"] = {"constraint": row["constraint"], "verdict": why.verdicts[0].rule}
+
+
+def explained(node: Node, target: str, tmp_path: Path) -> explain.Explanation:
+    """`pxo explain TARGET` over what the node's sources recorded, in a store of its own."""
+    store = Store(tmp_path / "explain.duckdb", all_tables())
+    store.start()
+    try:
+        for table, row in list(node.sink.rows):
+            store.append(table, row)
+        found = explain.find(store, target)
+        assert found is not None, f"no kill matches {target}"
+        return explain.explain(store, found)
+    finally:
+        store.close()
 
 
 def test_a_burst_says_why_for_every_kill_even_unreported(node: Node) -> None:
