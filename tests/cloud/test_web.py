@@ -5,34 +5,9 @@ the node list, the last queries, and nothing loaded from another origin."""
 from __future__ import annotations
 
 import io
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.helpers.services import Stack
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
-
-
-@pytest.fixture
-def page() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        try:
-            # bypass_csp: the page's own CSP forbids eval, which Playwright's wait_for_function uses
-            # (the CSP itself is checked below, on the headers).
-            pg = browser.new_page(viewport={"width": 1100, "height": 1400}, bypass_csp=True)
-            yield pg
-        finally:
-            browser.close()
 
 
 def coloured_pixels(png: bytes) -> int:

@@ -7,22 +7,11 @@ a refused target is said plainly; nothing is loaded from another origin."""
 from __future__ import annotations
 
 import re
-import shutil
 import urllib.parse
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.helpers.seeding import seed_explained_kill, wait_nodes
 from tests.helpers.services import Service, Stack, http, start_edge
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
 
 # saturated pixels of a canvas: a line or a bar, not the white background or the grey grid and labels
 COLOURED = """(id) => {
@@ -35,19 +24,6 @@ COLOURED = """(id) => {
     }
     return n;
 }"""
-
-
-@pytest.fixture
-def page() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        try:
-            # bypass_csp: the page's CSP forbids eval, which Playwright's evaluate and wait_for_function use
-            pg = browser.new_page(viewport={"width": 1100, "height": 1400}, bypass_csp=True)
-            yield pg
-        finally:
-            browser.close()
 
 
 def sign_in(stack: Stack, page: Any, kills: int) -> None:
