@@ -11,7 +11,9 @@ limit (found by walking the hierarchy every ``discover_every`` periods, 3 s):
 - the growth of that figure: the Theil-Sen slope (the median of the slopes between
   every pair of samples) over the last ``window`` samples. One wild sample moves a
   median of pairwise slopes hardly at all (it tolerates about 29% of outliers), where
-  a least-squares fit or a last-two-samples difference would swing with it.
+  a least-squares fit or a last-two-samples difference would swing with it. The lower
+  of that slope and the same without the window's largest single rise is taken: one
+  step up (data loaded once, then flat) is not growth.
 - ``eta_seconds = (limit - nonreclaimable) / growth`` when the growth is real:
   at least ``min_growth`` bytes/s, at least ``min_samples`` samples, and rising over
   the window as a whole (its last sample above its first). NULL otherwise: a cgroup
@@ -94,6 +96,21 @@ def theil_sen(points: list[tuple[float, float]]) -> float:
     return slopes[mid] if len(slopes) % 2 else (slopes[mid - 1] + slopes[mid]) / 2
 
 
+def without_largest_step(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points with their largest rise between two neighbours taken out (every later value lowered
+    by it). One step (a cache loaded at start, a buffer grown once) is not a trend: while the window
+    holds points from both sides of it, half the pairwise slopes cross it and the median follows them;
+    without it, a flat cgroup is flat again. A real leak, a steady climb or a staircase of many steps,
+    loses one interval's growth in twenty."""
+    if len(points) < 3:
+        return points
+    rises = [(b[1] - a[1], i + 1) for i, (a, b) in enumerate(zip(points, points[1:]))]
+    step, at = max(rises)
+    if step <= 0:
+        return points
+    return [*points[:at], *((t, v - step) for t, v in points[at:])]
+
+
 @dataclass
 class Estimate:
     growth: float  # bytes per second
@@ -115,7 +132,7 @@ class GrowthEstimator:
         while len(self.points) > self.window:
             self.points.popleft()
         pts = list(self.points)
-        growth = theil_sen(pts)
+        growth = min(theil_sen(pts), theil_sen(without_largest_step(pts)))
         rising = len(pts) >= 2 and pts[-1][1] > pts[0][1]
         if len(pts) < self.min_samples or growth < self.min_growth or not rising:
             return Estimate(growth, None, len(pts))

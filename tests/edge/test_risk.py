@@ -29,6 +29,20 @@ def test_one_wild_sample_does_not_move_the_estimate() -> None:
     assert theil_sen(points) == pytest.approx(2.0)
 
 
+def test_one_step_up_then_flat_is_not_growth() -> None:
+    """A service that loads its data at start and then sits high: no estimate at any point."""
+    est = GrowthEstimator(window=20, min_samples=5)
+    etas = []
+    for t in range(40):
+        level = (200 if t >= 8 else 20) * (1 << 20) + (t % 3) * 200_000  # one 180 MiB step, then flat with noise
+        etas.append(est.add(float(t), level, 256.0 * (1 << 20)).eta)
+    assert etas == [None] * 40, etas
+    est = GrowthEstimator(window=20, min_samples=5)  # a staircase of steps is a leak: it is estimated
+    for t in range(20):
+        e = est.add(float(t), (50 + 8 * (t // 4) * 4) * (1 << 20), 256.0 * (1 << 20))
+    assert e.eta is not None and 5 * (1 << 20) < e.growth < 10 * (1 << 20)
+
+
 def test_flat_and_falling_have_no_eta() -> None:
     est = GrowthEstimator(window=20, min_samples=5)
     for t in range(20):
