@@ -31,6 +31,7 @@ docs/explain.md describes the estimator and what it is tested against.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections import deque
@@ -104,7 +105,7 @@ def without_largest_step(points: list[tuple[float, float]]) -> list[tuple[float,
     loses one interval's growth in twenty."""
     if len(points) < 3:
         return points
-    rises = [(b[1] - a[1], i + 1) for i, (a, b) in enumerate(zip(points, points[1:]))]
+    rises = [(b[1] - a[1], i + 1) for i, (a, b) in enumerate(itertools.pairwise(points))]
     step, at = max(rises)
     if step <= 0:
         return points
