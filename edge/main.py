@@ -37,7 +37,7 @@ from pxo.edge.pins import PIN_ROOT
 from pxo.edge.registration import Registration
 from pxo.edge.runtimes import RUNTIME_APIS, runtime_indexes
 from pxo.edge.service import EdgeService
-from pxo.edge.sources import SOURCES, all_tables, build_sources
+from pxo.edge.sources import DEFAULT_SOURCES, OPT_IN, SOURCES, all_tables, build_sources
 from pxo.edge.sources.base import Sink, Source, SourceContext, SourceStatus
 from pxo.edge.store import Store
 from pxo.v1 import pxo_pb2_grpc
@@ -62,8 +62,9 @@ class EdgeSettings(TlsSettings):
     listen: str = Field("127.0.0.1:50701", description="host:port to serve on (port 0: any free port)")
     advertise: str = Field("", description="host:port the collector should dial (default: the bound address)")
     collector: str = Field("", description="collector host:port to register with (empty: stand alone)")
-    sources: list[str] = Field(default_factory=lambda: list(SOURCES),
-                               description=f"sources to run (default: all), from: {', '.join(SOURCES)}")
+    sources: list[str] = Field(default_factory=lambda: list(DEFAULT_SOURCES),
+                               description=f"sources to run (default: all but the opt-in {', '.join(sorted(OPT_IN))}), "
+                                           f"from: {', '.join(SOURCES)}")
     require_bpf: bool = Field(False, description="exit when an eBPF program cannot load, instead of running "
                                                  "degraded on the kernel log and cgroupfs")
     flush_interval: float = Field(0.5, gt=0, le=1.0, description="seconds between store commits")

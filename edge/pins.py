@@ -125,6 +125,22 @@ def map_info(fd: int) -> _MapInfo:
     return info
 
 
+def lookup_batch(fd: int, in_batch: Any, out_batch: Any, keys: Any, values: Any, count: Any) -> int:
+    """BPF_MAP_LOOKUP_BATCH with bcc.libbcc's arguments (bpf_lookup_batch), over libbpf: no
+    compiler in the edge. Returns 0, or a negative errno (also in ctypes.get_errno())."""
+    return int(libbpf().bpf_map_lookup_batch(fd, in_batch, out_batch, keys, values, count, None))
+
+
+def lookup_and_delete_batch(fd: int, in_batch: Any, out_batch: Any, keys: Any, values: Any, count: Any) -> int:
+    """BPF_MAP_LOOKUP_AND_DELETE_BATCH, as ``lookup_batch`` (bcc's bpf_lookup_and_delete_batch)."""
+    return int(libbpf().bpf_map_lookup_and_delete_batch(fd, in_batch, out_batch, keys, values, count, None))
+
+
+def lookup_elem(fd: int, key: Any, value: Any) -> int:
+    """BPF_MAP_LOOKUP_ELEM (bcc's bpf_lookup_elem): 0, or a negative errno."""
+    return int(libbpf().bpf_map_lookup_elem(fd, key, value))
+
+
 # -- bpffs ----------------------------------------------------------------------------
 
 _BPF_FS_MAGIC = 0xCAFE4A11
