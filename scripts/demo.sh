@@ -2,7 +2,7 @@
 # The main job, end to end, on this machine (root):
 #   install everything, deploy pxo locally (collector, edge, cloud on loopback),
 #   cause one real OOM kill in a throw-away memory-limited cgroup, and ask pxo
-#   about it. pxo keeps running afterwards; stop it with: .venv/bin/pxo delete --local
+#   about it (the kill, then why: pxo explain). pxo keeps running afterwards; stop it with: .venv/bin/pxo delete --local
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bash "$ROOT/scripts/setup.sh"
@@ -18,5 +18,8 @@ sleep 1   # the edge commits new rows at least every 0.5 s
 echo
 echo '$ pxo query "oom_events | last 1h"'
 "$PXO" query "oom_events | last 1h"
+echo
+echo '$ pxo explain'
+"$PXO" explain --window 2m
 echo
 echo "pxo is running. Try: $PXO nodes   |   stop it: $PXO delete --local"

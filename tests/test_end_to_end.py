@@ -80,6 +80,11 @@ def test_real_oom_kill_end_to_end(local) -> None:  # type: ignore[no-untyped-def
     assert r.returncode == 0, r.stderr
     assert str(drill.pid) in r.stdout and drill.cgroup_path in r.stdout
 
+    # The demo's last step: why it died, from the default local deployment
+    r = pxo(env, "explain", "--window", "2m")
+    assert r.returncode == 0, r.stderr
+    assert f"pid {drill.pid}" in r.stdout and "Why" in r.stdout and drill.cgroup_path in r.stdout
+
     # Stop the edge: the answer names it instead of silently missing its rows.
     edge_pid = int((data_dir / "edge.pid").read_text())
     os.kill(edge_pid, signal.SIGKILL)
