@@ -105,5 +105,5 @@ def test_a_known_allocation_is_counted_for_its_process_and_memory_cgroup(slots: 
     for r in ours:
         assert r["alloc_bytes"] == r["alloc_pages"] * PAGE_SIZE
         assert r["comm"] in (CHILD_COMM, Path(sys.executable).name[:15])
-        assert 0.2 < r["interval_s"] < 5
+        assert 0 < r["interval_s"] < 5  # the last, drained at stop, or one a slow guest cut short, is short
     assert src.status.state == "stopped" and src.status.lost == 0

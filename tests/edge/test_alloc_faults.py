@@ -78,7 +78,7 @@ def test_a_known_allocation_is_counted_for_its_process_and_memory_cgroup() -> No
         assert max(ours, key=lambda r: r["alloc_pages"])["comm"] == CHILD_COMM
         for r in ours:
             assert r["alloc_bytes"] == r["alloc_pages"] * PAGE_SIZE
-            assert 0.2 < r["interval_s"] < 5
+            assert 0 < r["interval_s"] < 5  # the last of a stop, or a read a clock step brought forward, is short
     assert len([r for r in rows if r["pid"] == held]) >= 2  # read alive, then at its exit
     assert src.status.state == "stopped" and src.status.lost == 0
 
