@@ -24,6 +24,7 @@ from typing import Any
 
 from pxo.common.schema import TIME, Column, Table
 from pxo.common.timeutil import from_unix_seconds
+from pxo.edge import pins
 from pxo.edge.bpf import PXO_COMM_LEN, SharedStruct, comm, load_program, read_counter
 from pxo.edge.cgroups import CgroupError, CgroupResolver, memory_hierarchy
 from pxo.edge.errors import EdgeError, PrerequisiteError
@@ -254,52 +255,50 @@ class AllocRateBpfSource(Source):
 
     def _take(self, gen: int) -> dict[tuple[int, int], int]:
         """Generation gen's counts, {(tgid, memcg id): pages} summed over CPUs; its hash is emptied."""
-        from bcc.libbcc import lib  # heavy, and only the edge needs it
-
         counts: dict[tuple[int, int], int] = defaultdict(int)
         b, ncpu = self._buffers, self._ncpu
         # Half gen & 1 of the slots, ncpu per index; a slot of another generation is free.
         words = memoryview(b["slots"]).cast("B").cast("Q")
-        n = self._read_half(lib, gen & 1) * ncpu
+        n = self._read_half(gen & 1) * ncpu
         for i, g in enumerate(words[_W_GEN:n * _SLOT_WORDS:_SLOT_WORDS].tolist()):
             at = i * _SLOT_WORDS
             if g == gen and words[at + _W_PAGES]:
                 counts[(words[at + _W_TGID] & 0xFFFFFFFF, words[at + _W_MEMCG])] += words[at + _W_PAGES]
         keys, values = b["hash_keys"], b["hash_values"]
-        for n in map_batches(lib.bpf_lookup_and_delete_batch, self._bpf[f"counts_{gen & 1}"].map_fd,
+        for n in map_batches(pins.lookup_and_delete_batch, self._bpf[f"counts_{gen & 1}"].map_fd,
                              keys, values, self.max_keys):
             for i in range(n):
                 counts[(keys[i].tgid, keys[i].memcg_id)] += sum(values[i * ncpu:(i + 1) * ncpu])
         return counts
 
-    def _read_half(self, lib: Any, half: int) -> int:
+    def _read_half(self, half: int) -> int:
         """BPF_MAP_LOOKUP_BATCH of one half of the slots array into the slot buffers; returns the entries read."""
         b = self._buffers
         if not self._array_batch:
-            return self._read_half_one_by_one(lib, half)
+            return self._read_half_one_by_one(half)
         # An array's batch cursor is the last index read: the half starts after it.
         cursor, out, count = ctypes.c_uint32(half * self.slots - 1), ctypes.c_uint32(0), ctypes.c_uint32(self.slots)
-        res = lib.bpf_lookup_batch(self._bpf["slots"].map_fd, ctypes.byref(cursor) if half else None,
+        res = pins.lookup_batch(self._bpf["slots"].map_fd, ctypes.byref(cursor) if half else None,
                                    ctypes.byref(out), ctypes.byref(b["slot_keys"]), ctypes.byref(b["slots"]),
                                    ctypes.byref(count))
         err = ctypes.get_errno()
         if res != 0 and err in _NO_BATCH:  # per-CPU arrays gained batch reads after 5.10
             log.info("alloc_rate: this kernel cannot batch-read per-CPU arrays; reading slot by slot")
             self._array_batch = False
-            return self._read_half_one_by_one(lib, half)
+            return self._read_half_one_by_one(half)
         if res != 0 and err != errno.ENOENT:
             raise EdgeError(f"cannot read the alloc_rate counters: {errno.errorcode.get(err, err)}")
         if count.value != self.slots:
             raise EdgeError(f"cannot read the alloc_rate counters: {count.value} of {self.slots} slots read")
         return count.value
 
-    def _read_half_one_by_one(self, lib: Any, half: int) -> int:
+    def _read_half_one_by_one(self, half: int) -> int:
         """The same as one batch read, one BPF_MAP_LOOKUP_ELEM per slot (each fills ncpu values)."""
         fd, buf, step = self._bpf["slots"].map_fd, self._buffers["slots"], ctypes.sizeof(AllocSlotC) * self._ncpu
         key = ctypes.c_uint32(0)
         for i in range(self.slots):
             key.value = half * self.slots + i
-            if lib.bpf_lookup_elem(fd, ctypes.byref(key), ctypes.byref(buf, i * step)) != 0:
+            if pins.lookup_elem(fd, ctypes.byref(key), ctypes.byref(buf, i * step)) != 0:
                 err = ctypes.get_errno()
                 raise EdgeError(f"cannot read the alloc_rate counters: {errno.errorcode.get(err, err)}")
         return self.slots

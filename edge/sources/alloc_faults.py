@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from pxo.common.timeutil import from_unix_seconds
+from pxo.edge import pins
 from pxo.edge.bpf import PXO_COMM_LEN, SharedStruct, comm, load_program, read_counter
 from pxo.edge.cgroups import CgroupError, CgroupResolver, Hierarchy, memory_hierarchy
 from pxo.edge.errors import EdgeError
@@ -231,11 +232,9 @@ class AllocFaultsSource(SamplingSource):
         """(pid, starttime in clock ticks, memcg id, comm, faults) of the processes that exited; the map is emptied."""
         if self._bpf is None or self._buffers is None:
             return []
-        from bcc.libbcc import lib  # heavy, and only the edge needs it
-
         keys, values = self._buffers
         out: list[tuple[int, int, int, str | None, int]] = []
-        for n in map_batches(lib.bpf_lookup_and_delete_batch, self._bpf["exits"].map_fd, keys, values,
+        for n in map_batches(pins.lookup_and_delete_batch, self._bpf["exits"].map_fd, keys, values,
                              self.max_exits):
             for i in range(n):
                 v = values[i]
