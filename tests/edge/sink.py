@@ -1,6 +1,5 @@
-"""Moved to tests/helpers/sink.py. This name stays only until tests/edge/test_alloc.py (being
-edited by someone else) imports tests.helpers.sink; then delete it. tests/test_lint.py fails
-until then, on purpose."""
+"""Moved to tests/helpers/sink.py. This name stays only for bench/oom_peers.py, which imports
+it inside the kernel guest; delete it once that imports tests.helpers.sink."""
 
 from tests.helpers.sink import ListSink
 
