@@ -50,11 +50,13 @@ from pxo.edge.kernel import Kernel
 log = logging.getLogger(__name__)
 
 KERNEL_FACTS = "kernel"
-# Members and sizes one program's settings read beside Kernel.offsets (the OOM program's: see
-# OomSource._open_bpf). Anything else a source asks FactsBtf makes the edge parse BTF itself.
-EXTRA_MEMBERS = (("task_struct", "real_cred"), ("cred", "uid"), ("task_struct", "thread_pid"), ("pid", "level"),
-                 ("pid", "numbers"), ("upid", "nr"))
-EXTRA_SIZES = ("upid",)
+# The structs whose members (and sizes) sources read beside Kernel.offsets, e.g. OomSource._open_bpf
+# (task_struct.real_cred, pid.level...), AllocFaultsSource (task_struct.min_flt...): every member of
+# these is recorded, anonymous members' members included. A member of any other struct makes the
+# edge parse BTF itself (a warning says which: add its struct here).
+RECORDED_STRUCTS = ("task_struct", "signal_struct", "mm_struct", "cred", "pid", "upid", "css_set", "cgroup",
+                    "cgroup_subsys_state", "kernfs_node", "mem_cgroup", "page_counter", "kernel_siginfo",
+                    "percpu_counter", "mm_rss_stat", "task_cputime", "sched_entity", "rlimit")
 _REFUSED = 3
 
 
@@ -139,18 +141,19 @@ def facts_of(kernel: Kernel) -> dict[str, Any]:
                 continue
             if args is not None:
                 hooks[name[len("btf_trace_"):]] = list(args)
-    members = {}
-    for s, m in EXTRA_MEMBERS:
-        try:
-            members[f"{s}.{m}"] = btf.offset(s, m)
-        except BtfError:
-            continue  # absent from this kernel: FactsBtf asks the real BTF, which says so
-    sizes = {}
-    for s in EXTRA_SIZES:
+    members: dict[str, int] = {}
+    sizes: dict[str, int] = {}
+    for s in RECORDED_STRUCTS:
         try:
             sizes[s] = btf.sizeof(s)
+            names = _member_names(btf, s)
         except BtfError:
-            continue
+            continue  # absent from this kernel: FactsBtf asks the real BTF, which says so
+        for m in names:
+            try:
+                members[f"{s}.{m}"] = btf.offset(s, m)
+            except BtfError:
+                continue  # a bitfield: not readable by offset
     try:
         offsets: dict[str, int] | None = kernel.offsets
         error = ""
@@ -158,6 +161,23 @@ def facts_of(kernel: Kernel) -> dict[str, Any]:
         offsets, error = None, str(exc)
     return {"hooks": hooks, "enumerators": dict(btf._enumerators), "members": members, "sizes": sizes,
             "offsets": offsets, "offsets_error": error}
+
+
+def _member_names(btf: Btf, struct_name: str) -> list[str]:
+    """Every member name Btf.offset finds in the struct: its own, and those of anonymous members."""
+    out: list[str] = []
+
+    def walk(t: Any) -> None:
+        for name, tid, _bits in t.members:
+            if name:
+                out.append(name)
+            else:
+                inner = btf._resolve(tid)
+                if inner.members:
+                    walk(inner)
+
+    walk(btf._struct(struct_name))
+    return out
 
 
 def _run_helper(args: list[str], *, stdin: str = "") -> subprocess.CompletedProcess[str]:
