@@ -204,8 +204,12 @@ class AllocFaultsSource(SamplingSource):
                 rows.append(self._row(when, interval_s, pid, st.comm, path, cgid, st.faults - base))
         # Exits after the listing above are drained too: their base is what the listing read.
         for pid, start, memcg_id, name, faults in self._exits():
-            prev = alive.pop(pid, None) or self._seen.get(pid)
-            if prev is not None and prev.start == start:
+            # Its last read: this one's (a zombie still listed), else the previous one's, if the
+            # pid was this process then (not an earlier or a later one with the same pid).
+            prev = next((p for p in (alive.get(pid), self._seen.get(pid)) if p is not None and p.start == start), None)
+            if pid in alive and alive[pid].start == start:
+                alive[pid] = _Seen(start, faults)  # read again while still listed: nothing new
+            if prev is not None:
                 base = prev.faults
             elif start >= self._opened_ticks:
                 base = 0  # started after the last read: every fault of its life is new

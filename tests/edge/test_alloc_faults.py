@@ -120,3 +120,54 @@ def test_the_exact_probe_is_opt_in_and_never_runs_beside_the_default() -> None:
     ctx = SourceContext(sink=ListSink())
     assert [s.name for s in build_sources(["alloc_faults", "alloc_bpf"], ctx)] == ["alloc_bpf"]
     assert [s.name for s in build_sources(["alloc_faults"], ctx)] == ["alloc_faults"]
+
+
+class _Exits(AllocFaultsSource):
+    """The source over a fixture /proc, with the exits the kernel would have kept given by the test."""
+
+    exited: list[tuple[int, int, int, str | None, int]] = []
+
+    def _exits(self) -> list[tuple[int, int, int, str | None, int]]:
+        out, self.exited = self.exited, []
+        return out
+
+
+def _proc(root: Path, procs: dict[int, tuple[int, int]]) -> None:
+    """A /proc holding ``procs`` (pid -> (starttime, minflt)) and nothing else."""
+    for d in root.iterdir():
+        for f in d.iterdir():
+            f.unlink()
+        d.rmdir()
+    for pid, (start, faults) in procs.items():
+        (root / str(pid)).mkdir()
+        fields = ["S"] + ["0"] * 6 + [str(faults)] + ["0"] * 11 + [str(start)] + ["0"] * 30
+        (root / str(pid) / "stat").write_text(f"{pid} (p{pid}) " + " ".join(fields) + "\n")
+        (root / str(pid) / "cgroup").write_text("0::/\n")
+
+
+def test_exits_reused_pids_and_zombies_are_counted_once(tmp_path: Path) -> None:
+    sink = ListSink()
+    src = _Exits(SourceContext(sink=sink, proc=tmp_path, use_bpf=False), interval=60)
+    src.open()
+
+    def read(procs: dict[int, tuple[int, int]],
+             exited: list[tuple[int, int, int, str | None, int]]) -> list[tuple[int, int]]:
+        _proc(tmp_path, procs)
+        src.exited = exited
+        before = len(sink.rows)
+        if src.reads:
+            src.read()
+        else:
+            src.sample(0.0)
+        return sorted((r["pid"], r["alloc_pages"]) for _, r in sink.rows[before:])
+
+    assert read({100: (500, 10), 200: (600, 50)}, []) == []  # the baseline
+    assert read({100: (500, 30), 200: (600, 50)}, []) == [(100, 20)]
+    # 100 exits with 45 faults and its pid goes to a new process; 200 exits, a zombie still listed
+    assert read({100: (900, 5), 200: (600, 52)}, [(100, 500, 0, "p100", 45), (200, 600, 0, "p200", 52)]) \
+        == [(100, 5), (100, 15), (200, 2)]
+    # the zombie, still listed, and the new 100: nothing counted twice
+    assert read({100: (900, 5), 200: (600, 52)}, []) == []
+    assert read({100: (900, 8)}, []) == [(100, 3)]
+    # an exit of a process never read that started before the source: no baseline, not counted
+    assert read({100: (900, 8)}, [(300, 1, 0, "p300", 70)]) == []
