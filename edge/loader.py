@@ -223,6 +223,7 @@ def load(program: str, *, kernel: NodeKernel, flags: Mapping[str, int]) -> pins.
     this node holds the pins, this edge loads a private copy that ends with it."""
     root = kernel.pin_root
     wanted = pins.wanted_manifest(program, flags, release=kernel.release)
+    pins.ensure_bpffs(root)  # again: `pxo delete` may have removed it since this process looked
     held = pins.lock(root, program)
     if held is None:
         log.info("bpf/%s.bpf.c: another edge on this node holds %s; loading a copy of this edge's own",

@@ -506,7 +506,7 @@ def lock(root: Path, program: str) -> int | None:
     read its own ring buffer, since a ring buffer's readers share one consumer position).
     The kernel releases the lock when the holder exits, however it exits."""
     directory = root / f"lock_{program}"  # a directory: bpffs holds no plain files
-    directory.mkdir(mode=0o700, exist_ok=True)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
