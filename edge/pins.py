@@ -341,8 +341,7 @@ _BUSY, _DISCARD = 1 << 31, 1 << 30  # a record's header bits (BPF_RINGBUF_BUSY_B
 class RingBuffer:
     """A consumer of a pinned BPF_MAP_TYPE_RINGBUF, reading the kernel's layout directly (as
     libbpf's ring_buffer__consume does): the consumer page (consumer position, written here),
-    then the producer page (producer position) and the data pages, mapped twice in a row so a
-    record that wraps reads as one.
+    then the producer page (producer position) and the data pages.
 
     The consumer position lives in the map, shared by every process that maps it: a new edge
     resumes where the last one stopped, so what the kernel wrote meanwhile is read first.
@@ -365,15 +364,18 @@ class RingBuffer:
                               ctypes.c_long]
         libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
         self._libc = libc
-        self._lens = (page, page + 2 * size)
+        # The data pages once (libbpf maps them twice in a row, so that a record that wraps reads as
+        # one; each mapping counts in the edge's RSS): the few records that wrap are copied instead.
+        self._lens = (page, page + size)
         cons = libc.mmap(None, page, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
-        prod = libc.mmap(None, page + 2 * size, mmap.PROT_READ, mmap.MAP_SHARED, fd, page)
+        prod = libc.mmap(None, page + size, mmap.PROT_READ, mmap.MAP_SHARED, fd, page)
         if cons in (None, ctypes.c_void_p(-1).value) or prod in (None, ctypes.c_void_p(-1).value):
             raise PinError(f"cannot map the ring buffer: {os.strerror(ctypes.get_errno())}")
         self._maps: tuple[int, int] | None = (cons, prod)
         self._consumer = ctypes.c_uint64.from_address(cons)
         self._producer = ctypes.c_uint64.from_address(prod)
         self._data = prod + page
+        self._size = size
         self._mask = size - 1
         self._pos = self._consumer.value  # delivered up to here
         self._pending: collections.deque[tuple[float, int]] = collections.deque()  # (when, position) delivered
@@ -399,7 +401,15 @@ class RingBuffer:
                 break
             length = header & ~(_BUSY | _DISCARD)
             if not header & _DISCARD:
-                self._on_sample(self._data + (self._pos & self._mask) + 8, length)
+                start = (self._pos + 8) & self._mask  # headers are 8-aligned: never split
+                if start + length <= self._size:
+                    self._on_sample(self._data + start, length)
+                else:  # wraps past the end of the data pages: one contiguous copy
+                    first = self._size - start
+                    buf = ctypes.create_string_buffer(length)
+                    ctypes.memmove(buf, self._data + start, first)
+                    ctypes.memmove(ctypes.addressof(buf) + first, self._data, length - first)
+                    self._on_sample(ctypes.addressof(buf), length)
                 n += 1
             self._pos += (length + 8 + 7) & ~7
             if self._pos >= end:

@@ -146,6 +146,31 @@ def test_a_second_edge_on_the_node_runs_a_copy_of_its_own(pin_root: Path) -> Non
         "link_signal_generate", "manifest", "map_kill_events", "map_kill_lost"]
 
 
+def test_events_that_wrap_around_the_ring_buffer_arrive_whole(pin_root: Path) -> None:
+    """The kill program's ring buffer is 1 MiB and an event about 6 KiB: 400 kills go round it
+    more than twice, and records that straddle its end are read whole (pins.RingBuffer)."""
+    sink = ListSink()
+    src = KillBpfSource(SourceContext(sink=sink, pin_root=pin_root))
+    src.start()
+    try:
+        pids = []
+        for _ in range(400):
+            victim = subprocess.Popen(["sleep", "30"])
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+            pids.append(victim.pid)
+        rows = [sink.wait("kill_events", target_pid=pid) for pid in pids]
+        # Every field read whole, the cgroup paths at the tail of each record too (killed before
+        # or after its exec, a victim's comm is python or sleep).
+        for pid, row in zip(pids, rows, strict=True):
+            assert (row["target_tid"], row["signal"], row["sender_pid"]) == (pid, 9, os.getpid()), row
+            assert row["target_comm"] in ("python", "sleep") and row["sender_comm"] == rows[0]["sender_comm"]
+            assert row["cgroup_path"] == row["sender_cgroup_path"] == rows[0]["cgroup_path"] is not None, row
+    finally:
+        src.stop()
+    assert src.status.lost == 0
+
+
 def test_pxo_delete_removes_the_pinned_programs(tmp_path: Path) -> None:
     src = KillBpfSource(SourceContext(sink=ListSink()))  # the node's own pin directory
     src.start()
