@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import shutil
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -114,17 +115,22 @@ def render(body: dict[str, Any], *, colour: bool = False, width: int | None = No
         facts.append(("its memory", mem or "-"))
     if body["members"]:
         facts.append(("group kill", ", ".join(f"{m.get('comm')} (pid {m.get('pid')})" for m in body["members"])))
-    lines += [f"  {name:<10} {value}" for name, value in facts]
+    for name, value in facts:
+        lines += textwrap.wrap(f"{name:<10} {value}", width - 2, initial_indent="  ", subsequent_indent=" " * 13,
+                               break_on_hyphens=False) or [""]
 
     lines += ["", paint("Why", "bold", colour)]
-    lines += [f"  {v['sentence']}" for v in body["verdicts"]]
+    for v in body["verdicts"]:
+        lines += textwrap.wrap(v["sentence"], width - 2, initial_indent="  ", subsequent_indent="  ",
+                               break_on_hyphens=False)
 
     start, end = _time(body["window"]["start"]), _time(body["window"]["end"])
     if body["series"] and start and end:
         lines += ["", paint(f"The {_span(end - start)} before (to the kill at the right edge)", "bold", colour)]
         limit = next((max((v for _, v in s["points"] if v is not None), default=None)
                       for s in body["series"] if s["name"] == "limit"), None)
-        label_w, value_w = 15, 22
+        names = [s["name"] for s in body["series"] if s["name"] != "limit"]
+        label_w, value_w = min(28, max(len(n) for n in names) + 1) if names else 15, 22
         spark_w = max(10, width - label_w - value_w - 4)
         for s in body["series"]:
             if s["name"] == "limit":
@@ -133,7 +139,8 @@ def render(body: dict[str, Any], *, colour: bool = False, width: int | None = No
             values = [v for _, v in s["points"] if v is not None]
             last = values[-1] if values else None
             note = _fmt(s["unit"], last) + (f" of {human_bytes(limit)}" if top == limit and limit else "")
-            lines.append(f"  {s['name']:<{label_w}}{sparkline(s['points'], start, end, spark_w, top)}  {note}")
+            label = s["name"] if len(s["name"]) < label_w else s["name"][:label_w - 2] + "…"
+            lines.append(f"  {label:<{label_w}}{sparkline(s['points'], start, end, spark_w, top)}  {note}")
 
     if body["holders"]:
         src = body["holders"][0].get("source", "")
@@ -143,10 +150,15 @@ def render(body: dict[str, Any], *, colour: bool = False, width: int | None = No
         lines += ["  " + line for line in table(["comm", "pid", "rss_bytes", "victim"], rows, width=width - 2,
                                                  colour=colour).splitlines()]
     if body["missing"]:
-        lines += ["", paint("Not recorded", "bold", colour)] + [f"  - {m}" for m in body["missing"]]
+        lines += ["", paint("Not recorded", "bold", colour)]
+        for m in body["missing"]:
+            lines += textwrap.wrap(m, width - 2, initial_indent="  - ", subsequent_indent="    ",
+                                   break_on_hyphens=False)
     if body.get("unanswered"):
         lines += ["", paint("Not asked or no answer (a newer kill may be there)", "bold", colour)]
-        lines += [f"  - {u['node']}: {u['state']}: {u['detail']}" for u in body["unanswered"]]
+        for u in body["unanswered"]:
+            lines += textwrap.wrap(f"{u['node']}: {u['state']}: {u['detail']}", width - 2, initial_indent="  - ",
+                                   subsequent_indent="    ", break_on_hyphens=False)
     return "\n".join(lines)
 
 

@@ -125,9 +125,7 @@ def explain(store: Store, found: Found, *, window: dt.timedelta = dt.timedelta(m
         'SELECT comm, pid, sum(alloc_bytes) AS b FROM alloc_rate WHERE cgroup_path = $cg AND "time" BETWEEN $lo '
         'AND $hi GROUP BY comm, pid ORDER BY b DESC LIMIT 5',
         {"cg": victim_cg, "lo": t - dt.timedelta(seconds=15), "hi": t + CLIMB})] if victim_cg else []
-    rate = _alloc_series(store, victim_cg, start, t) if victim_cg else None
-    if rate is not None:
-        series.append(rate)
+    series += _alloc_series(store, victim_cg, start, t) if victim_cg else []
     stalls = _stall_series(store, victim_cg, start, t) if victim_cg else None
     if stalls is not None:
         series.append(stalls)
@@ -182,13 +180,23 @@ def _series(store: Store, cgroup: str, lo: dt.datetime, hi: dt.datetime,
     return points, out
 
 
-def _alloc_series(store: Store, cgroup: str, lo: dt.datetime, hi: dt.datetime) -> Series | None:
+def _alloc_series(store: Store, cgroup: str, lo: dt.datetime, hi: dt.datetime) -> list[Series]:
+    """The cgroup's allocation rate, and that of its three biggest allocators in the window."""
+    params = {"cg": cgroup, "lo": lo, "hi": hi + CLIMB}
     rows = store.rows('SELECT "time", sum(alloc_bytes) / max(interval_s) AS rate FROM alloc_rate '
-                      'WHERE cgroup_path = $cg AND "time" BETWEEN $lo AND $hi GROUP BY "time" ORDER BY "time"',
-                      {"cg": cgroup, "lo": lo, "hi": hi + CLIMB})
+                      'WHERE cgroup_path = $cg AND "time" BETWEEN $lo AND $hi GROUP BY "time" ORDER BY "time"', params)
     if not rows:
-        return None
-    return Series("alloc_rate", "bytes_per_s", [r["time"] for r in rows], [float(r["rate"]) for r in rows])
+        return []
+    out = [Series("alloc_rate", "bytes_per_s", [r["time"] for r in rows], [float(r["rate"]) for r in rows])]
+    top = store.rows('SELECT pid, any_value(comm) AS comm FROM alloc_rate WHERE cgroup_path = $cg AND "time" '
+                     'BETWEEN $lo AND $hi GROUP BY pid ORDER BY sum(alloc_bytes) DESC LIMIT 3', params)
+    for t in top:
+        per = store.rows('SELECT "time", sum(alloc_bytes) / max(interval_s) AS rate FROM alloc_rate WHERE '
+                         'cgroup_path = $cg AND pid = $pid AND "time" BETWEEN $lo AND $hi GROUP BY "time" '
+                         'ORDER BY "time"', {**params, "pid": t["pid"]})
+        out.append(Series(f"alloc_rate {t['comm'] or '?'} ({t['pid']})", "bytes_per_s", [r["time"] for r in per],
+                          [float(r["rate"]) for r in per]))
+    return out
 
 
 def _stall_series(store: Store, cgroup: str, lo: dt.datetime, hi: dt.datetime) -> Series | None:
