@@ -14,6 +14,7 @@ from pxo.edge.sources.exit import ProcessExitBpfSource
 from pxo.edge.sources.oom import OomSource
 from pxo.edge.sources.procfs import ProcessMemorySource
 from pxo.edge.sources.reclaim import ReclaimBpfSource
+from pxo.edge.sources.risk import OomRiskSource
 from pxo.edge.sources.signal import KillBpfSource
 from pxo.edge.sources.status import ProbeStatusSource
 
@@ -21,7 +22,7 @@ from pxo.edge.sources.status import ProbeStatusSource
 SOURCES: dict[str, type[Source]] = {
     cls.name: cls
     for cls in (OomSource, KillBpfSource, ProcessExitBpfSource, AllocRateBpfSource, AllocFaultsSource,
-                ReclaimBpfSource, ContainerMemorySource, ProcessMemorySource, ProbeStatusSource)
+                ReclaimBpfSource, ContainerMemorySource, OomRiskSource, ProcessMemorySource, ProbeStatusSource)
 }
 
 # Run only when named: alloc_bpf counts alloc_rate exactly at a cost per page
