@@ -121,11 +121,14 @@ def select_of(op: Op, prev: str, chain: Chain) -> s.Sql:
         return s.from_(s.select(*[s.col(n) for n in [*op.columns, *([OV] if ov is not None else [])]]), prev).distinct()
     if isinstance(op, Sort):
         order = sort_order(below, op.keys)
-        items = [*[s.col(n) for n in below.names()], (ORD, s.window(exp.RowNumber(), order=order))]
+        number = s.window(exp.RowNumber(), order=order)
+        items = [*[s.col(n) for n in below.names()], (ORD, number)]
         items += [(OV, ov)] if ov is not None else []
         q = s.from_(s.select(*items), prev)
         if op.limit is not None:
-            cut: s.Sql = exp.LTE(this=s.col(ORD), expression=s.num(op.limit))
+            # the row number itself, not its name: over a sorted input, ORD names the input's
+            # column too, and QUALIFY resolves a name to the input's column first
+            cut: s.Sql = exp.LTE(this=number.copy(), expression=s.num(op.limit))
             # (the row's witness as computed here: the name would be the input's column)
             q.set("qualify", exp.Qualify(this=s.or_(cut, s.not_null(ov.copy())) if ov is not None else cut))
         return q

@@ -55,6 +55,7 @@ def test_a_known_allocation_is_counted_for_its_process_and_memory_cgroup() -> No
     src.start()
     try:
         assert src.status.state == "running", src.status.detail  # exits are kept (eBPF loaded)
+        wait_reads(src, 1)  # the baseline is read: what a process did before it is never counted
         with ScratchCgroup(1 << 30, prefix="pxo-alloc-test") as cg:
             # A child that exits within an interval (its last faults come from the exit
             # program), and one still alive across a few reads (from /proc, then at exit).
