@@ -43,3 +43,23 @@ def test_tests_import_only_tests_helpers() -> None:
             if module != "tests.helpers" and not module.startswith("tests.helpers."):
                 wrong.append(f"{path.relative_to(ROOT)} imports {module}")
     assert not wrong, "move what these share into tests/helpers:\n" + "\n".join(wrong)
+
+
+def test_every_python_package_is_installed() -> None:
+    """Every folder of pxo's code with an __init__.py is in pyproject.toml's package list: a missing
+    one works in the editable install of the tree and is absent from the image (pxo.collector.plan was)."""
+    import tomllib
+
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed, dirs = set(cfg["packages"]), cfg["package-dir"]
+    missing = []
+    for package, folder in dirs.items():
+        base = ROOT / folder
+        for init in base.rglob("__init__.py"):
+            if "__pycache__" in init.parts:
+                continue
+            rel = init.parent.relative_to(base)
+            name = ".".join((package, *rel.parts))
+            if name not in listed:
+                missing.append(name)
+    assert not missing, f"add to [tool.setuptools] packages in pyproject.toml: {sorted(missing)}"
