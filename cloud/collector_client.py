@@ -57,6 +57,8 @@ def _bad_query(e: pxo_pb2.QueryError) -> BadQuery:
     extra: dict[str, Any] = {k: v for k, v in (("line", e.line), ("column", e.column)) if v}
     if e.hint:
         extra["hint"] = e.hint
+    if e.expression:
+        extra["expression"] = e.expression
     return BadQuery(e.message, **extra)
 
 

@@ -52,6 +52,11 @@ class IntegerOverflow(QueryError):
         super().__init__(message, line=line, column=column, hint=hint)
         self.expression = expression
 
+    def to_proto(self) -> pxo_pb2.QueryError:
+        e = super().to_proto()
+        e.expression = self.expression
+        return e
+
 
 def position(text: str, offset: int | None) -> tuple[int, int]:
     """The 1-based (line, column) of a 0-based offset of ``text``; (0, 0) for None."""

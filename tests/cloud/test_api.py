@@ -55,6 +55,10 @@ def test_bad_query_is_400_with_position_and_hint(stack: Stack) -> None:
     assert status == 400 and "read_text" in body["error"]["message"]
     status, body, _ = http("POST", stack.url + "/api/v1/query", {"nope": 1}, key=stack.key)
     assert status == 422 and body["error"]["code"] == "invalid_request"
+    # an integer overflow names its expression as a field, not only in the message
+    status, body, _ = http("POST", stack.url + "/api/v1/query",
+                           {"query": "oom_events | extend x = pid * 9223372036854775807"}, key=stack.key)
+    assert status == 400 and body["error"]["expression"] == "pid * 9223372036854775807", body
 
 
 def test_keys_are_stored_hashed(stack: Stack) -> None:

@@ -307,6 +307,7 @@ def test_an_integer_overflow_ends_the_follow_with_the_error_naming_it(
         assert f.rows[0]["headroom"] == 1 << 29
         a.add(3)  # 3 * 2^29 * 2^40 is beyond 2^63
         f.until(lambda f: f.errors, "the error")
+        assert f.errors[0].expression == "pid * anon_rss_bytes * 1TiB"  # what it is about, as a field
         assert f.errors[0].message.startswith("integer overflow in pid * anon_rss_bytes * 1TiB:")
         assert (f.errors[0].line, f.errors[0].column) == (1, 90)
         assert f.pids() == [0]  # the row that overflowed is not streamed
