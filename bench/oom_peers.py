@@ -60,7 +60,7 @@ def inside() -> dict[str, Any]:
     from pxo.edge.oomdrill import start_allocator
     from pxo.edge.sources.base import SourceContext
     from pxo.edge.sources.oom import OomSource
-    from tests.edge.sink import ListSink
+    from tests.helpers.sink import ListSink
     from tests.helpers.workloads import Holder, memory_events
 
     if not Path("/sys/kernel/tracing/events").is_dir():
