@@ -193,20 +193,26 @@ class CgroupResolver:
     """cgroup id -> path within one hierarchy, for ids a probe reports without a path.
 
     A cgroup's id is the inode number of its directory. Inodes are unique only
-    within one cgroupfs, so there is one resolver per hierarchy. Misses trigger
-    a rescan, at most once per ``rescan_interval`` seconds, so a burst of
-    unknown ids costs one walk. A cgroup removed before it was ever seen stays
-    unresolved (None): probes whose events outlive cgroups walk the path in the
-    kernel instead (bpf/cgroup.h).
+    within one cgroupfs, so there is one resolver per hierarchy. An id never seen
+    before triggers a walk at once (at most one per ``min_interval``, so a burst of
+    new ids costs one walk): a container's first allocations are attributed even
+    when it started a moment ago. An id a walk did not find is tried again only
+    after ``rescan_interval`` seconds, so the ids of removed cgroups cost no walks
+    in between. A cgroup removed before it was ever seen stays unresolved (None):
+    probes whose events outlive cgroups walk the path in the kernel instead
+    (bpf/cgroup.h).
     """
 
-    def __init__(self, hierarchy: Hierarchy, *, rescan_interval: float = 1.0,
+    def __init__(self, hierarchy: Hierarchy, *, rescan_interval: float = 1.0, min_interval: float = 0.05,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.hierarchy = hierarchy
         self.rescan_interval = rescan_interval
+        self.min_interval = min_interval
         self._clock = clock
         self._paths: dict[int, str] = {}
+        self._missed: dict[int, float] = {}  # id -> when a walk last failed to find it
         self._last_scan = float("-inf")
+        self.scans = 0
 
     def _scan(self) -> None:
         paths: dict[int, str] = {}
@@ -220,12 +226,22 @@ class CgroupResolver:
             paths[ino] = "/" if rel == "." else "/" + rel
         self._paths = paths
         self._last_scan = self._clock()
+        self.scans += 1
 
     def path(self, cgroup_id: int) -> str | None:
         if not cgroup_id:
             return None
         found = self._paths.get(cgroup_id)
-        if found is None and self._clock() - self._last_scan >= self.rescan_interval:
+        if found is not None:
+            return found
+        now = self._clock()
+        missed = self._missed.get(cgroup_id)
+        due = missed is None or now - missed >= self.rescan_interval
+        if due and now - self._last_scan >= self.min_interval:
             self._scan()
             found = self._paths.get(cgroup_id)
+            if found is None:  # a walk missed it: removed, or in another hierarchy
+                if len(self._missed) > 10_000:
+                    self._missed.clear()
+                self._missed[cgroup_id] = now
         return found

@@ -66,6 +66,8 @@ class AllocExitC(SharedStruct):
 class _Seen:
     start: int  # /proc/PID/stat starttime, clock ticks since boot: a reused pid has another
     faults: int  # minflt + majflt at the last read
+    path: str | None = None  # its memory cgroup when last read (an exit's id may be too new to resolve)
+    cgid: int | None = None
 
 
 @dataclass
@@ -197,10 +199,13 @@ class AllocFaultsSource(SamplingSource):
         alive: dict[int, _Seen] = {}
         for pid, st in self._scan():
             prev = self._seen.get(pid)
-            base = prev.faults if prev is not None and prev.start == st.start else 0
-            alive[pid] = _Seen(st.start, st.faults)
+            same = prev is not None and prev.start == st.start
+            base = prev.faults if prev is not None and same else 0
+            alive[pid] = _Seen(st.start, st.faults, prev.path if prev and same else None,
+                               prev.cgid if prev and same else None)
             if st.faults > base:
                 path, cgid = self._memcg_of_pid(pid)
+                alive[pid].path, alive[pid].cgid = path, cgid
                 rows.append(self._row(when, interval_s, pid, st.comm, path, cgid, st.faults - base))
         # Exits after the listing above are drained too: their base is what the listing read.
         for pid, start, memcg_id, name, faults in self._exits():
@@ -208,7 +213,7 @@ class AllocFaultsSource(SamplingSource):
             # pid was this process then (not an earlier or a later one with the same pid).
             prev = next((p for p in (alive.get(pid), self._seen.get(pid)) if p is not None and p.start == start), None)
             if pid in alive and alive[pid].start == start:
-                alive[pid] = _Seen(start, faults)  # read again while still listed: nothing new
+                alive[pid] = _Seen(start, faults, alive[pid].path, alive[pid].cgid)  # read again: nothing new
             if prev is not None:
                 base = prev.faults
             elif start >= self._opened_ticks:
@@ -217,6 +222,8 @@ class AllocFaultsSource(SamplingSource):
                 continue  # alive before this source opened, never read: no baseline
             if faults > base:
                 path = self._resolver.path(memcg_id) if self._resolver is not None else None
+                if path is None and prev is not None and prev.cgid in (None, memcg_id):
+                    path = prev.path  # a cgroup newer than the resolver's last walk: where it was read
                 rows.append(self._row(when, interval_s, pid, name, path, memcg_id or None, faults - base))
         self._seen = alive
         for row in rows:

@@ -37,12 +37,19 @@ def test_scratch_cgroup_is_beneath_our_own_and_resolves_by_id() -> None:
     assert not cg.dir.exists()
 
 
-def test_resolver_rescans_at_most_once_per_interval(tmp_path: Path) -> None:
+def test_resolver_finds_a_new_cgroup_at_once_and_walks_little_for_gone_ones(tmp_path: Path) -> None:
     (tmp_path / "a" / "b").mkdir(parents=True)
     now = [0.0]
-    r = CgroupResolver(Hierarchy(2, tmp_path, frozenset()), rescan_interval=10, clock=lambda: now[0])
-    assert r.path((tmp_path / "a" / "b").stat().st_ino) == "/a/b"
+    r = CgroupResolver(Hierarchy(2, tmp_path, frozenset()), rescan_interval=10, min_interval=0.05,
+                       clock=lambda: now[0])
+    assert r.path((tmp_path / "a" / "b").stat().st_ino) == "/a/b" and r.scans == 1
     (tmp_path / "c").mkdir()
-    assert r.path((tmp_path / "c").stat().st_ino) is None  # no rescan yet
+    assert r.path((tmp_path / "c").stat().st_ino) is None  # a burst of new ids: one walk per min_interval
+    now[0] = 0.1
+    assert r.path((tmp_path / "c").stat().st_ino) == "/c" and r.scans == 2  # a new cgroup: found at once
+    gone, now[0] = 1 << 60, 0.2
+    assert r.path(gone) is None and r.scans == 3  # never seen: one walk
+    now[0] = 5
+    assert r.path(gone) is None and r.scans == 3  # missed before: no walk until rescan_interval
     now[0] = 11
-    assert r.path((tmp_path / "c").stat().st_ino) == "/c"
+    assert r.path(gone) is None and r.scans == 4

@@ -25,7 +25,7 @@ from tests.helpers.guest import SUITES, GuestError, run_in_guest
 
 ROOT = Path(__file__).resolve().parents[2]
 MARK = "@@pxo-matrix-report@@"
-EBPF_SOURCES = ("oom", "kill_bpf", "exit_bpf", "alloc_bpf", "reclaim_bpf")
+EBPF_SOURCES = ("oom", "kill_bpf", "exit_bpf", "alloc_faults", "alloc_bpf", "reclaim_bpf")
 # The tables whose columns the scenarios exercise (process_memory and probe_status are not sampled there).
 TABLES = ("oom_events", "oom_candidates", "kill_events", "process_exits", "alloc_rate", "reclaim_stalls",
           "container_memory")

@@ -33,6 +33,7 @@ from pxo.edge.errors import EdgeError
 from pxo.edge.oomdrill import DRILL_COMM, run_drill, start_allocator
 from pxo.edge.sources import all_tables
 from pxo.edge.sources.alloc import AllocRateBpfSource
+from pxo.edge.sources.alloc_faults import AllocFaultsSource
 from pxo.edge.sources.base import Source, SourceContext
 from pxo.edge.sources.cgroupfs import ContainerMemorySource
 from pxo.edge.sources.exit import ProcessExitBpfSource
@@ -52,7 +53,7 @@ LIMIT_MIB = 16 if IN_GUEST else 32
 BURST = (6, 4) if IN_GUEST else (12, 4)  # cgroups x allocators, all at once
 KNOWN_ALLOC_MIB = 128 if IN_GUEST else 256
 
-EBPF = ("oom", "kill_bpf", "exit_bpf", "alloc_bpf", "reclaim_bpf")
+EBPF = ("oom", "kill_bpf", "exit_bpf", "alloc_faults", "alloc_bpf", "reclaim_bpf")
 REPORT: dict[str, Any] = {"release": os.uname().release, "scenarios": {}}
 
 
@@ -63,6 +64,7 @@ class Node:
 
     sink: ListSink
     inferred: ListSink
+    faults: ListSink  # alloc_faults fills alloc_rate too: its rows apart from alloc_bpf's
     sources: dict[str, Source]
     hierarchy: Hierarchy
     failed: dict[str, str] = field(default_factory=dict)
@@ -85,15 +87,16 @@ class Node:
 
 @pytest.fixture(scope="module")
 def node() -> Iterator[Node]:
-    sink, inferred = ListSink(), ListSink()
+    sink, inferred, faults = ListSink(), ListSink(), ListSink()
     ctx = SourceContext(sink=sink)
     sources: dict[str, Source] = {
         "oom": OomSource(ctx), "kill_bpf": KillBpfSource(ctx), "exit_bpf": ProcessExitBpfSource(ctx),
         "alloc_bpf": AllocRateBpfSource(ctx, interval=0.25), "reclaim_bpf": ReclaimBpfSource(ctx),
+        "alloc_faults": AllocFaultsSource(SourceContext(sink=faults), interval=0.25),
         "cgroupfs": ContainerMemorySource(ctx, period=0.5),
         "oom_ebpf_only": OomSource(SourceContext(sink=inferred, kmsg=Path("/nonexistent/kmsg"))),
     }
-    n = Node(sink, inferred, sources, memory_hierarchy())
+    n = Node(sink, inferred, faults, sources, memory_hierarchy())
     for name, src in sources.items():
         try:
             src.start()
@@ -386,6 +389,32 @@ def test_a_known_allocation_is_counted(node: Node) -> None:
     assert in_cgroup >= size
     REPORT["scenarios"]["known allocation"] = {"MiB": KNOWN_ALLOC_MIB,
                                                "error %": round(100 * (measured - baseline - size) / size, 2)}
+
+
+def test_a_known_allocation_is_counted_by_its_faults(node: Node) -> None:
+    """The default alloc_rate source (alloc_faults: the kernel's own fault counts, the last ones of
+    an exited process kept by sched_process_exit) counts the same known allocation."""
+    node.require("alloc_faults")
+    with ScratchCgroup(1 << 30, prefix="pxo-faults") as cg:
+        pids = []
+        for size in (0, 0, KNOWN_ALLOC_MIB * MIB):
+            child = subprocess.Popen(["sh", "-c", f'echo $$ > {cg.procs_file} && exec "$0" -c "$1" {size}',
+                                      sys.executable, _ALLOC])
+            assert child.wait(timeout=120) == 0
+            pids.append(child.pid)
+        end = time.monotonic() + 10
+        while not node.faults.where("alloc_rate", pid=pids[2]) and time.monotonic() < end:
+            time.sleep(0.05)
+        time.sleep(1.0)  # a few more intervals: its last faults come with the interval of its exit
+    baseline = sum(r["alloc_bytes"] for r in node.faults.where("alloc_rate", pid=pids[1]))
+    measured = sum(r["alloc_bytes"] for r in node.faults.where("alloc_rate", pid=pids[2]))
+    in_cgroup = sum(r["alloc_bytes"] for r in node.faults.where("alloc_rate", pid=pids[2], cgroup_path=cg.path))
+    size = KNOWN_ALLOC_MIB * MIB
+    assert abs(measured - baseline - size) <= 0.05 * size, (measured, baseline)
+    assert in_cgroup >= size, [(r["cgroup_path"], r["alloc_bytes"])
+                               for r in node.faults.where("alloc_rate", pid=pids[2])]
+    REPORT["scenarios"]["known allocation (faults)"] = {
+        "MiB": KNOWN_ALLOC_MIB, "error %": round(100 * (measured - baseline - size) / size, 2)}
 
 
 def _uncached_file(size: int) -> tuple[Path, Any]:
