@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 import grpc
 
 from pxo.common import arrowipc
+from pxo.common.slots import Slots, SlotsFull
 from pxo.common.timeutil import from_unix_us, to_unix_us
 from pxo.common.version import pxo_version
 from pxo.edge import explain
@@ -35,7 +36,7 @@ class EdgeService(pxo_pb2_grpc.EdgeServicer):
         # Each follower holds one of the server's worker threads for as long as it follows:
         # the cap keeps threads free for Execute.
         self.max_followers = max_followers
-        self._followers = threading.BoundedSemaphore(max_followers)
+        self._followers = Slots(max_followers)
         self.follow_queue_rows = follow_queue_rows  # rows a follower may fall behind by
         self.node = node
         self.store = store
@@ -83,9 +84,10 @@ class EdgeService(pxo_pb2_grpc.EdgeServicer):
 
     def Follow(self, request: pxo_pb2.FollowRequest,
                context: grpc.ServicerContext) -> Iterator[pxo_pb2.ArrowBatch]:
-        if not self._followers.acquire(blocking=False):
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"this node already serves {self.max_followers} followers, its most")
+        try:
+            slot = self._followers.take()
+        except SlotsFull as exc:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"this node already serves {exc.cap} followers, its most")
         stop = threading.Event()
         context.add_callback(stop.set)  # the caller cancelled or went away
         try:
@@ -106,7 +108,7 @@ class EdgeService(pxo_pb2_grpc.EdgeServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         finally:
             stop.set()
-            self._followers.release()
+            slot.release()
 
     # -- pxo explain (edge/explain.py) ---------------------------------------------------
 
