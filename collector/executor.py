@@ -111,7 +111,7 @@ class Executor:
             assert refusal is not None
             yield refusal
             return
-        cap = min(request.row_limit or self.row_cap, self.row_cap)
+        cap = rows_allowed(request.row_limit, self.row_cap)
         timeout = request.timeout_ms / 1000 if request.timeout_ms else self.edge_timeout
         budget = _Budget(self.byte_cap)
         results = self._fan_out(plan, cap, timeout, budget)
@@ -215,6 +215,11 @@ class Executor:
             for ch in self._channels.values():
                 ch.close()
             self._channels.clear()
+
+
+def rows_allowed(requested: int, cap: int) -> int:
+    """The rows an answer may hold: what the request asked for (0: no wish), never more than the cap."""
+    return min(requested or cap, cap)
 
 
 def skip_reason(entry: EdgeEntry, tables: Iterable[str], excluded: Callable[[str], str]) -> str:

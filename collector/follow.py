@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 
 from pxo.collector import query
 from pxo.collector.errors import QueryError
-from pxo.collector.executor import plan_or_refusal, skip_reason
+from pxo.collector.executor import plan_or_refusal, rows_allowed, skip_reason
 from pxo.collector.plan import LOCAL, Fragment, Plan, plan_pipe
 from pxo.collector.plan import sql as s
 from pxo.collector.plan.model import OV
@@ -326,6 +326,6 @@ def serve(request: pxo_pb2.QueryRequest, context: grpc.ServicerContext, *, regis
             message=f"this collector already serves {exc.cap} follow streams, its most; try again later"))
         return
     with slot:
-        follow = Follow(registry, stub, plan, row_limit=min(request.row_limit or row_cap, row_cap))
+        follow = Follow(registry, stub, plan, row_limit=rows_allowed(request.row_limit, row_cap))
         context.add_callback(follow.stop.set)
         yield from follow.run()
