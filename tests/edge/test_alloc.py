@@ -18,34 +18,16 @@ from pxo.edge.cgroups import ScratchCgroup
 from pxo.edge.sources.alloc import PAGE_SIZE, AllocRateBpfSource
 from pxo.edge.sources.base import SourceContext
 from tests.helpers.sink import ListSink
+from tests.helpers.workloads import CHILD_COMM, FAULTING_CHILD
 
 pytestmark = pytest.mark.requires_bpf
 
-CHILD_COMM = "pxo-alloc-test"
 MIB = 1 << 20
 SIZE = 256 * MIB
 
-# Runs in the child: name itself, join the cgroup, then fault in SIZE bytes
-# of fresh anonymous memory page by page (one written byte per page makes the
-# kernel allocate the page; MADV_NOHUGEPAGE keeps them 4 KiB pages, though a
-# huge page would be counted at its full size too), then unmap it.
-_CHILD = r"""
-import ctypes, mmap, os, sys
-procs, size, comm = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
-ctypes.CDLL(None).prctl(15, ctypes.c_char_p(comm), 0, 0, 0)  # PR_SET_NAME
-with open(procs, "w") as f:
-    f.write(str(os.getpid()))
-if size:
-    m = mmap.mmap(-1, size)
-    m.madvise(mmap.MADV_NOHUGEPAGE)
-    for off in range(0, size, mmap.PAGESIZE):
-        m[off] = 1
-    m.close()
-"""
-
 
 def run_child(cg: ScratchCgroup, size: int) -> int:
-    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(cg.procs_file), str(size), CHILD_COMM])
+    child = subprocess.Popen([sys.executable, "-c", FAULTING_CHILD, str(cg.procs_file), str(size), CHILD_COMM])
     assert child.wait(timeout=60) == 0
     return child.pid
 

@@ -22,8 +22,8 @@ from pxo.edge.sources import DEFAULT_SOURCES, OPT_IN, SOURCES, build_sources
 from pxo.edge.sources.alloc import PAGE_SIZE
 from pxo.edge.sources.alloc_faults import AllocFaultsSource, read_stat
 from pxo.edge.sources.base import SourceContext
-from tests.edge.test_alloc import _CHILD, CHILD_COMM
 from tests.helpers.sink import ListSink
+from tests.helpers.workloads import CHILD_COMM, FAULTING_CHILD
 
 MIB = 1 << 20
 SIZE = 512 * MIB
@@ -32,7 +32,7 @@ SIZE = 512 * MIB
 def run_child(cg: ScratchCgroup, size: int, *, hold: float = 0.0) -> tuple[int, int]:
     """A child that allocates ``size`` bytes page by page, then (after ``hold`` seconds) exits;
     returns its pid and its page faults (minor + major) as the kernel reported them at its exit."""
-    script = _CHILD + (f"import time; time.sleep({hold})\n" if hold else "")
+    script = FAULTING_CHILD + (f"import time; time.sleep({hold})\n" if hold else "")
     child = subprocess.Popen([sys.executable, "-c", script, str(cg.procs_file), str(size), CHILD_COMM])
     _, status, usage = os.wait4(child.pid, 0)
     child.returncode = os.waitstatus_to_exitcode(status)

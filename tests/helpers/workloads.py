@@ -114,3 +114,23 @@ class Holder:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+
+
+CHILD_COMM = "pxo-alloc-test"  # the name FAULTING_CHILD gives itself
+# Runs in the child: name itself, join the cgroup, then fault in its second argument's bytes
+# of fresh anonymous memory page by page (one written byte per page makes the
+# kernel allocate the page; MADV_NOHUGEPAGE keeps them 4 KiB pages, though a
+# huge page would be counted at its full size too), then unmap it.
+FAULTING_CHILD = r"""
+import ctypes, mmap, os, sys
+procs, size, comm = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
+ctypes.CDLL(None).prctl(15, ctypes.c_char_p(comm), 0, 0, 0)  # PR_SET_NAME
+with open(procs, "w") as f:
+    f.write(str(os.getpid()))
+if size:
+    m = mmap.mmap(-1, size)
+    m.madvise(mmap.MADV_NOHUGEPAGE)
+    for off in range(0, size, mmap.PAGESIZE):
+        m[off] = 1
+    m.close()
+"""
