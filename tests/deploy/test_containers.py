@@ -101,7 +101,7 @@ def test_every_component_is_healthy_and_the_edge_sees_the_host(deployed: Deploye
         assert inspect(name)["State"]["Status"] == "running", name
     [edge] = json.loads(deployed.pxo("nodes", "-o", "json").stdout)["nodes"]
     states = {s["name"]: s["state"] for s in edge["sources"]}
-    for src in ("oom", "kill_bpf", "exit_bpf", "alloc_bpf", "reclaim_bpf", "cgroupfs", "runtime:podman"):
+    for src in ("oom", "kill_bpf", "exit_bpf", "alloc_faults", "reclaim_bpf", "cgroupfs", "risk", "runtime:podman"):
         assert states.get(src) == "running", (src, edge["sources"])
     # the deploy waited on the probes' own ports, and said so
     assert "grpc health on" in deployed.deploy_output and "http health on" in deployed.deploy_output
