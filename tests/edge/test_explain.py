@@ -65,10 +65,10 @@ def test_tmpfs_that_fills_the_limit_is_named(cluster: RealCluster) -> None:
 
 
 def test_a_limit_below_the_working_set(cluster: RealCluster) -> None:
-    with ScratchCgroup(64 * MiB, prefix="pxo-tight") as cg, Story(cg, "plateau", 52, 26, 30) as s:
+    with ScratchCgroup(64 * MiB, prefix="pxo-tight") as cg, Story(cg, "plateau", 52, 16, 30) as s:
         assert s.wait() == -signal.SIGKILL
         cluster.wait_kill(cg.path)
-        body = cluster.explain(cg.path, "--window", "40s")
+        body = cluster.explain(cg.path, "--window", "24s")
     assert [v["rule"] for v in body["verdicts"]] == ["limit_too_low"], json.dumps(body, indent=1)
 
 
