@@ -135,10 +135,13 @@ class _NameCache:
         return len(self._names)
 
 
-class DockerApiNames:
-    """Names from a Docker-compatible API socket (Docker, or Podman's API service)."""
+class RuntimeIndex:
+    """What every runtime's name index keeps: its socket, its status and its cache of names, and
+    how it records a name, a (re)connection and a failure (DockerApiNames, runtimes_cri.CriNames)."""
 
-    def __init__(self, runtime: str, sock: Path, *, timeout: float = 0.5, retry: float = 5.0) -> None:
+    api = "runtime"  # how the log names its API
+
+    def __init__(self, runtime: str, sock: Path, *, timeout: float, retry: float) -> None:
         self.runtime = runtime
         self.socket = sock
         self.timeout = timeout
@@ -147,6 +150,37 @@ class DockerApiNames:
         self._cache = _NameCache()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def _remember(self, cid: str, c: RuntimeContainer) -> None:
+        self._cache.put(cid, c)
+        self.status.names = len(self._cache)
+
+    def _connected(self, ok: bool) -> None:
+        if ok and not self.status.connected:
+            log.info("container names from %s at %s", self.runtime, self.socket)
+            self.status.since = time.time()
+        self.status.connected = ok
+
+    def _failed(self, exc: BaseException) -> None:
+        self.status.errors += 1
+        msg = f"{self.socket}: {self._describe(exc)}"
+        if msg != self.status.last_error:
+            log.warning("%s %s: %s (container names from it are missing until it answers)", self.runtime,
+                        self.api, msg)
+        self.status.last_error = msg
+        self.status.connected = False
+
+    def _describe(self, exc: BaseException) -> str:
+        return str(exc)
+
+
+class DockerApiNames(RuntimeIndex):
+    """Names from a Docker-compatible API socket (Docker, or Podman's API service)."""
+
+    api = "API"
+
+    def __init__(self, runtime: str, sock: Path, *, timeout: float = 0.5, retry: float = 5.0) -> None:
+        super().__init__(runtime, sock, timeout=timeout, retry=retry)
         self._events: http.client.HTTPConnection | None = None
 
     # -- what the attributor calls ---------------------------------------------------
@@ -234,24 +268,6 @@ class DockerApiNames:
         if resp.status != 200:
             raise ValueError(f"GET {path} answered {resp.status}")
         return json.loads(body)
-
-    def _remember(self, cid: str, c: RuntimeContainer) -> None:
-        self._cache.put(cid, c)
-        self.status.names = len(self._cache)
-
-    def _connected(self, ok: bool) -> None:
-        if ok and not self.status.connected:
-            log.info("container names from %s at %s", self.runtime, self.socket)
-            self.status.since = time.time()
-        self.status.connected = ok
-
-    def _failed(self, exc: BaseException) -> None:
-        self.status.errors += 1
-        msg = f"{self.socket}: {exc}"
-        if msg != self.status.last_error:
-            log.warning("%s API: %s (container names from it are missing until it answers)", self.runtime, msg)
-        self.status.last_error = msg
-        self.status.connected = False
 
 
 def _lines(resp: http.client.HTTPResponse) -> Iterator[bytes]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ import grpc
 
 from pxo.common.backoff import Backoff
 from pxo.cri.v1 import api_pb2, api_pb2_grpc
-from pxo.edge.runtimes import IndexStatus, RuntimeContainer, _NameCache
+from pxo.edge.runtimes import RuntimeContainer, RuntimeIndex
 
 log = logging.getLogger(__name__)
 
@@ -49,25 +48,20 @@ _STUB: Any = api_pb2_grpc.RuntimeServiceStub
 LIST_TIMEOUT = 10.0
 
 
-class CriNames:
+class CriNames(RuntimeIndex):
     """Names from a CRI runtime socket (containerd, CRI-O)."""
+
+    api = "CRI API"
 
     def __init__(self, runtime: str, sock: Path, *, timeout: float = 0.5, retry: float = 5.0,
                  poll: float = 2.0) -> None:
-        self.runtime = runtime
-        self.socket = sock
-        self.timeout = timeout
-        self.retry = retry
+        super().__init__(runtime, sock, timeout=timeout, retry=retry)
         self.poll = poll
-        self.status = IndexStatus()
         # How the index learns of new containers: "events" (GetContainerEvents), "polling" (the
         # runtime has no event stream, or one pxo must not read), or "" before the runtime answered.
         self.mode = ""
         self.version = ""  # the runtime's name and version, once it has answered
         self._poll_reason = ""
-        self._cache = _NameCache()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         # The channel connects lazily and reconnects by itself: a runtime that is down at
         # start, or restarts, needs no new channel, only new calls.
         self._channel = grpc.insecure_channel("unix://" + str(sock))
@@ -182,25 +176,10 @@ class CriNames:
 
     # -- plumbing -----------------------------------------------------------------------
 
-    def _remember(self, cid: str, c: RuntimeContainer) -> None:
-        self._cache.put(cid, c)
-        self.status.names = len(self._cache)
-
-    def _connected(self, ok: bool) -> None:
-        if ok and not self.status.connected:
-            log.info("container names from %s at %s", self.runtime, self.socket)
-            self.status.since = time.time()
-        self.status.connected = ok
-
-    def _failed(self, exc: BaseException) -> None:
-        self.status.errors += 1
+    def _describe(self, exc: BaseException) -> str:
         code = _code(exc)
         detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-        msg = f"{self.socket}: {code.name + ': ' if code is not None else ''}{detail}"
-        if msg != self.status.last_error:
-            log.warning("%s CRI API: %s (container names from it are missing until it answers)", self.runtime, msg)
-        self.status.last_error = msg
-        self.status.connected = False
+        return f"{code.name + ': ' if code is not None else ''}{detail}"
 
 
 def _code(exc: BaseException) -> grpc.StatusCode | None:
