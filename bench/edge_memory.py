@@ -7,7 +7,10 @@ The workload, for --seconds: a page-fault-heavy allocator (alloc_rate), short
 processes started and ended continuously (process_exits), a user-space SIGKILL
 now and then (kill_events), and an OOM kill every few seconds in a
 memory-limited cgroup beneath this script's own cgroup (oom_events,
-oom_candidates, reclaim_stalls). The edge's VmRSS is sampled every second.
+oom_candidates, reclaim_stalls). Meanwhile the edge answers what a collector asks
+of it every 2 s over gRPC (a top 10, a count by cgroup, the last 1,000 rows, the
+latest kills): a serving edge, not an idle one. The edge's VmRSS is sampled every
+second.
 
     .venv/bin/python bench/edge_memory.py [--seconds 60]
 """
@@ -25,9 +28,21 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
+
+from pxo.common import arrowipc
 from pxo.common.addr import read_addr_file
 from pxo.edge.cgroups import ScratchCgroup
 from pxo.edge.oomdrill import start_allocator
+from pxo.v1 import pxo_pb2, pxo_pb2_grpc
+
+# What a collector asks an edge, as fragments (collector/plan renders such SQL).
+QUERIES = (
+    'SELECT "cgroup_path", sum("alloc_bytes") AS "bytes" FROM "alloc_rate" GROUP BY 1 ORDER BY 2 DESC LIMIT 10',
+    'SELECT "cgroup_id", count(*) AS "n" FROM "process_exits" GROUP BY 1',
+    'SELECT * FROM "alloc_rate" ORDER BY "time" DESC LIMIT 1000',
+    'SELECT * FROM "oom_events" ORDER BY "time" DESC LIMIT 100',
+)
 
 GOAL_MIB = 128  # steady; and at most PEAK_GOAL_MIB at any time, start-up included
 PEAK_GOAL_MIB = 200
@@ -97,6 +112,16 @@ def workload(stop: threading.Event, counts: dict[str, int]) -> None:
                 last_oom = time.monotonic()
 
 
+def asker(addr: str, stop: threading.Event, counts: dict[str, int]) -> None:
+    with grpc.insecure_channel(addr) as channel:
+        stub = pxo_pb2_grpc.EdgeStub(channel)
+        while not stop.wait(2):
+            for sql in QUERIES:
+                for msg in stub.Execute(pxo_pb2.Fragment(sql=sql), timeout=30):
+                    arrowipc.decode(msg.ipc_stream)
+                counts["queries"] += 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=60)
@@ -110,7 +135,7 @@ def main() -> int:
     edge = subprocess.Popen([sys.executable, "-m", "pxo.edge", "--listen", "127.0.0.1:0", "--data-dir", str(data),
                              *extra],
                             stdout=log, stderr=subprocess.STDOUT)
-    while read_addr_file(data / "edge.addr") is None:
+    while (addr := read_addr_file(data / "edge.addr")) is None:
         if edge.poll() is not None:
             raise SystemExit((data / "edge.log").read_text()[-2000:])
         time.sleep(0.05)
@@ -118,9 +143,11 @@ def main() -> int:
     start_peak = status_kib(edge.pid, "VmHWM")
     at_start = breakdown(edge.pid)
     stop = threading.Event()
-    counts = {"processes": 0, "kills": 0, "ooms": 0}
+    counts = {"processes": 0, "kills": 0, "ooms": 0, "queries": 0}
     worker = threading.Thread(target=workload, args=(stop, counts))
     worker.start()
+    querier = threading.Thread(target=asker, args=(addr, stop, counts))
+    querier.start()
     samples = []
     end = time.monotonic() + args.seconds
     try:
@@ -130,6 +157,7 @@ def main() -> int:
     finally:
         stop.set()
         worker.join()
+        querier.join()
         peak = status_kib(edge.pid, "VmHWM")
         anon, file = status_kib(edge.pid, "RssAnon"), status_kib(edge.pid, "RssFile")
         at_end = breakdown(edge.pid)
@@ -138,7 +166,7 @@ def main() -> int:
     steady = statistics.median(samples[len(samples) // 2:])
     store = sum(f.stat().st_size for f in data.glob("edge.duckdb*"))
     print(f"workload over {args.seconds:.0f} s: {counts['processes']} processes, {counts['kills']} user kills, "
-          f"{counts['ooms']} OOM kills")
+          f"{counts['ooms']} OOM kills; {counts['queries']} fragments answered")
     print(f"edge RSS: ready {start_rss / 1024:.0f} MiB (peak {start_peak / 1024:.0f} MiB until ready), steady "
           f"(median of the second half) {steady / 1024:.0f} MiB, peak {peak / 1024:.0f} MiB; goal <= {GOAL_MIB} MiB "
           f"steady, <= {PEAK_GOAL_MIB} MiB peak")

@@ -7,58 +7,58 @@ served to the world is fine, but an unauthenticated collector is not.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Literal
-
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import SettingsConfigDict
+from typing import ClassVar, Literal
 
 from pxo.common.addr import split_hostport
 from pxo.common.contract import MAX_QUERY_CHARS
+from pxo.common.settings import setting
 from pxo.common.tls import TlsSettings
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"  # of a cluster or a user
 
 
+def _collector(v: str) -> str:
+    split_hostport(v, what="collector address")
+    return v
+
+
+@dataclasses.dataclass(frozen=True)
 class CloudSettings(TlsSettings):
-    model_config = SettingsConfigDict(env_prefix="PXO_CLOUD_", cli_prog_name="pxo-cloud",
-                                      cli_kebab_case=True, cli_implicit_flags=True)
+    """Settings of the cloud; each can be given as --flag or PXO_CLOUD_<NAME>."""
 
-    environment: Literal["development", "production"] = Field(
-        "development", description="production refuses unsafe settings (no cluster token, limits off)")
-    data_dir: Path = Field(Path("/var/lib/pxo/cloud"), description="directory of the metadata store (SQLite)")
-    host: str = Field("127.0.0.1", description="address to serve HTTP on")
-    port: int = Field(8700, ge=0, le=65535, description="port to serve HTTP on (0: any free port)")
-    collector: str = Field("127.0.0.1:50700",
-                           description="the deploy-time collector host:port; it is the cluster named "
-                                       "--cluster-name, the default cluster when there is none")
-    cluster_name: str = Field("default", pattern=NAME_PATTERN,
-                              description="name of the deploy-time collector's cluster")
-    cluster_token: str = Field("", description="token sent to the deploy-time collector "
-                                               "(prefer the env var PXO_CLOUD_CLUSTER_TOKEN to a flag)")
-    query_timeout: float = Field(60.0, gt=0, description="seconds a query may take")
-    log_level: str = Field("info", description="debug, info, warning or error")
+    ENV_PREFIX: ClassVar[str] = "PXO_CLOUD_"
+    PROG: ClassVar[str] = "pxo-cloud"
+
+    environment: Literal["development", "production"] = setting(
+        "development", help="production refuses unsafe settings (no cluster token, limits off)")
+    data_dir: Path = setting(Path("/var/lib/pxo/cloud"), help="directory of the metadata store (SQLite)")
+    host: str = setting("127.0.0.1", help="address to serve HTTP on")
+    port: int = setting(8700, ge=0, le=65535, help="port to serve HTTP on (0: any free port)")
+    collector: str = setting("127.0.0.1:50700", check=_collector,
+                             help="the deploy-time collector host:port; it is the cluster named "
+                                  "--cluster-name, the default cluster when there is none")
+    cluster_name: str = setting("default", pattern=NAME_PATTERN,
+                                help="name of the deploy-time collector's cluster")
+    cluster_token: str = setting("", help="token sent to the deploy-time collector "
+                                          "(prefer the env var PXO_CLOUD_CLUSTER_TOKEN to a flag)")
+    query_timeout: float = setting(60.0, gt=0, help="seconds a query may take")
+    log_level: str = setting("info", help="debug, info, warning or error")
     # -- request limits
-    max_body_bytes: int = Field(64 * 1024, ge=0, description="largest request body (0: no limit)")
-    max_query_length: int = Field(MAX_QUERY_CHARS, gt=0, le=MAX_QUERY_CHARS,
-                                  description="longest query text, characters (no more than the collector takes)")
-    rate_limit: float = Field(10.0, ge=0, description="requests per second per API key, sustained (0: no limit)")
-    rate_burst: int = Field(60, ge=1, description="requests a key may send at once above the sustained rate")
-    read_timeout: float = Field(15.0, gt=0, description="seconds a client may take to send its request body")
-    limit_concurrency: int = Field(200, ge=1, description="connections served at once; more get 503")
-    timeout_keep_alive: float = Field(5.0, gt=0, description="seconds an idle keep-alive connection is kept")
-    # -- mutual TLS to the deploy-time collector
+    max_body_bytes: int = setting(64 * 1024, ge=0, help="largest request body (0: no limit)")
+    max_query_length: int = setting(MAX_QUERY_CHARS, gt=0, le=MAX_QUERY_CHARS,
+                                    help="longest query text, characters (no more than the collector takes)")
+    rate_limit: float = setting(10.0, ge=0, help="requests per second per API key, sustained (0: no limit)")
+    rate_burst: int = setting(60, ge=1, help="requests a key may send at once above the sustained rate")
+    read_timeout: float = setting(15.0, gt=0, help="seconds a client may take to send its request body")
+    limit_concurrency: int = setting(200, ge=1, help="connections served at once; more get 503")
+    timeout_keep_alive: float = setting(5.0, gt=0, help="seconds an idle keep-alive connection is kept")
 
-    @field_validator("collector")
-    @classmethod
-    def _hostport(cls, v: str) -> str:
-        split_hostport(v, what="collector address")
-        return v
-
-    @model_validator(mode="after")
-    def _safe_outside_development(self) -> CloudSettings:
+    def validate(self) -> None:
+        super().validate()  # mutual TLS to the deploy-time collector: all three or none
         if self.environment == "development":
-            return self
+            return
         problems = []
         if len(self.cluster_token) < 16:
             problems.append("a cluster token of at least 16 characters is required (PXO_CLOUD_CLUSTER_TOKEN)")
@@ -70,7 +70,6 @@ class CloudSettings(TlsSettings):
             problems.append("debug logging is for development")
         if problems:
             raise ValueError("unsafe for production: " + "; ".join(problems))
-        return self
 
     @property
     def db_path(self) -> Path:

@@ -5,14 +5,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
-from pydantic import Field, field_validator
-from pydantic_settings import SettingsConfigDict
 
 from pxo.collector.auth import ClusterTokenInterceptor
 from pxo.collector.executor import Executor
@@ -23,7 +22,7 @@ from pxo.collector.service import CollectorService
 from pxo.common import sqlgate
 from pxo.common.addr import split_hostport, write_addr_file
 from pxo.common.grpcserver import GrpcServer
-from pxo.common.settings import SettingsError, configure_logging, load_settings, wait_for_shutdown
+from pxo.common.settings import SettingsError, configure_logging, load_settings, setting, wait_for_shutdown
 from pxo.common.tls import (
     COLLECTOR_CALLERS,
     TlsError,
@@ -37,67 +36,66 @@ from pxo.v1 import pxo_pb2_grpc
 log = logging.getLogger("pxo.collector")
 
 
+def _token(v: str) -> str:
+    if v and len(v) < 16:
+        raise ValueError("a cluster token needs at least 16 characters")
+    return v
+
+
+def _url(v: str) -> str:
+    if v and not v.startswith(("http://", "https://")):
+        raise ValueError("--notify-url must be an http:// or https:// URL")
+    return v
+
+
+def _hostport(v: str) -> str:
+    split_hostport(v)
+    return v
+
+
+def _metrics_hostport(v: str) -> str:
+    if v:
+        split_hostport(v, what="metrics address")
+    return v
+
+
+def _optional_hostport(v: str) -> str:
+    if v:
+        split_hostport(v)
+    return v
+
+
+@dataclasses.dataclass(frozen=True)
 class CollectorSettings(TlsSettings):
     """Settings of the collector; each can be given as --flag or PXO_COLLECTOR_<NAME>."""
 
-    model_config = SettingsConfigDict(env_prefix="PXO_COLLECTOR_", cli_prog_name="pxo-collector",
-                                      cli_kebab_case=True, cli_implicit_flags=True)
+    ENV_PREFIX: ClassVar[str] = "PXO_COLLECTOR_"
+    PROG: ClassVar[str] = "pxo-collector"
 
-    listen: str = Field("127.0.0.1:50700", description="host:port to serve on (port 0: any free port)")
-    data_dir: Path = Field(Path("/var/lib/pxo/collector"), description="where collector.addr is written")
-    heartbeat_interval: float = Field(2.0, gt=0, description="seconds between edge heartbeats")
-    expire_after: float = Field(6.0, gt=0, description="seconds of silence before an edge is marked down")
-    forget_after: float = Field(24 * 3600, gt=0, description="seconds of silence before a down edge is forgotten")
-    edge_timeout: float = Field(10.0, gt=0, description="default deadline of each edge's part of a query, seconds")
-    row_cap: int = Field(100_000, gt=0, description="most rows an answer may hold")
-    byte_cap_mb: float = Field(256, gt=0, description="most MiB of partial answers (Arrow IPC) one query may "
-                               "gather from the edges; more fails the query with a clear error")
-    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
-    metrics: str = Field("", description="host:port to serve Prometheus /metrics on (empty: off; port 0: any; "
-                         "the bound address goes to metrics.addr)")
-    cluster_token: str = Field("", description="token the cloud must send (gRPC metadata x-pxo-cluster-token); "
-                               "empty: not checked. Prefer the env var PXO_COLLECTOR_CLUSTER_TOKEN to a flag")
-
-    @field_validator("cluster_token")
-    @classmethod
-    def _token(cls, v: str) -> str:
-        if v and len(v) < 16:
-            raise ValueError("a cluster token needs at least 16 characters")
-        return v
-
-    health_listen: str = Field("", description="host:port of a plain-text server answering only grpc.health.v1 "
-                               "(for Kubernetes gRPC probes when TLS is on; empty: off)")
-    notify_url: str = Field("", description="webhook to POST warnings to (Alertmanager's webhook JSON) when a "
-                            "memory cgroup's estimated time to its limit (oom_risk) drops below --notify-threshold; "
-                            "once per episode, and again when it ends (empty: off)")
-    notify_threshold: float = Field(60.0, gt=0, description="seconds to the limit below which --notify-url is told")
-
-    @field_validator("notify_url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if v and not v.startswith(("http://", "https://")):
-            raise ValueError("--notify-url must be an http:// or https:// URL")
-        return v
-
-    @field_validator("listen")
-    @classmethod
-    def _hostport(cls, v: str) -> str:
-        split_hostport(v)
-        return v
-
-    @field_validator("metrics")
-    @classmethod
-    def _metrics_hostport(cls, v: str) -> str:
-        if v:
-            split_hostport(v, what="metrics address")
-        return v
-
-    @field_validator("health_listen")
-    @classmethod
-    def _optional_hostport(cls, v: str) -> str:
-        if v:
-            split_hostport(v)
-        return v
+    listen: str = setting("127.0.0.1:50700", check=_hostport, help="host:port to serve on (port 0: any free port)")
+    data_dir: Path = setting(Path("/var/lib/pxo/collector"), help="where collector.addr is written")
+    heartbeat_interval: float = setting(2.0, gt=0, help="seconds between edge heartbeats")
+    expire_after: float = setting(6.0, gt=0, help="seconds of silence before an edge is marked down")
+    forget_after: float = setting(24 * 3600, gt=0, help="seconds of silence before a down edge is forgotten")
+    edge_timeout: float = setting(10.0, gt=0, help="default deadline of each edge's part of a query, seconds")
+    row_cap: int = setting(100_000, gt=0, help="most rows an answer may hold")
+    byte_cap_mb: float = setting(256, gt=0, help="most MiB of partial answers (Arrow IPC) one query may "
+                                 "gather from the edges; more fails the query with a clear error")
+    log_level: str = setting("INFO", help="DEBUG, INFO, WARNING or ERROR")
+    metrics: str = setting("", check=_metrics_hostport,
+                           help="host:port to serve Prometheus /metrics on (empty: off; port 0: any; "
+                                "the bound address goes to metrics.addr)")
+    cluster_token: str = setting("", check=_token,
+                                 help="token the cloud must send (gRPC metadata x-pxo-cluster-token); "
+                                      "empty: not checked. Prefer the env var PXO_COLLECTOR_CLUSTER_TOKEN to a flag")
+    health_listen: str = setting("", check=_optional_hostport,
+                                 help="host:port of a plain-text server answering only grpc.health.v1 "
+                                      "(for Kubernetes gRPC probes when TLS is on; empty: off)")
+    notify_url: str = setting("", check=_url,
+                              help="webhook to POST warnings to (Alertmanager's webhook JSON) when a memory "
+                                   "cgroup's estimated time to its limit (oom_risk) drops below "
+                                   "--notify-threshold; once per episode, and again when it ends (empty: off)")
+    notify_threshold: float = setting(60.0, gt=0, help="seconds to the limit below which --notify-url is told")
 
 
 class Collector:

@@ -26,6 +26,7 @@ the old CA is refused from then on.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import ipaddress
 import os
@@ -35,8 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings
+from pxo.common.settings import Settings, setting
 
 if TYPE_CHECKING:  # grpc and cryptography are imported where they are used (the CLI starts fast)
     import grpc
@@ -393,22 +393,21 @@ def role_interceptors(files: TlsFiles | None,
     return [_role_interceptor_class()(callers)]
 
 
-class TlsSettings(BaseSettings):
+@dataclasses.dataclass(frozen=True)
+class TlsSettings(Settings):
     """The three TLS settings every component has (--tls-ca, --tls-cert, --tls-key):
     all three or none; none means plain gRPC."""
 
-    tls_ca: Path | None = Field(None, description="cluster CA certificate (PEM): with --tls-cert and --tls-key, "
-                                "mutual TLS on every gRPC connection; unset: plain gRPC")
-    tls_cert: Path | None = Field(None, description="this component's certificate (PEM), signed by --tls-ca")
-    tls_key: Path | None = Field(None, description="this component's private key (PEM, mode 0600)")
+    tls_ca: Path | None = setting(None, help="cluster CA certificate (PEM): with --tls-cert and --tls-key, "
+                                  "mutual TLS on every gRPC connection; unset: plain gRPC")
+    tls_cert: Path | None = setting(None, help="this component's certificate (PEM), signed by --tls-ca")
+    tls_key: Path | None = setting(None, help="this component's private key (PEM, mode 0600)")
 
-    @model_validator(mode="after")
-    def _tls_together(self) -> TlsSettings:
+    def validate(self) -> None:
         try:
             TlsFiles.from_settings(self.tls_ca, self.tls_cert, self.tls_key)
         except TlsError as exc:
             raise ValueError(str(exc)) from None
-        return self
 
     @property
     def tls(self) -> TlsFiles | None:

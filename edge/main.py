@@ -6,20 +6,18 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import datetime as dt
 import logging
 import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
-
-from pydantic import Field, field_validator
-from pydantic_settings import SettingsConfigDict
+from typing import Any, ClassVar
 
 from pxo.common.addr import split_hostport, write_addr_file
 from pxo.common.grpcserver import GrpcServer
-from pxo.common.settings import SettingsError, configure_logging, load_settings, wait_for_shutdown
+from pxo.common.settings import SettingsError, configure_logging, load_settings, setting, wait_for_shutdown
 from pxo.common.tls import (
     EDGE_CALLERS,
     TlsError,
@@ -45,61 +43,64 @@ from pxo.v1 import pxo_pb2_grpc
 log = logging.getLogger("pxo.edge")
 
 
+def _hostport(v: str) -> str:
+    if v:
+        split_hostport(v)
+    return v
+
+
+def _known_sources(v: list[str]) -> list[str]:
+    v = [s for s in v if s]
+    unknown = [s for s in v if s not in SOURCES]
+    if unknown:
+        raise ValueError(f"unknown source(s) {', '.join(unknown)}; known: {', '.join(SOURCES)}")
+    return v
+
+
+@dataclasses.dataclass(frozen=True)
 class EdgeSettings(TlsSettings):
     """Settings of the edge; each can be given as --flag or PXO_EDGE_<NAME>."""
 
-    model_config = SettingsConfigDict(env_prefix="PXO_EDGE_", cli_prog_name="pxo-edge",
-                                      cli_kebab_case=True, cli_implicit_flags=True)
+    ENV_PREFIX: ClassVar[str] = "PXO_EDGE_"
+    PROG: ClassVar[str] = "pxo-edge"
 
-    node: str = Field(default_factory=socket.gethostname,
-                      description="this node's name (in Kubernetes: spec.nodeName via the downward API)")
-    data_dir: Path = Field(Path("/var/lib/pxo/edge"), description="directory of the DuckDB store")
-    pod_events: bool = Field(True, description="post each OOM kill of a pod's process as a Kubernetes Event on "
-                             "the pod (reason PxoOOMKill; needs create and patch on events)")
-    bpf_pins: Path = Field(PIN_ROOT, description="bpffs directory where the eBPF programs, their maps and ring "
-                           "buffers are pinned, so that they keep capturing while the edge restarts (in "
-                           "Kubernetes: on the host's /sys/fs/bpf; `pxo delete` removes it)")
-    listen: str = Field("127.0.0.1:50701", description="host:port to serve on (port 0: any free port)")
-    advertise: str = Field("", description="host:port the collector should dial (default: the bound address)")
-    collector: str = Field("", description="collector host:port to register with (empty: stand alone)")
-    sources: list[str] = Field(default_factory=lambda: list(DEFAULT_SOURCES),
-                               description=f"sources to run (default: all but the opt-in {', '.join(sorted(OPT_IN))}), "
-                                           f"from: {', '.join(SOURCES)}")
-    require_bpf: bool = Field(False, description="exit when an eBPF program cannot load, instead of running "
-                                                 "degraded on the kernel log and cgroupfs")
-    flush_interval: float = Field(0.5, gt=0, le=1.0, description="seconds between store commits")
-    retention_days: float = Field(30.0, gt=0, description="days each table keeps its rows")
-    retention_days_by_table: dict[str, float] = Field(
-        default_factory=dict, description='per-table overrides, e.g. {"alloc_rate": 7}')
-    max_store_mb: int = Field(1024, gt=0, description="most the store may hold, MiB; the oldest rows go first")
-    store_threads: int = Field(1, ge=1, le=64, description="DuckDB threads for the store's queries and ingest: "
-                               "1 keeps a query to one core of the node (more: faster large scans, more CPU "
-                               "spent waiting under load; see docs/benchmarks.md)")
-    store_memory_mb: int = Field(128, ge=32, description="memory DuckDB may use for the store and queries, MiB "
-                                                         "(bigger queries spill to disk)")
-    metrics: str = Field("", description="host:port to serve Prometheus /metrics on (empty: off; port 0: any)")
-    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
-    runtime_dir: Path = Field(Path("/run"), description="the host's /run, where container runtimes keep their API "
-                              "sockets (containerd, CRI-O, Docker, Podman): container names come from them "
-                              "(in a container: where the host's /run is mounted)")
-    health_listen: str = Field("", description="host:port of a plain-text server answering only grpc.health.v1 "
-                               "(for Kubernetes gRPC probes when TLS is on; empty: off)")
-
-    @field_validator("listen", "collector", "advertise", "metrics", "health_listen")
-    @classmethod
-    def _hostport(cls, v: str) -> str:
-        if v:
-            split_hostport(v)
-        return v
-
-    @field_validator("sources")
-    @classmethod
-    def _known_sources(cls, v: list[str]) -> list[str]:
-        v = [s for s in v if s]
-        unknown = [s for s in v if s not in SOURCES]
-        if unknown:
-            raise ValueError(f"unknown source(s) {', '.join(unknown)}; known: {', '.join(SOURCES)}")
-        return v
+    node: str = setting(default_factory=socket.gethostname,
+                        help="this node's name (in Kubernetes: spec.nodeName via the downward API)")
+    data_dir: Path = setting(Path("/var/lib/pxo/edge"), help="directory of the DuckDB store")
+    pod_events: bool = setting(True, help="post each OOM kill of a pod's process as a Kubernetes Event on "
+                               "the pod (reason PxoOOMKill; needs create and patch on events)")
+    bpf_pins: Path = setting(PIN_ROOT, help="bpffs directory where the eBPF programs, their maps and ring "
+                             "buffers are pinned, so that they keep capturing while the edge restarts (in "
+                             "Kubernetes: on the host's /sys/fs/bpf; `pxo delete` removes it)")
+    listen: str = setting("127.0.0.1:50701", check=_hostport,
+                          help="host:port to serve on (port 0: any free port)")
+    advertise: str = setting("", check=_hostport,
+                             help="host:port the collector should dial (default: the bound address)")
+    collector: str = setting("", check=_hostport, help="collector host:port to register with (empty: stand alone)")
+    sources: list[str] = setting(default_factory=lambda: list(DEFAULT_SOURCES), check=_known_sources,
+                                 help=f"sources to run (default: all but the opt-in {', '.join(sorted(OPT_IN))}), "
+                                      f"from: {', '.join(SOURCES)}")
+    require_bpf: bool = setting(False, help="exit when an eBPF program cannot load, instead of running "
+                                            "degraded on the kernel log and cgroupfs")
+    flush_interval: float = setting(0.5, gt=0, le=1.0, help="seconds between store commits")
+    retention_days: float = setting(30.0, gt=0, help="days each table keeps its rows")
+    retention_days_by_table: dict[str, float] = setting(
+        default_factory=dict, help='per-table overrides, e.g. {"alloc_rate": 7}')
+    max_store_mb: int = setting(1024, gt=0, help="most the store may hold, MiB; the oldest rows go first")
+    store_threads: int = setting(1, ge=1, le=64, help="DuckDB threads for the store's queries and ingest: "
+                                 "1 keeps a query to one core of the node (more: faster large scans, more CPU "
+                                 "spent waiting under load; see docs/benchmarks.md)")
+    store_memory_mb: int = setting(128, ge=32, help="memory DuckDB may use for the store and queries, MiB "
+                                                    "(bigger queries spill to disk)")
+    metrics: str = setting("", check=_hostport,
+                           help="host:port to serve Prometheus /metrics on (empty: off; port 0: any)")
+    log_level: str = setting("INFO", help="DEBUG, INFO, WARNING or ERROR")
+    runtime_dir: Path = setting(Path("/run"), help="the host's /run, where container runtimes keep their API "
+                                "sockets (containerd, CRI-O, Docker, Podman): container names come from them "
+                                "(in a container: where the host's /run is mounted)")
+    health_listen: str = setting("", check=_hostport,
+                                 help="host:port of a plain-text server answering only grpc.health.v1 "
+                                      "(for Kubernetes gRPC probes when TLS is on; empty: off)")
 
 
 class Edge:

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 
-from pxo.common import arrowipc
 from pxo.common.slots import Slots, SlotsFull
 from pxo.common.timeutil import from_unix_us, to_unix_us
 from pxo.common.version import pxo_version
@@ -74,7 +73,7 @@ class EdgeService(pxo_pb2_grpc.EdgeServicer):
                 row_limit=request.row_limit,
                 timeout=max(timeout, 0.1),
             ):
-                yield pxo_pb2.ArrowBatch(ipc_stream=arrowipc.encode(batch))
+                yield pxo_pb2.ArrowBatch(ipc_stream=batch.ipc())
         except FragmentError as exc:
             outcome = "refused" if str(exc).startswith("refused") else "failed"
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -100,7 +99,7 @@ class EdgeService(pxo_pb2_grpc.EdgeServicer):
             ):
                 if not context.is_active():
                     break
-                yield pxo_pb2.ArrowBatch(ipc_stream=arrowipc.encode(batch))
+                yield pxo_pb2.ArrowBatch(ipc_stream=batch.ipc())
         except FollowerTooSlow as exc:
             log.warning("follower of %s ended: %s", request.table, exc)
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))

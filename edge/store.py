@@ -40,11 +40,12 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 
-from pxo.common import arrowipc, sqlgate
+from pxo.common import sqlgate
 from pxo.common.schema import Table
 from pxo.common.timeutil import utc_now
+from pxo.edge import arrowout
+from pxo.edge.arrowout import Batch
 from pxo.edge.errors import FragmentError, StoreError
 from pxo.edge.sources.base import SourceStatus
 
@@ -69,13 +70,13 @@ class Subscription:
     def __init__(self, table: str, max_rows: int) -> None:
         self.table = table
         self.max_rows = max_rows
-        self._q: queue.SimpleQueue[pa.Table] = queue.SimpleQueue()
+        self._q: queue.SimpleQueue[Batch] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self.queued_rows = 0
         self.dropped = 0
         self.overflowed = False
 
-    def offer(self, batch: pa.Table) -> None:
+    def offer(self, batch: Batch) -> None:
         with self._lock:
             if self.overflowed or self.queued_rows + batch.num_rows > self.max_rows:
                 self.overflowed = True
@@ -84,7 +85,7 @@ class Subscription:
             self.queued_rows += batch.num_rows
         self._q.put(batch)
 
-    def get(self, timeout: float) -> pa.Table | None:
+    def get(self, timeout: float) -> Batch | None:
         """The next committed batch, None when none came within ``timeout``;
         FollowerTooSlow once the queue has overflowed (what was still queued counts as dropped)."""
         with self._lock:
@@ -100,12 +101,11 @@ class Subscription:
         return batch
 
 
-def _empty(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]) -> pa.RecordBatch:
+def _empty(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]) -> Batch:
     try:
-        schema = con.sql(f"SELECT * FROM ({sql}) LIMIT 0", params=params or None).to_arrow_table().schema
+        return arrowout.empty(con.sql(f"SELECT * FROM ({sql}) LIMIT 0", params=params or None))
     except duckdb.Error as exc:
         raise FragmentError(str(exc).splitlines()[0]) from exc
-    return pa.RecordBatch.from_pylist([], schema=schema)
 
 
 class Store:
@@ -185,7 +185,7 @@ class Store:
         cur = self._con.cursor()
         try:
             for batch in self._read(cur, sql, {}, 1, 10.0):
-                arrowipc.encode(batch)
+                batch.ipc()
         finally:
             cur.close()
 
@@ -249,8 +249,12 @@ class Store:
             rows = self._unwritten[name]
             if not rows:
                 continue
-            t = self.tables[name]
-            batch = pa.table({c.name: [r.get(c.name) for r in rows] for c in t.columns})
+            batch, problems = arrowout.build(self.tables[name], rows)
+            if problems:  # a source's bug: that row is dropped, never the batch or the writer
+                for line in problems.values():
+                    log.error("store: row left out: %s", line)
+                self.rows_dropped += len(problems)
+                rows[:] = [r for i, r in enumerate(rows) if i not in problems]
             try:
                 cur.register("pxo_batch", batch)
                 try:
@@ -271,7 +275,7 @@ class Store:
                     del rows[:excess]
                     self.rows_dropped += excess
                 continue
-            self.rows_written += len(rows)
+            self.rows_written += batch.num_rows
             self._unwritten[name] = []
             if self.write_error:
                 log.info("store: writes succeed again")
@@ -380,8 +384,7 @@ class Store:
         end: dt.datetime | None = None,
         row_limit: int = 0,
         timeout: float = 30.0,
-        batch_rows: int = 65_536,
-    ) -> Iterator[pa.RecordBatch]:
+    ) -> Iterator[Batch]:
         """Run one gated SELECT; yields record batches (at least one, maybe empty)."""
         try:
             sqlgate.check(sql, self.tables)
@@ -395,15 +398,15 @@ class Store:
             params["end"] = end
         cur = self._con.cursor()
         try:
-            yield from self._read(cur, sql, params, cap, timeout, batch_rows)
+            yield from self._read(cur, sql, params, cap, timeout)
         finally:
             cur.close()
 
     def _read(self, cur: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any], cap: int, timeout: float,
-              batch_rows: int = 65_536, *, what: str = "query", complete: bool = False) -> Iterator[pa.RecordBatch]:
-        """Batches of an already gated SELECT on ``cur`` (at least one, maybe empty), cut at
-        ``cap`` rows, or with ``complete`` refused when more than ``cap`` rows match;
-        interrupted after ``timeout`` seconds."""
+              *, what: str = "query", complete: bool = False) -> Iterator[Batch]:
+        """Batches of an already gated SELECT on ``cur`` (at least one, maybe empty; each fits a gRPC
+        message), cut at ``cap`` rows, or with ``complete`` refused when more than ``cap`` rows
+        match; interrupted after ``timeout`` seconds."""
         timer = threading.Timer(timeout, cur.interrupt)
         timer.start()
         try:
@@ -412,19 +415,7 @@ class Store:
                 if n > cap:
                     raise FragmentError(f"the {what} holds {n} matching rows, more than the cap of {cap}: "
                                         "shorten the range or narrow the where clause")
-            reader = cur.sql(sql, params=params or None).to_arrow_reader(batch_rows)
-            sent = 0
-            yielded = False
-            for batch in reader:
-                if sent + batch.num_rows > cap:
-                    batch = batch.slice(0, cap - sent)
-                sent += batch.num_rows
-                yielded = True
-                yield batch
-                if sent >= cap:
-                    break
-            if not yielded:
-                yield pa.RecordBatch.from_pylist([], schema=reader.schema)
+            yield from arrowout.read(cur.sql(sql, params=params or None), cap, self._con.cursor)
         except duckdb.InterruptException as exc:
             raise FragmentError(f"the {what} ran longer than its {timeout:g} s deadline and was stopped") from exc
         except duckdb.Error as exc:
@@ -451,7 +442,7 @@ class Store:
         timeout: float = 30.0,
         max_queued_rows: int = DEFAULT_FOLLOW_QUEUE_ROWS,
         poll: float = 0.25,
-    ) -> Iterator[pa.RecordBatch]:
+    ) -> Iterator[Batch]:
         """Rows of ``table`` through one gated SELECT over that table alone: first (with
         ``backlog``) the stored rows, then the rows of every later commit, until ``stop``
         is set or the caller stops iterating. The first batch, sent once subscribed, has
@@ -497,14 +488,12 @@ class Store:
                     scratch.register("pxo_batch", committed)
                     scratch.execute(f'INSERT INTO "{table}" BY NAME SELECT * FROM pxo_batch')
                     scratch.unregister("pxo_batch")
-                    out = scratch.sql(sql, params=params or None).to_arrow_table()
+                    out = list(arrowout.read(scratch.sql(sql, params=params or None), self.row_cap, scratch.cursor))
                 except duckdb.Error as exc:
                     raise FragmentError(str(exc).splitlines()[0]) from exc
                 finally:
                     scratch.execute("ROLLBACK")
-                for batch in out.to_batches():
-                    if batch.num_rows:
-                        yield batch
+                yield from (b for b in out if b.num_rows)
         finally:
             with self._sub_lock:
                 if sub in self._subs.get(table, ()):

@@ -48,7 +48,7 @@ def test_empty_answers_keep_their_schema(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.duckdb", [T])
     batches = list(store.execute("SELECT pid, name FROM samples"))
     assert len(batches) == 1 and batches[0].num_rows == 0
-    assert batches[0].schema.names == ["pid", "name"]
+    assert [f.name for f in batches[0].schema.fields] == ["pid", "name"]
     store.close()
 
 
