@@ -78,7 +78,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import os
 import random
@@ -92,13 +91,10 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from pxo.common.backoff import Backoff
 from pxo.common.kubeconfig import kubeconfig_files
 from pxo.common.schema import Column, Table
+from pxo.edge.kubeclient import SERVICE_ACCOUNT, ConfigError, KubeClient, KubeError, Watch
 from pxo.edge.runtimes import ContainerNames, RuntimeContainer
 
 if TYPE_CHECKING:
-    # the client costs ~0.3 s to import: only the watcher needs it
-    from kubernetes.client import ApiClient, Configuration
-    from kubernetes.watch import Watch
-
     from pxo.edge.sources.base import Sink  # the sources package imports this module
 
 log = logging.getLogger(__name__)
@@ -421,40 +417,25 @@ class KubePodWatcher:
     DaemonSet on every node does not turn each re-list into a quorum read of
     etcd; only a list after a 410 asks for the latest state.
 
-    Pods are read as the API server's JSON (``Watch(return_type="object")``,
-    a list without preloading), not as the client's models: the models
-    validate strictly, so one pod with a required field missing or typed
-    differently (another server version, a proxy) would fail its event and,
-    with it, the watch; the few fields used here are read defensively.
+    Pods are read as the API server's JSON (edge/kubeclient.py), not as
+    models: the few fields used here are read defensively, so one pod with a
+    field missing or typed differently (another server version, a proxy)
+    cannot fail its event and, with it, the watch.
     """
 
-    def __init__(self, *, node: str, configuration: Configuration | None = None,
-                 api_client: Callable[[], ApiClient] | None = None,
+    def __init__(self, *, node: str, client: KubeClient,
                  watch_timeout: Callable[[], int] | None = None,
                  backoff: tuple[float, float] = (0.5, 30.0),
                  request_timeout: tuple[float, float] = (10.0, 60.0)) -> None:
-        """Exactly one of ``configuration`` (a kubernetes.client.Configuration) and
-        ``api_client`` (a factory of kubernetes.client.ApiClient) says how to
-        reach the API server. ``watch_timeout`` gives each watch's server-side
-        timeout in seconds (default: 5 to 10 minutes, spread like client-go's);
-        ``request_timeout`` is (connect, read) for the list, the watch's read
-        timeout being its own timeout plus the read value.
+        """``client`` says how to reach the API server. ``watch_timeout`` gives each
+        watch's server-side timeout in seconds (default: 5 to 10 minutes, spread like
+        client-go's); ``request_timeout`` is (connect, read) for the list, the watch's
+        read timeout being its own timeout plus the read value.
         """
-        if (configuration is None) == (api_client is None):
-            raise ValueError("give exactly one of configuration and api_client")
         if not node:
             raise ValueError("the node name is needed to watch this node's pods")
-        if api_client is None:
-            cfg = configuration
-
-            def api_client() -> ApiClient:
-                from kubernetes.client import ApiClient
-
-                return ApiClient(cfg)
-
         self.node = node
-        self.configuration = configuration
-        self._new_api_client = api_client
+        self.client = client
         self._watch_timeout = watch_timeout or (lambda: random.randint(300, 600))
         self._backoff = backoff
         self._request_timeout = request_timeout
@@ -465,20 +446,16 @@ class KubePodWatcher:
         self._status = WatcherStatus(node)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._api: ApiClient | None = None
         self._watch: Watch | None = None
         self._lists = 0
         self._logged_error: str | None = None
 
-    def new_api_client(self) -> ApiClient:
-        """A client of the API server this watcher talks to (the pod Events of edge/kubeevents.py)."""
-        return self._new_api_client()
 
     # -- in a cluster or not ---------------------------------------------------
 
     @classmethod
     def from_environment(cls, node: str, *, environ: Mapping[str, str] | None = None,
-                         serviceaccount: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount"),
+                         serviceaccount: Path = SERVICE_ACCOUNT,
                          home: Path | None = None, **kwargs: Any) -> KubePodWatcher | None:
         """A watcher when running in a cluster, else None after one log line.
 
@@ -490,34 +467,22 @@ class KubePodWatcher:
         starts it).
         """
         env = os.environ if environ is None else environ
-        in_cluster = bool(env.get("KUBERNETES_SERVICE_HOST"))  # the client's SERVICE_HOST_ENV_NAME
-        config_file = ""
-        if in_cluster:
-            source = "in-cluster service account"
-        else:
-            config_file = os.pathsep.join(str(p) for p in kubeconfig_files(env, home))
-            if not config_file:  # decided before importing the client: it is ~25 MiB resident
-                log.info(NOT_IN_CLUSTER)
-                return None
-            source = f"kubeconfig {config_file}"
-        from kubernetes.client import Configuration
-        from kubernetes.config.incluster_config import InClusterConfigLoader
-        from kubernetes.config.kube_config import load_kube_config
-
-        cfg = Configuration()
+        in_cluster = bool(env.get("KUBERNETES_SERVICE_HOST"))
+        files = [] if in_cluster else kubeconfig_files(env, home)
+        if not in_cluster and not files:
+            log.info(NOT_IN_CLUSTER)
+            return None
+        source = ("in-cluster service account" if in_cluster
+                  else f"kubeconfig {os.pathsep.join(str(p) for p in files)}")
         try:
-            if in_cluster:
-                InClusterConfigLoader(token_filename=str(serviceaccount / "token"),
-                                      cert_filename=str(serviceaccount / "ca.crt"),
-                                      environ=env).load_and_set(cfg)
-            else:
-                load_kube_config(config_file=config_file, client_configuration=cfg, persist_config=False)
-            watcher = cls(node=node, configuration=cfg, **kwargs)
-        except Exception as exc:  # ConfigException, YAML, files...: whatever it is, one line and off
+            client = (KubeClient.in_cluster(env, serviceaccount) if in_cluster
+                      else KubeClient.from_kubeconfig(files))
+            watcher = cls(node=node, client=client, **kwargs)
+        except (ConfigError, ValueError, OSError) as exc:  # whatever it is, one line and off
             log.warning("Kubernetes client configuration failed (%s): %s; pod names are off; "
                         "cgroup paths still give container and pod ids", source, exc)
             return None
-        log.info("pod names from the Kubernetes API at %s (%s), pods of node %s", cfg.host, source, node)
+        log.info("pod names from the Kubernetes API at %s (%s), pods of node %s", client.host, source, node)
         return watcher
 
     # -- PodIndex ----------------------------------------------------------------
@@ -545,7 +510,6 @@ class KubePodWatcher:
         if self._thread is not None:
             return
         self._stopping.clear()
-        self._api = self._new_api_client()
         self._thread = threading.Thread(target=self._run, name=f"pod-watch-{self.node}", daemon=True)
         self._thread.start()
 
@@ -562,9 +526,6 @@ class KubePodWatcher:
             thread.join(0.05)
         if thread is not None and thread.is_alive():
             log.warning("the pod watcher did not stop within %.0f s; leaving its daemon thread", timeout)
-        if self._api is not None:
-            self._api.close()
-            self._api = None
         with self._lock:
             self._status.connected = False
 
@@ -598,21 +559,15 @@ class KubePodWatcher:
                 rv, consistent = None, False
                 backoff.wait(self._stopping)
 
-    def _core(self) -> Any:
-        from kubernetes.client import CoreV1Api
-
-        return CoreV1Api(self._api)
-
     def _list(self, *, consistent: bool = False) -> str:
         # resourceVersion "0": any recent state, served from the API server's
         # watch cache; unset: the latest state, a quorum read.
-        resp = self._core().list_pod_for_all_namespaces(
-            field_selector=self._selector, resource_version=None if consistent else "0",
-            _preload_content=False, _request_timeout=self._request_timeout)
-        try:
-            body = json.loads(resp.data)
-        finally:
-            resp.release_conn()
+        query = {"fieldSelector": self._selector}
+        if not consistent:
+            query["resourceVersion"] = "0"
+        body = self.client.request("GET", "/api/v1/pods", query=query, timeout=self._request_timeout)
+        if not isinstance(body, dict):
+            raise KubeError(0, "the pod list is not a JSON object")
         pods: dict[str, _Pod] = {}
         for item in body.get("items") or ():
             entry = _pod_from_api(item)
@@ -635,26 +590,26 @@ class KubePodWatcher:
 
     def _watch_from(self, rv: str) -> str:
         """Apply watch events until the server ends the stream; the last resourceVersion seen."""
-        from kubernetes.client.exceptions import ApiException
-        from kubernetes.watch import Watch
-
-        # return_type "object": events carry the API's JSON as is (see the class docstring)
-        w = Watch(return_type="object")
+        timeout = self._watch_timeout()
+        w = self.client.watch("/api/v1/pods", query={
+            "fieldSelector": self._selector, "resourceVersion": rv, "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(timeout)}, timeout=(self._request_timeout[0], timeout + self._request_timeout[1]))
         with self._lock:
             if self._stopping.is_set():
                 return rv
             self._watch = w
-        timeout = self._watch_timeout()
         try:
-            # timeout_seconds also turns off the Watch's own retry-once-on-410:
-            # expiry comes to us, and we re-list.
-            for event in w.stream(self._core().list_pod_for_all_namespaces, field_selector=self._selector,
-                                  resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=timeout,
-                                  _request_timeout=(self._request_timeout[0], timeout + self._request_timeout[1])):
-                if not isinstance(event, dict):
+            for event in w.events():
+                obj = event.get("object")
+                if not isinstance(obj, dict):
                     continue
-                rv = self._apply(event.get("type"), event.get("raw_object") or {}) or rv
-        except ApiException as exc:
+                if event.get("type") == "ERROR":  # a Status: 410 Gone when rv is too old
+                    code = int(obj.get("code") or 0)
+                    if code == 410:
+                        raise _Expired(str(obj.get("reason") or obj.get("message") or "Gone"))
+                    raise KubeError(code, str(obj.get("reason") or "watch error"), str(obj.get("message") or ""))
+                rv = self._apply(event.get("type"), obj) or rv
+        except KubeError as exc:
             if exc.status == 410:
                 raise _Expired(exc.reason) from exc
             raise
@@ -699,10 +654,8 @@ class KubePodWatcher:
 
 
 def _describe(exc: BaseException) -> str:
-    status = getattr(exc, "status", None)
-    reason = getattr(exc, "reason", None)
-    if status is not None and reason is not None:  # ApiException
-        return f"HTTP {status}: {reason}".strip()
+    if isinstance(exc, KubeError):
+        return str(exc) if exc.status else exc.reason
     return f"{type(exc).__name__}: {exc}"
 
 

@@ -24,10 +24,12 @@ import logging
 import queue
 import secrets
 import threading
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pxo.edge.kubeclient import KubeClient, KubeError
 from pxo.edge.sources.base import Sink
 
 log = logging.getLogger(__name__)
@@ -56,10 +58,10 @@ def message(row: dict[str, Any], verdict: str) -> str:
 class PodEvents:
     """Posts and aggregates the Events; ``explain(row)`` gives the verdict sentence."""
 
-    def __init__(self, *, node: str, api_client: Callable[[], Any], explain: Callable[[dict[str, Any]], str],
+    def __init__(self, *, node: str, client: KubeClient, explain: Callable[[dict[str, Any]], str],
                  delay: float = 1.5, clock: Callable[[], dt.datetime] | None = None) -> None:
         self.node = node
-        self._api_client = api_client
+        self._client = client
         self._explain = explain
         self.delay = delay
         self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
@@ -103,8 +105,6 @@ class PodEvents:
                 self.last_error = str(exc)
 
     def _post(self, row: dict[str, Any]) -> None:
-        from kubernetes.client import CoreV1Api
-
         ns, pod, container = row["namespace"], row["pod"], row.get("container") or ""
         try:
             verdict = self._explain(row)
@@ -112,19 +112,19 @@ class PodEvents:
             verdict = f"no verdict ({exc})"
         text = message(row, verdict)
         now = self._clock().strftime("%Y-%m-%dT%H:%M:%SZ")
-        core = CoreV1Api(self._api_client())
         key = (ns, pod, container)
         prev = self._posted.get(key)
         if prev is not None:
             body = {"count": prev.count + 1, "lastTimestamp": now, "message": text}
             try:
-                core.patch_namespaced_event(prev.name, ns, body)
+                self._client.request("PATCH", f"/api/v1/namespaces/{_q(ns)}/events/{_q(prev.name)}", body=body,
+                                     content_type="application/merge-patch+json")
                 prev.count += 1
                 return
-            except Exception as exc:  # gone (events expire after an hour): make a new one
-                if getattr(exc, "status", None) != 404:
+            except KubeError as exc:  # gone (events expire after an hour): make a new one
+                if exc.status != 404:
                     raise
-        uid = row.get("pod_uid") or self._pod_uid(core, ns, pod)  # the cgroup path names it
+        uid = row.get("pod_uid") or self._pod_uid(ns, pod)  # the cgroup path names it
         name = f"{pod}.{secrets.token_hex(8)}"
         involved: dict[str, Any] = {"apiVersion": "v1", "kind": "Pod", "name": pod, "namespace": ns}
         if uid:
@@ -138,14 +138,14 @@ class PodEvents:
             "source": {"component": COMPONENT, "host": self.node}, "reportingComponent": "pxo.dev/edge",
             "reportingInstance": self.node, "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         }
-        core.create_namespaced_event(ns, event)
+        self._client.request("POST", f"/api/v1/namespaces/{_q(ns)}/events", body=event)
         self._posted[key] = _Posted(name, 1, now)
 
-    @staticmethod
-    def _pod_uid(core: Any, ns: str, pod: str) -> str | None:
+    def _pod_uid(self, ns: str, pod: str) -> str | None:
         try:
-            return str(core.read_namespaced_pod(pod, ns).metadata.uid)
-        except Exception:  # the pod is gone already: the event still names it
+            found = self._client.request("GET", f"/api/v1/namespaces/{_q(ns)}/pods/{_q(pod)}")
+            return str(found["metadata"]["uid"])
+        except (KubeError, KeyError, TypeError):  # the pod is gone already: the event still names it
             return None
 
 
@@ -161,3 +161,7 @@ class EventTap:
         self._sink.append(table, row)
         if table == "oom_events":
             self._offer(dict(row))
+
+
+def _q(name: str) -> str:
+    return urllib.parse.quote(name, safe="")

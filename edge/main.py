@@ -120,7 +120,7 @@ class Edge:
         self.pods = KubePodWatcher.from_environment(settings.node)
         self.runtimes = runtime_indexes(settings.runtime_dir, factories=RUNTIME_APIS)
         self.attributor = Attributor(pods=self.pods, runtimes=self.runtimes)
-        self.pod_events = PodEvents(node=settings.node, api_client=self.pods.new_api_client,
+        self.pod_events = PodEvents(node=settings.node, client=self.pods.client,
                                     explain=self.verdict_line) if self.pods and settings.pod_events else None
         inner: Sink = EventTap(self.store, self.pod_events.offer) if self.pod_events else self.store
         sink = AttributingSink(inner, self.attributor, self.store.tables.values())

@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from kubernetes.client import Configuration
 
 from pxo.edge.attribution import (
     ATTRIBUTION_COLUMNS,
@@ -19,6 +18,7 @@ from pxo.edge.attribution import (
     KubePodWatcher,
     parse_cgroup_path,
 )
+from pxo.edge.kubeclient import KubeClient
 from tests.helpers.kubeapi import KubeAPI, pod
 
 # Ids as real nodes show them (from systemd-cgls output of real clusters).
@@ -281,13 +281,13 @@ def api() -> Iterator[KubeAPI]:
         yield server
 
 
-def configuration(api: KubeAPI) -> Configuration:
-    return Configuration(host=api.url, api_key={"BearerToken": TOKEN}, api_key_prefix={"BearerToken": "Bearer"})
+def client(api: KubeAPI, token: str = TOKEN) -> KubeClient:
+    return KubeClient(api.url, token=token)
 
 
 @pytest.fixture
 def watcher(api: KubeAPI) -> Iterator[KubePodWatcher]:
-    w = KubePodWatcher(node=NODE, configuration=configuration(api), watch_timeout=lambda: 30,
+    w = KubePodWatcher(node=NODE, client=client(api), watch_timeout=lambda: 30,
                        backoff=(0.01, 0.05))
     yield w
     w.stop()
@@ -396,8 +396,7 @@ def test_errors_back_off_relist_and_log_once(api: KubeAPI, watcher: KubePodWatch
 
 
 def test_a_refused_token_is_reported(api: KubeAPI) -> None:
-    cfg = Configuration(host=api.url, api_key={"BearerToken": "wrong"}, api_key_prefix={"BearerToken": "Bearer"})
-    w = KubePodWatcher(node=NODE, configuration=cfg, backoff=(0.01, 0.05))
+    w = KubePodWatcher(node=NODE, client=client(api, "wrong"), backoff=(0.01, 0.05))
     w.start()
     try:
         wait_until(lambda: w.status["errors"] >= 1)
@@ -408,7 +407,7 @@ def test_a_refused_token_is_reported(api: KubeAPI) -> None:
 
 
 def test_stop_interrupts_an_open_watch(api: KubeAPI) -> None:
-    w = KubePodWatcher(node=NODE, api_client=lambda: __import__("kubernetes").client.ApiClient(configuration(api)),
+    w = KubePodWatcher(node=NODE, client=client(api),
                        watch_timeout=lambda: 600)
     w.start()
     wait_until(lambda: len(api.watches()) == 1)
@@ -474,7 +473,7 @@ def test_default_kubeconfig_location(tmp_path: Path) -> None:
         "users: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\n"
         "current-context: x\n")
     w = KubePodWatcher.from_environment(NODE, environ={}, home=tmp_path)
-    assert w is not None and w.configuration is not None and w.configuration.host == "https://10.0.0.1:6443"
+    assert w is not None and w.client.host == "https://10.0.0.1:6443" and w.client.authorization() == "Bearer t"
 
 
 def test_in_cluster_service_account(tmp_path: Path) -> None:
@@ -482,9 +481,11 @@ def test_in_cluster_service_account(tmp_path: Path) -> None:
     (tmp_path / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
     env = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
     w = KubePodWatcher.from_environment(NODE, environ=env, serviceaccount=tmp_path, home=tmp_path)
-    assert w is not None and w.configuration is not None
-    assert w.configuration.host == "https://10.96.0.1:443"
-    assert w.configuration.api_key["BearerToken"] == "bearer sa-token"
+    assert w is not None
+    assert w.client.host == "https://10.96.0.1:443" and w.client.ca_file == tmp_path / "ca.crt"
+    assert w.client.authorization() == "Bearer sa-token"
+    (tmp_path / "token").write_text("rotated")  # the kubelet rotates it: read on every request
+    assert w.client.authorization() == "Bearer rotated"
 
 
 def test_in_cluster_without_a_token_logs_the_error_once(tmp_path: Path,
@@ -505,8 +506,6 @@ def test_a_broken_kubeconfig_logs_the_error_once(tmp_path: Path, caplog: pytest.
     assert len(caplog.records) == 1 and "pod names are off" in caplog.records[0].getMessage()
 
 
-def test_the_watcher_needs_one_way_to_the_api_and_a_node() -> None:
+def test_the_watcher_needs_a_node() -> None:
     with pytest.raises(ValueError):
-        KubePodWatcher(node=NODE)
-    with pytest.raises(ValueError):
-        KubePodWatcher(node="", configuration=Configuration(host="http://127.0.0.1:1"))
+        KubePodWatcher(node="", client=KubeClient("http://127.0.0.1:1"))

@@ -28,6 +28,7 @@ watcher can only learn by listing again, as after a compaction).
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 import urllib.parse
@@ -122,8 +123,10 @@ def _selector(text: str) -> Callable[[Mapping[str, Any]], bool]:
 class KubeAPI:
     """The server; ``url`` is its base URL once started (by ``with`` or ``start()``)."""
 
-    def __init__(self, *, token: str | None = "test-token") -> None:
+    def __init__(self, *, token: str | None = "test-token", tls: ssl.SSLContext | None = None) -> None:
+        """``tls``: serve HTTPS with this context (a server certificate, maybe requiring a client's)."""
         self.token = token
+        self.tls = tls
         self.requests: list[Request] = []
         self._cond = threading.Condition()
         self._pods: dict[str, dict[str, Any]] = {}  # uid -> pod
@@ -140,7 +143,7 @@ class KubeAPI:
     # -- lifecycle -------------------------------------------------------------
 
     def start(self) -> KubeAPI:
-        self._http = LoopbackHTTP(_Handler, self, name="kubeapi")
+        self._http = LoopbackHTTP(_Handler, self, name="kubeapi", tls=self.tls)
         return self
 
     @property

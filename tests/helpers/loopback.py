@@ -4,6 +4,7 @@ Kubernetes API servers of tests/helpers/kubeapi.py and kubeapi_apply.py run on."
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,8 +32,12 @@ class JsonHandler(BaseHTTPRequestHandler):
 class LoopbackHTTP:
     """Requests are answered by a subclass of ``handler`` whose ``server_api`` is ``api``."""
 
-    def __init__(self, handler: type[BaseHTTPRequestHandler], api: object, *, name: str) -> None:
+    def __init__(self, handler: type[BaseHTTPRequestHandler], api: object, *, name: str,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (handler,), {"server_api": api}))
+        self.tls = tls
+        if tls is not None:  # HTTPS: the handshake happens in each request's thread
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True, do_handshake_on_connect=False)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
                                        name=name, daemon=True)
@@ -40,7 +45,7 @@ class LoopbackHTTP:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.server.server_port}"
 
     def close(self) -> None:
         self.server.shutdown()
