@@ -112,6 +112,27 @@ def workload(stop: threading.Event, counts: dict[str, int]) -> None:
                 last_oom = time.monotonic()
 
 
+def prefill(path: Path, rows: int) -> None:
+    """alloc_rate rows over the last 7 days, as an edge's sources would have written them
+    (500 processes in 50 cgroups, one row a process every 10 s), committed and checkpointed."""
+    import duckdb
+
+    from pxo.edge.sources import all_tables
+
+    con = duckdb.connect(str(path))
+    for t in all_tables():
+        con.execute(t.ddl())
+    con.execute(f"""
+        INSERT INTO alloc_rate BY NAME
+        SELECT now()::TIMESTAMP - to_seconds(((i // 500) * 10) % (7 * 86400)) AS "time", 10.0 AS interval_s,
+               (1000 + i % 500)::INTEGER AS pid, 'proc' || (i % 500) AS comm,
+               '/sys/fs/cgroup/kubepods.slice/pod' || (i % 50) AS cgroup_path, (i % 50)::UBIGINT AS cgroup_id,
+               ((i * 7919) % 100000 * 4096)::UBIGINT AS alloc_bytes, ((i * 7919) % 100000)::UBIGINT AS alloc_pages
+        FROM range({rows}) r(i)""")
+    con.execute("CHECKPOINT")
+    con.close()
+
+
 def asker(addr: str, stop: threading.Event, counts: dict[str, int]) -> None:
     with grpc.insecure_channel(addr) as channel:
         stub = pxo_pb2_grpc.EdgeStub(channel)
@@ -127,6 +148,9 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--sources", default="", help="the edge's --sources (default: every source)")
     ap.add_argument("--no-queries", action="store_true", help="no gRPC queries (an idle edge)")
+    ap.add_argument("--store-rows", type=int, default=0,
+                    help="start on a store already holding this many alloc_rate rows (an edge that has run "
+                         "for days: the queries then read megabytes, which DuckDB's buffer pool keeps)")
     ap.add_argument("--kubernetes", action="store_true",
                     help="as in a cluster: the edge watches its node's pods on a loopback API server "
                          "(tests/helpers/kubeapi.py, 50 pods) through a kubeconfig")
@@ -134,6 +158,8 @@ def main() -> int:
     if os.geteuid() != 0:
         raise SystemExit("run as root: the edge loads eBPF programs")
     data = Path(tempfile.mkdtemp(prefix="pxo-bench-mem-"))
+    if args.store_rows:
+        prefill(data / "edge.duckdb", args.store_rows)
     log = open(data / "edge.log", "wb")  # noqa: SIM115
     extra = ["--sources", args.sources] if args.sources else []
     env = dict(os.environ)
