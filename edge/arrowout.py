@@ -146,34 +146,52 @@ def build(table: Table, rows: Sequence[Mapping[str, Any]]) -> tuple[Batch, dict[
 # -- reading an answer -----------------------------------------------------------------
 
 
-def empty(rel: duckdb.DuckDBPyRelation) -> Batch:
-    """The schema of ``rel`` and no rows (without running it past its first chunk)."""
-    return Batch(na.ArrayStream(rel).schema)
+def stream(cur: duckdb.DuckDBPyConnection, sql: str, params: Mapping[str, Any] | None = None) -> na.ArrayStream:
+    """The answer of one SELECT on ``cur`` as an Arrow stream, planned once.
+
+    DuckDB 2.0's Python API gives an Arrow C stream only from a relation (``cursor.sql()``), which
+    binds the statement to describe it and binds it again to run it: 2.7 ms more for a top-N
+    fragment's SQL (docs/benchmarks.md). What the relation runs underneath, the connection's
+    ``_submit(...).arrow_capsule()``, plans once; it is private, so a DuckDB without it (the
+    version is locked in requirements/, and tests/edge/test_arrowout.py checks that it has it)
+    still answers, through the relation."""
+    submit = getattr(cur, "_submit", None)
+    if submit is None:
+        return na.ArrayStream(cur.sql(sql, params=dict(params) if params else None))
+    return na.ArrayStream(submit(sql, dict(params) if params else None, "stream").arrow_capsule())
 
 
-def read(rel: duckdb.DuckDBPyRelation, cap: int,
+def empty(cur: duckdb.DuckDBPyConnection, sql: str, params: Mapping[str, Any] | None = None) -> Batch:
+    """The schema of ``SELECT * FROM (sql)`` and no rows."""
+    answer = stream(cur, f"SELECT * FROM ({sql}) LIMIT 0", params)
+    for _ in answer:  # read to its end: the connection takes its next question only then
+        pass
+    return Batch(answer.schema)
+
+
+def read(cur: duckdb.DuckDBPyConnection, sql: str, params: Mapping[str, Any] | None, cap: int,
          connect: Callable[[], duckdb.DuckDBPyConnection]) -> Iterator[Batch]:
-    """The rows of ``rel`` as batches, each small enough for one gRPC message: at least one batch
-    (with the schema and maybe no rows), and no more than ``cap`` rows in all. DuckDB hands chunks
-    of up to 122,880 rows and nanoarrow writes no slices, so where the cap or the message size
-    falls inside a chunk, DuckDB cuts it on a connection from ``connect`` (not the one running
-    ``rel``), opened only then."""
-    stream = na.ArrayStream(rel)
-    cutter = _Cutter(connect, stream.schema)
+    """The rows of ``sql`` on ``cur`` as batches, each small enough for one gRPC message: at least
+    one batch (with the schema and maybe no rows), and no more than ``cap`` rows in all. DuckDB
+    hands chunks of up to 122,880 rows and nanoarrow writes no slices, so where the cap or the
+    message size falls inside a chunk, DuckDB cuts it on a connection from ``connect`` (not
+    ``cur``, which is still answering), opened only then."""
+    answer = stream(cur, sql, params)
+    cutter = _Cutter(connect, answer.schema)
     sent = 0
     try:
-        for array in stream:
+        for array in answer:
             n = len(array)
             if not n:
                 continue
             if sent + n > cap:
                 array, n = cutter.rows(array, cap - sent, 0), cap - sent
-            yield from cutter.fitting(Batch(stream.schema, array))
+            yield from cutter.fitting(Batch(answer.schema, array))
             sent += n
             if sent >= cap:
                 return
         if not sent:
-            yield Batch(stream.schema)
+            yield Batch(answer.schema)
     finally:
         cutter.close()
 
@@ -190,8 +208,7 @@ class _Cutter:
             self._con = self._connect()
         self._con.register("pxo_chunk", Batch(self.schema, array))
         try:
-            parts = list(na.ArrayStream(self._con.sql(f"SELECT * FROM pxo_chunk LIMIT {int(limit)} "
-                                                      f"OFFSET {int(offset)}")))
+            parts = list(stream(self._con, f"SELECT * FROM pxo_chunk LIMIT {int(limit)} OFFSET {int(offset)}"))
         finally:
             self._con.unregister("pxo_chunk")
         return parts[0] if len(parts) == 1 else na.Array(na.c_array_stream([na.c_array(p) for p in parts], self.schema))

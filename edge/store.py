@@ -103,7 +103,7 @@ class Subscription:
 
 def _empty(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]) -> Batch:
     try:
-        return arrowout.empty(con.sql(f"SELECT * FROM ({sql}) LIMIT 0", params=params or None))
+        return arrowout.empty(con, sql, params)
     except duckdb.Error as exc:
         raise FragmentError(str(exc).splitlines()[0]) from exc
 
@@ -415,7 +415,7 @@ class Store:
                 if n > cap:
                     raise FragmentError(f"the {what} holds {n} matching rows, more than the cap of {cap}: "
                                         "shorten the range or narrow the where clause")
-            yield from arrowout.read(cur.sql(sql, params=params or None), cap, self._con.cursor)
+            yield from arrowout.read(cur, sql, params, cap, self._con.cursor)
         except duckdb.InterruptException as exc:
             raise FragmentError(f"the {what} ran longer than its {timeout:g} s deadline and was stopped") from exc
         except duckdb.Error as exc:
@@ -488,7 +488,7 @@ class Store:
                     scratch.register("pxo_batch", committed)
                     scratch.execute(f'INSERT INTO "{table}" BY NAME SELECT * FROM pxo_batch')
                     scratch.unregister("pxo_batch")
-                    out = list(arrowout.read(scratch.sql(sql, params=params or None), self.row_cap, scratch.cursor))
+                    out = list(arrowout.read(scratch, sql, params, self.row_cap, scratch.cursor))
                 except duckdb.Error as exc:
                     raise FragmentError(str(exc).splitlines()[0]) from exc
                 finally:
