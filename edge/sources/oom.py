@@ -394,7 +394,7 @@ class OomSource(Source):
     name = "oom"
     tables = (OOM_EVENTS, OOM_CANDIDATES)
 
-    def __init__(self, ctx: SourceContext, *, join_window: float = 1.0, settle: float = 0.1,
+    def __init__(self, ctx: SourceContext, *, join_window: float = 3.0, settle: float = 0.1,
                  hierarchy: Hierarchy | None = None, victim_from_signal: bool | None = None) -> None:
         """``victim_from_signal``: take the victim from the kernel's SIGKILL, as on kernels whose
         mark_victim passes only a pid (None: when this kernel's BTF says so; True on a kernel
@@ -404,8 +404,9 @@ class OomSource(Source):
         self.settle = settle
         self.victim_from_signal = victim_from_signal
         self._hierarchy = hierarchy  # the memory hierarchy, for the OOMing cgroup's state
-        # Replay: a kill's row is written a second or so after eBPF's event (the join window): an edge
-        # killed meanwhile leaves the event to the next one, which drops it if the row is there.
+        # Replay: a kill's row is written as soon as its log line joins it, at most join_window (3 s)
+        # after eBPF's event: an edge killed meanwhile leaves the event to the next one, which drops
+        # it if the row is there (the replay's 5 s cover the window).
         self.bpf = RingBufferInput("oom", OomEventC, ring="oom_events", lost_counter="oom_lost",
                                    on_event=self._on_bpf_event, status=self.status, replay=5.0)
         self.kmsg = KmsgInput(ctx.kmsg, on_kill=self._on_kill)

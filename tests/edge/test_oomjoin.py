@@ -160,7 +160,7 @@ def test_a_missing_half_is_waited_for_then_given_up() -> None:
     h = Harness()
     h.bpf(60)
     assert h.settle(0.5) == []  # within the join window: still waiting for the log line
-    [row] = h.settle(1.0)
+    [row] = h.settle(h.joiner.join_window)
     assert row["origin"] == "bpf" and row["report_logged"] is False
     h.log(KILLED.format(pid=61, comm="t61"))  # eBPF never saw this one (its buffer overflowed)
     h.settle(5.0)
