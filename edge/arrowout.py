@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -21,8 +20,6 @@ import nanoarrow as na
 from nanoarrow import ipc
 
 from pxo.common.schema import Table
-
-log = logging.getLogger(__name__)
 
 # What one gRPC message may carry: gRPC's default limit on receiving is 4 MiB, so a chunk
 # whose IPC stream is bigger is cut into pieces below this (a single row bigger than it cannot be).
@@ -38,10 +35,6 @@ _TYPES = {
     "UTINYINT": na.uint64(), "BIGINT": na.int64(), "INTEGER": na.int64(), "SMALLINT": na.int64(),
     "TINYINT": na.int64(),
 }
-
-
-class RowError(ValueError):
-    """A row's value cannot be stored in its column's type (the source's bug)."""
 
 
 class Batch:

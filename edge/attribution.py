@@ -450,7 +450,6 @@ class KubePodWatcher:
         self._lists = 0
         self._logged_error: str | None = None
 
-
     # -- in a cluster or not ---------------------------------------------------
 
     @classmethod
