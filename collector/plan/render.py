@@ -266,8 +266,8 @@ def _aggregate_final(summary: Summary, merged: str, chain: Chain, carries_ov: bo
 
 
 def _top_n(op: TopN, prev: str, chain: Chain) -> s.Sql:
-    """An edge's share of a top N: a superset of its first N rows in the total order
-    (the sort keys, then every column), at most 2N rows (rules/topn.py says why)."""
+    """An edge's share of a top N: its first N rows in the total order (the sort keys, then
+    every column), and its overflow witness if any (rules/topn.py says how and why)."""
     r = Renderer()
     below = op.source
     cols = [s.col(n) for n in [*below.names(), *([OV] if below.overflow else [])]]
@@ -296,8 +296,17 @@ def _top_n(op: TopN, prev: str, chain: Chain) -> s.Sql:
         chain.add(threshold, THRESHOLD, materialized=True)  # one row, read by each part: computed once
         t = s.subquery(s.from_(s.select(s.col("t")), THRESHOLD))
         near = (exp.GTE if key.desc else exp.LTE)(this=k.copy(), expression=t)
-        parts = [*witness, s.from_(s.select(exp.Star()), s.subquery(first_n(near))),
-                 s.from_(s.select(exp.Star()), s.subquery(first_n(s.is_null(k.copy()))))]
+        # The rows at or before T, and those with a null key (each a filter DuckDB pushes into
+        # its scan), sorted once. The outer query's columns are ``cols``: COLUMNS(*) is every
+        # column, as ``total`` has them, written once rather than once per column.
+        near_or_null = exp.Union(this=s.from_(s.select(*[c.copy() for c in cols]), prev).where(near, copy=False),
+                                 expression=s.from_(s.select(*[c.copy() for c in cols]), prev).where(
+                                     s.is_null(k.copy()), copy=False), distinct=False)
+        every = exp.Star(except_=[s.col(OV)]) if below.overflow else exp.Star()
+        q = s.from_(s.select(exp.Star()), s.subquery(near_or_null))
+        q.set("order", exp.Order(expressions=[lead.copy(), s.ordered(exp.Columns(this=every))]))
+        q.set("limit", exp.Limit(expression=s.num(op.count)))
+        parts = [*witness, s.from_(s.select(exp.Star()), s.subquery(q))]
     out: s.Sql = parts[0]
     for p in parts[1:]:
         out = exp.Union(this=out, expression=p, distinct=False)

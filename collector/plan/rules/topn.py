@@ -1,17 +1,18 @@
 """Top-N pushdown: for `take N`, `top N by k` and `sort by ... | take N`, each edge sends
-a superset of its own first N rows in the query's total order (the sort keys, then
-every column; for `take`, the newest first) instead of all its rows; the collector takes
-the first N of their union, which are the first N overall.
+its own first N rows in the query's total order (the sort keys, then every column; for
+`take`, the newest first) instead of all its rows; the collector takes the first N of
+their union, which are the first N overall.
 
 Sorting every row on every column costs a full sort, so with one sort key k the edge
 first finds T, the last non-null key among its first N keys by k alone (a top-N that
-DuckDB answers from a one-column scan, materialized once), then ships its first N in
-the total order among the rows whose k is T or before it (a plain comparison with a
-scalar, which DuckDB pushes into the scan) and, for when it has fewer than N non-null
-keys, its first N rows with a null k (nulls sort last): at most 2N rows (render.py's
-_top_n writes it; an OR of the two filters defeats the pushdown and is many times
-slower). With several sort keys the edge sorts fully and ships N rows. A row whose
-integer arithmetic overflowed is shipped too (one more row), so the collector reports it.
+DuckDB answers from a one-column scan, materialized once), then sorts only the rows
+whose k is T or before it, and those with a null k (nulls sort last: they count when it
+has fewer than N non-null keys): two plain filters, one comparison with a scalar and one
+IS NULL, which DuckDB pushes into the scan (an OR of the two defeats the pushdown and is
+many times slower), under one sort (render.py's _top_n writes it). Its first N in the
+total order are among those rows, so it ships exactly them. With several sort keys the
+edge sorts fully and ships N rows. A row whose integer arithmetic overflowed is shipped
+too (one more row), so the collector reports it.
 """
 
 from __future__ import annotations
@@ -35,5 +36,4 @@ def push_down(local: Op, rest: list[Op]) -> tuple[TopN, int] | None:
         keys, n = head.keys, rest[1].count
     else:
         return None
-    rows = 2 * n if len(keys) == 1 else n
-    return TopN(local, keys, n), rows + (1 if local.overflow else 0)
+    return TopN(local, keys, n), n + (1 if local.overflow else 0)
