@@ -44,7 +44,7 @@ import duckdb
 from pxo.common import sqlgate
 from pxo.common.schema import Table
 from pxo.common.timeutil import utc_now
-from pxo.edge import arrowout
+from pxo.edge import allocator, arrowout
 from pxo.edge.arrowout import Batch
 from pxo.edge.errors import FragmentError, StoreError
 from pxo.edge.sources.base import SourceStatus
@@ -375,6 +375,7 @@ class Store:
             return [dict(zip(names, r, strict=True)) for r in rel.fetchall()]
         finally:
             cur.close()
+            allocator.release()
 
     def execute(
         self,
@@ -401,6 +402,7 @@ class Store:
             yield from self._read(cur, sql, params, cap, timeout)
         finally:
             cur.close()
+            allocator.release()  # the answer's memory goes back to the kernel now, not at the next one
 
     def _read(self, cur: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any], cap: int, timeout: float,
               *, what: str = "query", complete: bool = False) -> Iterator[Batch]:
