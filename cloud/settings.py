@@ -11,17 +11,12 @@ import dataclasses
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pxo.common.addr import split_hostport
+from pxo.common.addr import hostport_check
 from pxo.common.contract import MAX_QUERY_CHARS
 from pxo.common.settings import setting
 from pxo.common.tls import TlsSettings
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"  # of a cluster or a user
-
-
-def _collector(v: str) -> str:
-    split_hostport(v, what="collector address")
-    return v
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +31,7 @@ class CloudSettings(TlsSettings):
     data_dir: Path = setting(Path("/var/lib/pxo/cloud"), help="directory of the metadata store (SQLite)")
     host: str = setting("127.0.0.1", help="address to serve HTTP on")
     port: int = setting(8700, ge=0, le=65535, help="port to serve HTTP on (0: any free port)")
-    collector: str = setting("127.0.0.1:50700", check=_collector,
+    collector: str = setting("127.0.0.1:50700", check=hostport_check(what="collector address"),
                              help="the deploy-time collector host:port; it is the cluster named "
                                   "--cluster-name, the default cluster when there is none")
     cluster_name: str = setting("default", pattern=NAME_PATTERN,

@@ -20,7 +20,7 @@ from pxo.collector.notify import Notifier
 from pxo.collector.registry import Registry
 from pxo.collector.service import CollectorService
 from pxo.common import sqlgate
-from pxo.common.addr import split_hostport, write_addr_file
+from pxo.common.addr import hostport_check, write_addr_file
 from pxo.common.grpcserver import GrpcServer
 from pxo.common.settings import SettingsError, configure_logging, load_settings, setting, wait_for_shutdown
 from pxo.common.tls import (
@@ -48,23 +48,6 @@ def _url(v: str) -> str:
     return v
 
 
-def _hostport(v: str) -> str:
-    split_hostport(v)
-    return v
-
-
-def _metrics_hostport(v: str) -> str:
-    if v:
-        split_hostport(v, what="metrics address")
-    return v
-
-
-def _optional_hostport(v: str) -> str:
-    if v:
-        split_hostport(v)
-    return v
-
-
 @dataclasses.dataclass(frozen=True)
 class CollectorSettings(TlsSettings):
     """Settings of the collector; each can be given as --flag or PXO_COLLECTOR_<NAME>."""
@@ -72,7 +55,8 @@ class CollectorSettings(TlsSettings):
     ENV_PREFIX: ClassVar[str] = "PXO_COLLECTOR_"
     PROG: ClassVar[str] = "pxo-collector"
 
-    listen: str = setting("127.0.0.1:50700", check=_hostport, help="host:port to serve on (port 0: any free port)")
+    listen: str = setting("127.0.0.1:50700", check=hostport_check(),
+                          help="host:port to serve on (port 0: any free port)")
     data_dir: Path = setting(Path("/var/lib/pxo/collector"), help="where collector.addr is written")
     heartbeat_interval: float = setting(2.0, gt=0, help="seconds between edge heartbeats")
     expire_after: float = setting(6.0, gt=0, help="seconds of silence before an edge is marked down")
@@ -82,13 +66,13 @@ class CollectorSettings(TlsSettings):
     byte_cap_mb: float = setting(256, gt=0, help="most MiB of partial answers (Arrow IPC) one query may "
                                  "gather from the edges; more fails the query with a clear error")
     log_level: str = setting("INFO", help="DEBUG, INFO, WARNING or ERROR")
-    metrics: str = setting("", check=_metrics_hostport,
+    metrics: str = setting("", check=hostport_check(what="metrics address", optional=True),
                            help="host:port to serve Prometheus /metrics on (empty: off; port 0: any; "
                                 "the bound address goes to metrics.addr)")
     cluster_token: str = setting("", check=_token,
                                  help="token the cloud must send (gRPC metadata x-pxo-cluster-token); "
                                       "empty: not checked. Prefer the env var PXO_COLLECTOR_CLUSTER_TOKEN to a flag")
-    health_listen: str = setting("", check=_optional_hostport,
+    health_listen: str = setting("", check=hostport_check(optional=True),
                                  help="host:port of a plain-text server answering only grpc.health.v1 "
                                       "(for Kubernetes gRPC probes when TLS is on; empty: off)")
     notify_url: str = setting("", check=_url,

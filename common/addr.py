@@ -8,6 +8,7 @@ their data directory, which is how a parent process learns it.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -16,6 +17,17 @@ def split_hostport(text: str, *, what: str = "address") -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"{what} {text!r} is not host:port (e.g. 127.0.0.1:50700)")
     return host.strip("[]"), int(port)
+
+
+def hostport_check(*, what: str = "address", optional: bool = False) -> Callable[[str], str]:
+    """A settings ``check=``: the value is host:port (or, when ``optional``, empty: off)."""
+
+    def check(value: str) -> str:
+        if value or not optional:
+            split_hostport(value, what=what)
+        return value
+
+    return check
 
 
 def write_addr_file(path: Path, address: str) -> None:

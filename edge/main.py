@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pxo.common.addr import split_hostport, write_addr_file
+from pxo.common.addr import hostport_check, write_addr_file
 from pxo.common.grpcserver import GrpcServer
 from pxo.common.settings import SettingsError, configure_logging, load_settings, setting, wait_for_shutdown
 from pxo.common.tls import (
@@ -43,12 +43,6 @@ from pxo.v1 import pxo_pb2_grpc
 log = logging.getLogger("pxo.edge")
 
 
-def _hostport(v: str) -> str:
-    if v:
-        split_hostport(v)
-    return v
-
-
 def _known_sources(v: list[str]) -> list[str]:
     v = [s for s in v if s]
     unknown = [s for s in v if s not in SOURCES]
@@ -72,11 +66,12 @@ class EdgeSettings(TlsSettings):
     bpf_pins: Path = setting(PIN_ROOT, help="bpffs directory where the eBPF programs, their maps and ring "
                              "buffers are pinned, so that they keep capturing while the edge restarts (in "
                              "Kubernetes: on the host's /sys/fs/bpf; `pxo delete` removes it)")
-    listen: str = setting("127.0.0.1:50701", check=_hostport,
+    listen: str = setting("127.0.0.1:50701", check=hostport_check(),
                           help="host:port to serve on (port 0: any free port)")
-    advertise: str = setting("", check=_hostport,
+    advertise: str = setting("", check=hostport_check(optional=True),
                              help="host:port the collector should dial (default: the bound address)")
-    collector: str = setting("", check=_hostport, help="collector host:port to register with (empty: stand alone)")
+    collector: str = setting("", check=hostport_check(what="collector address", optional=True),
+                             help="collector host:port to register with (empty: stand alone)")
     sources: list[str] = setting(default_factory=lambda: list(DEFAULT_SOURCES), check=_known_sources,
                                  help=f"sources to run (default: all but the opt-in {', '.join(sorted(OPT_IN))}), "
                                       f"from: {', '.join(SOURCES)}")
@@ -92,13 +87,13 @@ class EdgeSettings(TlsSettings):
                                  "spent waiting under load; see docs/benchmarks.md)")
     store_memory_mb: int = setting(128, ge=32, help="memory DuckDB may use for the store and queries, MiB "
                                                     "(bigger queries spill to disk)")
-    metrics: str = setting("", check=_hostport,
+    metrics: str = setting("", check=hostport_check(what="metrics address", optional=True),
                            help="host:port to serve Prometheus /metrics on (empty: off; port 0: any)")
     log_level: str = setting("INFO", help="DEBUG, INFO, WARNING or ERROR")
     runtime_dir: Path = setting(Path("/run"), help="the host's /run, where container runtimes keep their API "
                                 "sockets (containerd, CRI-O, Docker, Podman): container names come from them "
                                 "(in a container: where the host's /run is mounted)")
-    health_listen: str = setting("", check=_hostport,
+    health_listen: str = setting("", check=hostport_check(optional=True),
                                  help="host:port of a plain-text server answering only grpc.health.v1 "
                                       "(for Kubernetes gRPC probes when TLS is on; empty: off)")
 

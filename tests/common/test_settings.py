@@ -68,3 +68,20 @@ def test_unknown_flags_and_checks_across_fields() -> None:
         load_settings(Demo, ["--colour", "red"], {})
     with pytest.raises(SettingsError, match=r"^mode b needs --on$"):
         load_settings(Demo, ["--mode", "b", "--no-on"], {})
+
+
+def test_addresses_of_all_three_services_are_checked_alike() -> None:
+    """One host:port check (common/addr.hostport_check) behind every address setting."""
+    from pxo.cloud.settings import CloudSettings
+    from pxo.collector.main import CollectorSettings
+    from pxo.edge.main import EdgeSettings
+
+    for cls, name in ((EdgeSettings, "--listen"), (EdgeSettings, "--collector"), (EdgeSettings, "--metrics"),
+                      (CollectorSettings, "--listen"), (CollectorSettings, "--health-listen"),
+                      (CloudSettings, "--collector")):
+        with pytest.raises(SettingsError) as err:
+            load_settings(cls, [name, "no-port"], {})
+        assert name in str(err.value) and "'no-port' is not host:port" in str(err.value), (cls.__name__, err.value)
+    assert load_settings(EdgeSettings, ["--metrics", "", "--collector", "[::1]:50700"], {}).metrics == ""
+    with pytest.raises(SettingsError, match="--listen"):  # a server needs somewhere to listen
+        load_settings(CollectorSettings, ["--listen", ""], {})
