@@ -173,10 +173,7 @@ def main() -> int:
         for i in range(50):
             api.put_pod(pod(f"app-{i}", uid=f"00000000-0000-4000-8000-{i:012d}", node=node,
                             namespace=f"ns{i % 5}", containers={"app": f"{i:064x}"}))
-        (data / "kubeconfig").write_text(
-            f"current-context: x\nclusters: [{{name: c, cluster: {{server: '{api.url}'}}}}]\n"
-            "users: [{name: u, user: {token: bench}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\n")
-        env["KUBECONFIG"] = str(data / "kubeconfig")
+        env["KUBECONFIG"] = str(api.kubeconfig(data))
         extra += ["--node", node]
     edge = subprocess.Popen([sys.executable, "-m", "pxo.edge", "--listen", "127.0.0.1:0", "--data-dir", str(data),
                              *extra],

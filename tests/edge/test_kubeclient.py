@@ -120,10 +120,7 @@ def test_in_cluster_over_ipv6(tmp_path: Path) -> None:
 
 def test_an_edge_in_a_cluster_still_does_not_load_the_official_client(tmp_path: Path) -> None:
     with KubeAPI(token="t") as api:
-        config = tmp_path / "kubeconfig"
-        config.write_text(f"current-context: x\nclusters: [{{name: c, cluster: {{server: '{api.url}'}}}}]\n"
-                          "users: [{name: u, user: {token: t}}]\n"
-                          "contexts: [{name: x, context: {cluster: c, user: u}}]\n")
+        config = api.kubeconfig(tmp_path)
         code = ("import sys; from pxo.edge.attribution import KubePodWatcher; "
                 f"w = KubePodWatcher.from_environment('{NODE}', environ={{'KUBECONFIG': '{config}'}}); "
                 "w.start(); import time; time.sleep(0.5); w.stop(); "

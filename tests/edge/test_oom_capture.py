@@ -175,12 +175,7 @@ def test_kill_in_a_kubernetes_container_is_attributed_to_its_pod(tmp_path: Path,
     uid, cid = str(uuid.uuid4()), uuid.uuid4().hex + uuid.uuid4().hex
     with KubeAPI() as api:
         api.put_pod(pod("web-7d4b9", uid=uid, node="node-k", namespace="shop", containers={"app": cid}))
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(
-            "apiVersion: v1\nkind: Config\ncurrent-context: t\n"
-            f"clusters: [{{name: t, cluster: {{server: '{api.url}'}}}}]\n"
-            "users: [{name: t, user: {token: test-token}}]\n"
-            "contexts: [{name: t, context: {cluster: t, user: t}}]\n")
+        kubeconfig = api.kubeconfig(tmp_path)
         _, addr = start_edge(services, tmp_path / "edge", "", "node-k", "--sources", '["oom"]',
                              env={"KUBECONFIG": str(kubeconfig)})
         with ScratchCgroup(64 << 20, prefix="pxo-k8s", nested=f"kubepods/burstable/pod{uid}/{cid}") as cg:

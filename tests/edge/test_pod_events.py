@@ -33,12 +33,7 @@ def api() -> Iterator[KubeAPI]:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, api: KubeAPI) -> Iterator[RealCluster]:
     root = tmp_path_factory.mktemp("podevents")
-    kubeconfig = root / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: t\n"
-        f"clusters: [{{name: t, cluster: {{server: '{api.url}'}}}}]\n"
-        "users: [{name: t, user: {token: test-token}}]\n"
-        "contexts: [{name: t, context: {cluster: t, user: t}}]\n")
+    kubeconfig = api.kubeconfig(root)
     with RealCluster(root, edge_env={"KUBECONFIG": str(kubeconfig)}) as c:
         yield c
 

@@ -34,6 +34,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tests.helpers.loopback import JsonHandler, LoopbackHTTP
@@ -150,6 +151,20 @@ class KubeAPI:
     def url(self) -> str:
         assert self._http is not None, "start() first"
         return self._http.url
+
+    def kubeconfig(self, directory: Path) -> Path:
+        """A kubeconfig for this server and its token, written as ``directory``/kubeconfig
+        (plain HTTP: a TLS server's tests write theirs, with their CA)."""
+        assert self.tls is None, "a TLS server's kubeconfig needs its CA: write it in the test"
+        path = directory / "kubeconfig"
+        user = {"token": self.token} if self.token is not None else {}
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "test",
+            "clusters": [{"name": "test", "cluster": {"server": self.url}}],
+            "users": [{"name": "test", "user": user}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+        }))
+        return path
 
     def close(self) -> None:
         with self._cond:
