@@ -1,15 +1,18 @@
-"""What edge/allocator.py's release() after each answer costs in CPU and saves in memory,
-side by side in one run, against DuckDB's allocator left alone and against the other way
-to the same end (jemalloc told to return each page as it is freed).
+"""What edge/allocator.py's IdleRelease (the memory answers freed goes back to the kernel
+once the store is idle for a second) costs in CPU and saves in memory, side by side in one
+run: against DuckDB's allocator left alone, a purge after every answer, and jemalloc told
+to return each page as it is freed.
 
 Per round, one child process per variant, each opening the same store of synthetic
 oom_events rows (bench/query_scale.py's generate()) as the edge does (edge/store.Store:
 one thread, the edge's memory limit) and answering bench/execute_cost.py's fragments
---repeat times through Store.execute, with a pause between questions as a serving edge
-has. Each child reports its CPU over the questions and its resident memory (VmRSS) after
-the last one; the order of the variants rotates between rounds. Ratios are what to read.
+--repeat times through Store.execute, --pause seconds apart (0.05: a burst, as a
+collector's fan-out or a dashboard asks; 2: a question every 2 s, as bench/edge_memory.py
+asks). Each child reports its CPU over the answers, and its resident memory (VmRSS) 2 s
+after the last one; the order of the variants rotates between rounds. Ratios are what
+to read.
 
-    .venv/bin/python bench/allocator.py [--rows 1000000] [--repeat 20] [--rounds 3]
+    .venv/bin/python bench/allocator.py [--rows 1000000] [--repeat 20] [--rounds 3] [--pause 0.05]
 """
 
 from __future__ import annotations
@@ -32,23 +35,24 @@ from execute_cost import PIPES
 from query_scale import generate
 
 DECAY_ENV = "DUCKDB_JE_MALLOC_CONF"  # read by DuckDB's bundled jemalloc when it starts
-VARIANTS = {  # name: (release after each answer, DUCKDB_JE_MALLOC_CONF)
-    "DuckDB's default": (False, None),
-    "release() after each answer (the edge)": (True, None),
-    f"{DECAY_ENV}=dirty_decay_ms:0": (False, "dirty_decay_ms:0,muzzy_decay_ms:0"),
+VARIANTS = {  # name: (seconds idle before the store releases, or None: never; DUCKDB_JE_MALLOC_CONF)
+    "DuckDB's default": (None, None),
+    "IdleRelease after 1 s (the edge)": (1.0, None),
+    "a purge after every answer": (0.0, None),
+    f"{DECAY_ENV}=dirty_decay_ms:0": (None, "dirty_decay_ms:0,muzzy_decay_ms:0"),
 }
 
 
-def child(path: Path, repeat: int, pause: float, release: bool) -> None:
+def child(path: Path, repeat: int, pause: float, idle: float | None) -> None:
     """Answer every fragment ``repeat`` times, as the edge does; print CPU s and VmRSS KiB."""
     from pxo.collector.plan import plan_pipe
     from pxo.edge import allocator
     from pxo.edge.sources import all_tables
     from pxo.edge.store import Store
 
-    if not release:
-        allocator.release = lambda: False  # Store calls allocator.release(): the edge before it
-    store = Store(path, all_tables(), threads=1, memory_limit="128MB")
+    if idle is None:
+        allocator.release = lambda: False  # the store's IdleRelease calls it: the edge before it
+    store = Store(path, all_tables(), threads=1, memory_limit="128MB", release_idle=idle or 0.0)
     catalog = {t.name: t for t in all_tables()}
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     frags = []
@@ -63,18 +67,19 @@ def child(path: Path, repeat: int, pause: float, release: bool) -> None:
                 batch.ipc()
             cpu += time.process_time() - c0
             time.sleep(pause)
+    time.sleep(2)
     rss = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
                if line.startswith("VmRSS:"))
     store.close()
     print(json.dumps({"cpu": cpu, "rss_kib": rss}))
 
 
-def run(path: Path, repeat: int, pause: float, release: bool, conf: str | None) -> dict[str, float]:
+def run(path: Path, repeat: int, pause: float, idle: float | None, conf: str | None) -> dict[str, float]:
     env = {k: v for k, v in os.environ.items() if k != DECAY_ENV}
     if conf is not None:
         env[DECAY_ENV] = conf
     out = subprocess.run([sys.executable, __file__, "--child", str(path), "--repeat", str(repeat),
-                          "--pause", str(pause), *(["--release"] if release else [])],
+                          "--pause", str(pause), *(["--idle", str(idle)] if idle is not None else [])],
                          env=env, capture_output=True, text=True, check=True)
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
@@ -87,10 +92,10 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--pause", type=float, default=0.05, help="seconds between questions")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
-    ap.add_argument("--release", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--idle", type=float, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child, args.repeat, args.pause, args.release)
+        child(args.child, args.repeat, args.pause, args.idle)
         return 0
     root = Path(tempfile.mkdtemp(prefix="pxo-bench-alloc-"))
     try:
@@ -103,7 +108,8 @@ def main() -> int:
         med = {n: {m: statistics.median(r[m] for r in v) for m in ("cpu", "rss_kib")} for n, v in runs.items()}
         base = med[names[0]]
         n = args.repeat * len(PIPES)
-        print(f"{args.rows} rows; {n} answers per child ({', '.join(PIPES)}), {args.rounds} rounds, medians")
+        print(f"{args.rows} rows; {n} answers per child ({', '.join(PIPES)}), {args.pause} s apart; "
+              f"{args.rounds} rounds, medians")
         print(f"{'allocator':<40} {'CPU ms/answer':>13} {'ratio':>6} {'RSS after':>10} {'ratio':>6}")
         for name in names:
             m = med[name]

@@ -3,17 +3,22 @@
 DuckDB's Linux builds bundle jemalloc (its symbols prefixed ``duckdb_je_``), which keeps
 freed pages for a second (``dirty_decay_ms:1000``) and returns them only when it next
 allocates or frees: an edge asked a question every few seconds kept most of each answer's
-peak resident between questions. ``release()`` purges every arena once, when an answer
-is finished (edge/store.py). Measured against DuckDB's default by bench/allocator.py:
-resident memory 0.96x and no CPU cost that run could see, where telling jemalloc to return
-pages as each is freed (``DUCKDB_JE_MALLOC_CONF=dirty_decay_ms:0``) cost 1.12x the CPU per
-answer (docs/benchmarks.md, "Allocator").
+peak resident between questions. Returning pages costs CPU when they are needed again
+(the kernel zeroes each one on its next fault: about 1 ms per answer of a million rows,
+bench/execute_cost.py), so ``IdleRelease`` purges every arena once the store has answered
+nothing for a second (edge/store.py): a burst of questions (a collector's fan-out, a
+dashboard) keeps its pages, an edge left alone gives them back. bench/allocator.py
+measures it side by side with DuckDB's default, with a purge after every answer, and with
+jemalloc told to return each page as it is freed (``DUCKDB_JE_MALLOC_CONF=dirty_decay_ms:0``);
+docs/benchmarks.md, "Allocator", has the figures.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import threading
+import time
 from collections.abc import Callable
 
 ALL_ARENAS = 4096  # jemalloc's MALLCTL_ARENAS_ALL
@@ -37,6 +42,50 @@ def release() -> bool:
     if mallctl is None:
         return False
     return mallctl(f"arena.{ALL_ARENAS}.purge".encode(), None, None, None, ctypes.c_size_t(0)) == 0
+
+
+class IdleRelease:
+    """``release()`` once nothing was answered for ``idle`` seconds after an answer."""
+
+    def __init__(self, idle: float = 1.0) -> None:
+        self.idle = idle
+        self._cond = threading.Condition()
+        self._last: float | None = None  # when the latest answer not yet released ended
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def answered(self) -> None:
+        """An answer just ended."""
+        with self._cond:
+            if self._closed:
+                return
+            pending = self._last is not None
+            self._last = time.monotonic()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="store-release", daemon=True)
+                self._thread.start()
+            elif not pending:
+                self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._last is None and not self._closed:
+                    self._cond.wait()
+                while not self._closed and self._last is not None and \
+                        (left := self._last + self.idle - time.monotonic()) > 0:
+                    self._cond.wait(left)
+                if self._closed:
+                    return
+                self._last = None
+            release()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
 
 
 def dirty_bytes() -> int | None:

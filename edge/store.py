@@ -125,8 +125,11 @@ class Store:
         retention_interval: float = 60.0,
         max_pending_rows: int = 200_000,
         urgent_delay: float = 0.02,
+        release_idle: float = 1.0,
         clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
+        """``release_idle``: seconds without an answer after which the memory answers freed
+        goes back to the kernel (edge/allocator.py)."""
         self.path = path
         self.tables: dict[str, Table] = {t.name: t for t in tables}
         self.flush_interval = flush_interval
@@ -155,6 +158,7 @@ class Store:
         self._sub_lock = threading.Lock()
         self._subs: dict[str, list[Subscription]] = defaultdict(list)
         self._memory_limit = memory_limit
+        self._release = allocator.IdleRelease(idle=release_idle)
         self.rows_written = 0
         self.write_error: str = ""
         try:
@@ -375,7 +379,7 @@ class Store:
             return [dict(zip(names, r, strict=True)) for r in rel.fetchall()]
         finally:
             cur.close()
-            allocator.release()
+            self._release.answered()
 
     def execute(
         self,
@@ -402,7 +406,7 @@ class Store:
             yield from self._read(cur, sql, params, cap, timeout)
         finally:
             cur.close()
-            allocator.release()  # the answer's memory goes back to the kernel now, not at the next one
+            self._release.answered()  # its memory goes back to the kernel once the store is idle
 
     def _read(self, cur: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any], cap: int, timeout: float,
               *, what: str = "query", complete: bool = False) -> Iterator[Batch]:
@@ -506,6 +510,7 @@ class Store:
             scratch.close()
 
     def close(self) -> None:
+        self._release.close()
         if self._writer is not None:
             self._queue.put(None)
             self._writer.join(timeout=10)
