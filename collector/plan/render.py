@@ -285,6 +285,13 @@ def _top_n(op: TopN, prev: str, chain: Chain) -> s.Sql:
         s.from_(s.select(*[c.copy() for c in cols]), prev).where(s.not_null(s.col(OV)), copy=False).limit(1,
                                                                                                         copy=False)))
                ] if below.overflow else []
+    # a row whose sort key overflowed has a null key here, so the sort may cut it: one such row
+    # is shipped apart, so the collector, computing the keys again, reports the overflow
+    key_ov = r.witness_of([k.expr for k in op.keys]) if op.count else None
+    if key_ov is not None:
+        witness.append(s.from_(s.select(exp.Star()), s.subquery(
+            s.from_(s.select(*[c.copy() for c in cols]), prev).where(s.not_null(key_ov), copy=False).limit(
+                1, copy=False))))
     if len(op.keys) != 1 or op.count == 0:
         parts = [*witness, s.from_(s.select(exp.Star()), s.subquery(first_n(None)))]
     else:

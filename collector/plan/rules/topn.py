@@ -12,12 +12,13 @@ IS NULL, which DuckDB pushes into the scan (an OR of the two defeats the pushdow
 many times slower), under one sort (render.py's _top_n writes it). Its first N in the
 total order are among those rows, so it ships exactly them. With several sort keys the
 edge sorts fully and ships N rows. A row whose integer arithmetic overflowed is shipped
-too (one more row), so the collector reports it.
+too (one more row), so the collector reports it; so is one row whose sort keys overflowed
+(one more: such a row's key is null at the edge, where the sort may cut it).
 """
 
 from __future__ import annotations
 
-from pxo.collector.plan.ir import Column, Limit, Op, Sort, SortKey, TopN
+from pxo.collector.plan.ir import Column, Limit, Op, Sort, SortKey, TopN, checked
 
 CUTS = (Sort, Limit)  # what the collector still does over pushed-down rows
 
@@ -36,4 +37,5 @@ def push_down(local: Op, rest: list[Op]) -> tuple[TopN, int] | None:
         keys, n = head.keys, rest[1].count
     else:
         return None
-    return TopN(local, keys, n), n + (1 if local.overflow else 0)
+    key_witness = n > 0 and any(checked(k.expr) for k in keys)  # render.py's _top_n ships it
+    return TopN(local, keys, n), n + (1 if local.overflow else 0) + (1 if key_witness else 0)
