@@ -417,7 +417,7 @@ class Store:
         timer.start()
         try:
             if complete:
-                n = cur.sql(f"SELECT count(*) FROM ({sql})", params=params or None).fetchall()[0][0]
+                n = cur.execute(f"SELECT count(*) FROM ({sql})", params or None).fetchall()[0][0]
                 if n > cap:
                     raise FragmentError(f"the {what} holds {n} matching rows, more than the cap of {cap}: "
                                         "shorten the range or narrow the where clause")
