@@ -304,11 +304,15 @@ def _top_n(op: TopN, prev: str, chain: Chain) -> s.Sql:
         t = s.subquery(s.from_(s.select(s.col("t")), THRESHOLD))
         near = (exp.GTE if key.desc else exp.LTE)(this=k.copy(), expression=t)
         # The rows at or before T, and those with a null key (each a filter DuckDB pushes into
-        # its scan), sorted once. The outer query's columns are ``cols``: COLUMNS(*) is every
-        # column, as ``total`` has them, written once rather than once per column.
-        near_or_null = exp.Union(this=s.from_(s.select(*[c.copy() for c in cols]), prev).where(near, copy=False),
-                                 expression=s.from_(s.select(*[c.copy() for c in cols]), prev).where(
-                                     s.is_null(k.copy()), copy=False), distinct=False)
+        # its scan), sorted once, by COLUMNS(*): every column, as ``total`` has them. ``prev``'s
+        # columns are its names then ``hidden(below)``, which are ``cols`` unless it is ordered:
+        # then ``*`` is them, and the SQL names each column once, not three times more
+        # (planning that SQL was most of what the fragment cost beyond DuckDB's own top-N).
+        def rows(where: s.Sql) -> exp.Select:
+            picked = [exp.Star()] if hidden(below) == ([OV] if below.overflow else []) else [c.copy() for c in cols]
+            return s.from_(s.select(*picked), prev).where(where, copy=False)
+
+        near_or_null = exp.Union(this=rows(near), expression=rows(s.is_null(k.copy())), distinct=False)
         every = exp.Star(except_=[s.col(OV)]) if below.overflow else exp.Star()
         q = s.from_(s.select(exp.Star()), s.subquery(near_or_null))
         q.set("order", exp.Order(expressions=[lead.copy(), s.ordered(exp.Columns(this=every))]))
