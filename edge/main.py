@@ -85,8 +85,10 @@ class EdgeSettings(TlsSettings):
     store_threads: int = setting(1, ge=1, le=64, help="DuckDB threads for the store's queries and ingest: "
                                  "1 keeps a query to one core of the node (more: faster large scans, more CPU "
                                  "spent waiting under load; see docs/benchmarks.md)")
-    store_memory_mb: int = setting(128, ge=32, help="memory DuckDB may use for the store and queries, MiB "
-                                                    "(bigger queries spill to disk)")
+    store_memory_mb: int = setting(32, ge=32, help="memory DuckDB may use for the store and queries, MiB: "
+                                                   "its cache of the store's blocks stays within it, and "
+                                                   "bigger queries spill to disk (more: faster big queries, "
+                                                   "an edge that grows with its store; docs/benchmarks.md)")
     metrics: str = setting("", check=hostport_check(what="metrics address", optional=True),
                            help="host:port to serve Prometheus /metrics on (empty: off; port 0: any)")
     log_level: str = setting("INFO", help="DEBUG, INFO, WARNING or ERROR")
