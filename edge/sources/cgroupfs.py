@@ -206,6 +206,7 @@ class MemcgReader:
         self._io = SmallFileReader()
         self._absent: set[str] = set()
         self._absent_at_root: set[str] = set()
+        self._missed_once: set[str] = set()  # missing at its last read, in some cgroup
         self._mount = str(hierarchy.mount).rstrip("/") or "/"
 
     def dir_of(self, path: str) -> str:
@@ -236,22 +237,30 @@ class MemcgReader:
     def _get(self, dfd: int, name: str, directory: str, root: bool) -> bytes | None:
         """A file's bytes; None if this cgroup does not have it."""
         # The root lacks v2's per-cgroup files, so it keeps its own list; any
-        # other cgroup speaks for all of them.
+        # other cgroup speaks for all of them, once it was seen missing twice in a
+        # row: a cgroup whose memory controller is being switched on gets its files
+        # one group at a time (memory.swap.* after memory.max), and one read in that
+        # instant once marked memory.swap.max absent for every cgroup, for good.
         absent = self._absent_at_root if root else self._absent
         if name in absent:
             return None
         try:
-            return self._io.read(name, dfd)
+            data = self._io.read(name, dfd)
         except FileNotFoundError:
             if not os.path.isdir(directory):
                 raise _Gone from None
-            absent.add(name)
+            if root or name in self._missed_once:
+                absent.add(name)
+            else:
+                self._missed_once.add(name)
             return None
         except OSError as exc:
             if exc.errno in (errno.ENODEV, errno.EOPNOTSUPP):  # e.g. PSI switched off
                 absent.add(name)
                 return None
             raise
+        self._missed_once.discard(name)
+        return data
 
     # Each fills the row and returns the inactive file bytes (for the working set).
 

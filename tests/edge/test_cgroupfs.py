@@ -15,7 +15,7 @@ import pytest
 from pxo.edge.cgroups import Hierarchy, ScratchCgroup, memory_hierarchy
 from pxo.edge.errors import EdgeError
 from pxo.edge.sources.base import SourceContext
-from pxo.edge.sources.cgroupfs import CONTAINER_MEMORY, ContainerMemorySource, read_memcg
+from pxo.edge.sources.cgroupfs import CONTAINER_MEMORY, ContainerMemorySource, MemcgReader, read_memcg
 from tests.helpers import sink
 from tests.helpers.memtrees import CTR, PATHS, PG, POD, V1, V2, MiB, write_v1, write_v2
 from tests.helpers.workloads import Holder
@@ -253,3 +253,23 @@ def test_real_cgroup_holding_a_known_allocation() -> None:
             assert (h.version == 2 and row["peak_bytes"] is None) or row["peak_bytes"] >= row["usage_bytes"]
             assert row["events_oom_kill"] == 0
     assert read_memcg(h, cg.path) is None  # removed with the cgroup
+
+
+def test_a_file_missing_once_while_a_cgroup_is_populated_is_not_absent_for_good(tmp_path: Path) -> None:
+    """A cgroup whose memory controller is being switched on gets its files a group at a
+    time (memory.swap.* after memory.max): one read in that instant must not mark the file
+    absent for every cgroup (it once left swap_limit_bytes NULL for good on a 6.1 guest)."""
+    h = v2_tree(tmp_path)
+    swap_max = h.mount / CTR.lstrip("/") / "memory.swap.max"
+    swap_max.write_text("0\n")
+    reader = MemcgReader(h)
+    swap_max.rename(swap_max.with_name("hidden"))  # the instant: memory.max there, memory.swap.max not yet
+    assert reader.read(CTR)["swap_limit_bytes"] is None  # type: ignore[index]
+    swap_max.with_name("hidden").rename(swap_max)
+    assert reader.read(CTR)["swap_limit_bytes"] == 0  # type: ignore[index]
+    # a file this kernel does not have is missing at every read: absent after the second
+    swap_max.unlink()
+    assert reader.read(CTR)["swap_limit_bytes"] is None  # type: ignore[index]
+    assert reader.read(CTR)["swap_limit_bytes"] is None  # type: ignore[index]
+    swap_max.write_text("0\n")
+    assert reader.read(CTR)["swap_limit_bytes"] is None, "remembered as absent: not read again"  # type: ignore[index]
