@@ -305,9 +305,10 @@ def _top_n(op: TopN, prev: str, chain: Chain) -> s.Sql:
         near = (exp.GTE if key.desc else exp.LTE)(this=k.copy(), expression=t)
         # The rows at or before T, and those with a null key (each a filter DuckDB pushes into
         # its scan), sorted once, by COLUMNS(*): every column, as ``total`` has them. ``prev``'s
-        # columns are its names then ``hidden(below)``, which are ``cols`` unless it is ordered:
-        # then ``*`` is them, and the SQL names each column once, not three times more
-        # (planning that SQL was most of what the fragment cost beyond DuckDB's own top-N).
+        # columns are its names then ``hidden(below)``; unless ``below`` is ordered (it carries
+        # ORD too) those are ``cols``, so ``*`` selects them and the SQL names each column once,
+        # not three times more (planning that SQL was most of what the fragment cost beyond
+        # DuckDB's own top-N).
         def rows(where: s.Sql) -> exp.Select:
             picked = [exp.Star()] if hidden(below) == ([OV] if below.overflow else []) else [c.copy() for c in cols]
             return s.from_(s.select(*picked), prev).where(where, copy=False)
