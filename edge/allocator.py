@@ -10,7 +10,7 @@ nothing for a second (edge/store.py): a burst of questions (a collector's fan-ou
 dashboard) keeps its pages, an edge left alone gives them back. bench/allocator.py
 measures it side by side with DuckDB's default, with a purge after every answer, and with
 jemalloc told to return each page as it is freed (``DUCKDB_JE_MALLOC_CONF=dirty_decay_ms:0``);
-docs/benchmarks.md, "Allocator", has the figures.
+docs/benchmarks.md ("Edge memory", third round) has the figures.
 """
 
 from __future__ import annotations

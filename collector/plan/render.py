@@ -287,7 +287,7 @@ def _top_n(op: TopN, prev: str, chain: Chain) -> s.Sql:
                ] if below.overflow else []
     # a row whose sort key overflowed has a null key here, so the sort may cut it: one such row
     # is shipped apart, so the collector, computing the keys again, reports the overflow
-    key_ov = r.witness_of([k.expr for k in op.keys]) if op.count else None
+    key_ov = r.overflow([k.expr for k in op.keys], False) if op.count else None
     if key_ov is not None:
         witness.append(s.from_(s.select(exp.Star()), s.subquery(
             s.from_(s.select(*[c.copy() for c in cols]), prev).where(s.not_null(key_ov), copy=False).limit(
@@ -310,7 +310,7 @@ def _top_n(op: TopN, prev: str, chain: Chain) -> s.Sql:
         # not three times more (planning that SQL was most of what the fragment cost beyond
         # DuckDB's own top-N).
         def rows(where: s.Sql) -> exp.Select:
-            picked = [exp.Star()] if hidden(below) == ([OV] if below.overflow else []) else [c.copy() for c in cols]
+            picked = [c.copy() for c in cols] if below.ordered else [exp.Star()]
             return s.from_(s.select(*picked), prev).where(where, copy=False)
 
         near_or_null = exp.Union(this=rows(near), expression=rows(s.is_null(k.copy())), distinct=False)

@@ -55,10 +55,6 @@ class Renderer:
         out_of_range = exp.Not(this=exp.Between(this=self._raw(e), low=s.num(INT_MIN), high=s.num(INT_MAX)))
         return s.case((out_of_range, s.num(e.site or 0)))
 
-    def witness_of(self, exprs: Iterable[Expr]) -> s.Sql | None:
-        """Non-null when evaluating ``exprs`` overflows (None: they cannot)."""
-        return self.overflow(exprs, False)
-
     def overflow(self, exprs: Iterable[Expr], below: bool) -> s.Sql | None:
         """The row's ov column after evaluating ``exprs`` (``below``: the input has one)."""
         parts = ([s.col(OV)] if below else []) + [self.witness(c) for e in exprs for c in checked(e)]

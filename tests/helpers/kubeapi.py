@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.loopback import JsonHandler, LoopbackHTTP
+from tests.helpers.loopback import JsonHandler, LoopbackHTTP, write_kubeconfig
 
 
 @dataclass(frozen=True)
@@ -156,15 +156,7 @@ class KubeAPI:
         """A kubeconfig for this server and its token, written as ``directory``/kubeconfig
         (plain HTTP: a TLS server's tests write theirs, with their CA)."""
         assert self.tls is None, "a TLS server's kubeconfig needs its CA: write it in the test"
-        path = directory / "kubeconfig"
-        user = {"token": self.token} if self.token is not None else {}
-        path.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "test",
-            "clusters": [{"name": "test", "cluster": {"server": self.url}}],
-            "users": [{"name": "test", "user": user}],
-            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
-        }))
-        return path
+        return write_kubeconfig(directory, self.url, self.token)
 
     def close(self) -> None:
         with self._cond:

@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.loopback import JsonHandler, LoopbackHTTP
+from tests.helpers.loopback import JsonHandler, LoopbackHTTP, write_kubeconfig
 
 _PATH = re.compile(r"^(?P<gv>/api/v1|/apis/[^/]+/[^/]+)(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>[a-z]+)"
                    r"(?:/(?P<name>[^/]+))?$")
@@ -110,14 +110,7 @@ class ApplyAPI:
         return self._http.url
 
     def kubeconfig(self, directory: Path) -> Path:
-        path = directory / "kubeconfig"
-        path.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "test",
-            "clusters": [{"name": "test", "cluster": {"server": self.url}}],
-            "users": [{"name": "test", "user": {"token": self.token}}],
-            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
-        }))
-        return path
+        return write_kubeconfig(directory, self.url, self.token)
 
     # -- the cluster's state, as a test sets and reads it
 

@@ -8,6 +8,7 @@ import ssl
 import threading
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 
@@ -51,3 +52,16 @@ class LoopbackHTTP:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join()
+
+
+def write_kubeconfig(directory: Path, url: str, token: str | None) -> Path:
+    """``directory``/kubeconfig: one context for the API server at ``url``, with a bearer
+    ``token`` (None: no credentials)."""
+    path = directory / "kubeconfig"
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "test",
+        "clusters": [{"name": "test", "cluster": {"server": url}}],
+        "users": [{"name": "test", "user": {"token": token} if token is not None else {}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+    }))
+    return path
