@@ -85,6 +85,9 @@ def test_real_oom_kill_end_to_end(local) -> None:  # type: ignore[no-untyped-def
     assert r.returncode == 0, r.stderr
     assert f"pid {drill.pid}" in r.stdout and "Why" in r.stdout and drill.cgroup_path in r.stdout
 
+    # Every default source started from the loader's facts: the edge never parsed BTF itself.
+    assert "in the edge for" not in (data_dir / "logs" / "edge.log").read_text()
+
     # Stop the edge: the answer names it instead of silently missing its rows.
     edge_pid = int((data_dir / "edge.pid").read_text())
     os.kill(edge_pid, signal.SIGKILL)

@@ -105,3 +105,28 @@ def test_running_kernel() -> None:
     assert btf.raw_tracepoint_args("signal_generate") == (
         "int", "struct kernel_siginfo *", "struct task_struct *", "int", "int")
     assert btf.raw_tracepoint_args("mark_victim") in (("struct task_struct *", "uid_t"), ("int",))
+
+
+@pytest.mark.skipif(not VMLINUX.exists(), reason="the kernel has no BTF")
+def test_the_edges_facts_answer_as_the_parsed_btf_does_without_parsing_it() -> None:
+    """FactsBtf (edge/loader.py) is what a running edge asks instead of parsing BTF (about
+    100 MiB): it answers the helpers the sources ask for and refuses unknown ones itself;
+    any other enumerator falls back to parsing, and gives the same answer."""
+    import platform
+
+    from pxo.edge.kernel import Kernel
+    from pxo.edge.loader import RECORDED_ENUMERATORS, FactsBtf, facts_of
+
+    btf = Btf.load()
+    facts = FactsBtf(facts_of(Kernel(platform.release(), btf)), VMLINUX)
+    helpers = [n for n in btf._enumerators if n.startswith(RECORDED_ENUMERATORS)]
+    assert "BPF_FUNC_ringbuf_output" in helpers
+    for name in helpers:
+        assert facts.has_enumerator(name) and facts.enumerator(name) == btf.enumerator(name)
+    assert not facts.has_enumerator("BPF_FUNC_no_such_helper")
+    with pytest.raises(BtfError, match="no enumerator BPF_FUNC_no_such_helper"):
+        facts.enumerator("BPF_FUNC_no_such_helper")
+    assert facts.raw_tracepoint_args("mm_page_alloc") == btf.raw_tracepoint_args("mm_page_alloc")
+    assert facts._parsed is None  # all of it answered from the facts
+    assert facts.enumerator("MM_ANONPAGES") == btf.enumerator("MM_ANONPAGES")  # not recorded: parsed
+    assert facts._parsed is not None
