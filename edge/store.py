@@ -46,6 +46,7 @@ from pxo.common.schema import Table
 from pxo.common.timeutil import utc_now
 from pxo.edge import allocator, arrowout
 from pxo.edge.arrowout import Batch
+from pxo.edge.deadlines import Deadlines
 from pxo.edge.errors import FragmentError, StoreError
 from pxo.edge.sources.base import SourceStatus
 
@@ -159,6 +160,7 @@ class Store:
         self._subs: dict[str, list[Subscription]] = defaultdict(list)
         self._memory_limit = memory_limit
         self._release = allocator.IdleRelease(idle=release_idle)
+        self._deadlines = Deadlines("store-deadlines")  # interrupts a query past its timeout
         self.rows_written = 0
         self.write_error: str = ""
         try:
@@ -413,8 +415,7 @@ class Store:
         """Batches of an already gated SELECT on ``cur`` (at least one, maybe empty; each fits a gRPC
         message), cut at ``cap`` rows, or with ``complete`` refused when more than ``cap`` rows
         match; interrupted after ``timeout`` seconds."""
-        timer = threading.Timer(timeout, cur.interrupt)
-        timer.start()
+        deadline = self._deadlines.arm(timeout, cur.interrupt)
         try:
             if complete:
                 n = cur.execute(f"SELECT count(*) FROM ({sql})", params or None).fetchall()[0][0]
@@ -427,7 +428,7 @@ class Store:
         except duckdb.Error as exc:
             raise FragmentError(str(exc).splitlines()[0]) from exc
         finally:
-            timer.cancel()
+            self._deadlines.cancel(deadline)
 
     # -- follow ------------------------------------------------------------------
 
@@ -511,6 +512,7 @@ class Store:
 
     def close(self) -> None:
         self._release.close()
+        self._deadlines.close()
         if self._writer is not None:
             self._queue.put(None)
             self._writer.join(timeout=10)
