@@ -52,6 +52,8 @@ NAMESPACE = "pxo"
 TOKEN_SECRET = "pxo-cluster-token"  # key "token": PXO_COLLECTOR_/PXO_CLOUD_CLUSTER_TOKEN (secretKeyRef)
 EDGE = "pxo-edge"
 SERVERS = ("pxo-collector", "pxo-cloud")
+UNPIN = "pxo-unpin"  # the DaemonSet `pxo delete --kubernetes` runs to remove the edges' pinned eBPF programs
+PIN_ROOT = "/sys/fs/bpf/pxo"  # where the edge pins them (edge/pins.py PIN_ROOT) under its bpffs hostPath
 MANIFESTS = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes"
 # The BPF ring buffer every pxo program writes to. What each kernel's tracepoints pass is read
 # from its BTF on the node, not guessed from its version (docs/kernels.md).
@@ -432,20 +434,27 @@ def rollout(kube: Kube) -> Rollout:
         finished = updated >= want and int(dst.get("replicas") or updated) <= updated  # no old pod left
         r.servers[name] = f"{available if finished else min(available, updated, max(want - 1, 0))}/{want}"
     if r.ready < r.desired or r.desired == 0:
-        pods = (kube.get(f"/api/v1/namespaces/{NAMESPACE}/pods",
-                         {"labelSelector": f"app.kubernetes.io/name={EDGE}"}) or {}).get("items", [])
-        by_node = {p.get("spec", {}).get("nodeName", ""): p for p in pods}
-        nodes = [n["metadata"]["name"] for n in (kube.get("/api/v1/nodes") or {}).get("items", [])]
-        for node in nodes:
-            pod = by_node.get(node)
-            if pod is None:
-                r.bad_nodes[node] = "no edge pod on this node yet"
-            elif not _ready(pod):
-                r.bad_nodes[node] = f"pod {pod['metadata']['name']}: {why_not_ready(pod)}"
-        unscheduled = by_node.get("")
-        if unscheduled is not None:
-            r.bad_nodes[f"(unscheduled) {unscheduled['metadata']['name']}"] = why_not_ready(unscheduled)
+        r.bad_nodes = nodes_not_ready(kube, EDGE, "edge")
     return r
+
+
+def nodes_not_ready(kube: Kube, app: str, what: str) -> dict[str, str]:
+    """node -> why the pod of DaemonSet ``app`` there is not ready (or that there is none yet)."""
+    out: dict[str, str] = {}
+    pods = (kube.get(f"/api/v1/namespaces/{NAMESPACE}/pods",
+                     {"labelSelector": f"app.kubernetes.io/name={app}"}) or {}).get("items", [])
+    by_node = {p.get("spec", {}).get("nodeName", ""): p for p in pods}
+    nodes = [n["metadata"]["name"] for n in (kube.get("/api/v1/nodes") or {}).get("items", [])]
+    for node in nodes:
+        pod = by_node.get(node)
+        if pod is None:
+            out[node] = f"no {what} pod on this node yet"
+        elif not _ready(pod):
+            out[node] = f"pod {pod['metadata']['name']}: {why_not_ready(pod)}"
+    unscheduled = by_node.get("")
+    if unscheduled is not None:
+        out[f"(unscheduled) {unscheduled['metadata']['name']}"] = why_not_ready(unscheduled)
+    return out
 
 
 def wait(kube: Kube, *, timeout: float, interval: float = 2.0, say: Say = _stderr,
@@ -520,17 +529,103 @@ def fetch_commands(context: str | None = None) -> list[str]:
             "--tls-key pxo-cloud.key --token-stdin < pxo-token"]
 
 
-def delete(*, timeout: float, context: str | None = None, manifests: Path = MANIFESTS,
+def unpin_daemonset(edge: dict[str, Any]) -> dict[str, Any] | None:
+    """The DaemonSet that removes what the edges pinned in their nodes' bpffs (their eBPF programs
+    stay attached otherwise, capturing into ring buffers nobody reads, until each node reboots):
+    the edge's image and nodes (tolerations, selectors, priority), its bpffs hostPath, and the
+    edge's loader, which unpins and then stays; a pod is ready once its node has no pins left.
+    None when the edge has no bpffs of its node's mounted."""
+    pod = edge["spec"]["template"]["spec"]
+    mount = next((m for m in pod["containers"][0].get("volumeMounts", []) if m["mountPath"] == "/sys/fs/bpf"), None)
+    volume = next((v for v in pod.get("volumes", []) if mount and v["name"] == mount["name"]), None)
+    if volume is None or "hostPath" not in volume:
+        return None  # this edge pins nothing on its node
+    labels = {"app.kubernetes.io/name": UNPIN, "app.kubernetes.io/part-of": "pxo",
+              "app.kubernetes.io/component": "unpin"}
+    keep = ("serviceAccountName", "priorityClassName", "tolerations", "nodeSelector", "affinity")
+    return {
+        "apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": UNPIN, "namespace": NAMESPACE, "labels": labels},
+        "spec": {
+            "selector": {"matchLabels": {"app.kubernetes.io/name": UNPIN}},
+            "template": {"metadata": {"labels": labels}, "spec": {
+                **{k: pod[k] for k in keep if k in pod},
+                "terminationGracePeriodSeconds": 5,
+                "containers": [{
+                    "name": "unpin", "image": pod["containers"][0]["image"],
+                    "args": ["python", "-m", "pxo.edge.loader", "unpin", "--root", PIN_ROOT, "--stay"],
+                    "securityContext": {"privileged": True, "runAsUser": 0},
+                    "readinessProbe": {"exec": {"command": [
+                        "python", "-c", f"import os, sys; sys.exit(os.path.exists({PIN_ROOT!r}))"]},
+                        "periodSeconds": 2},
+                    "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+                    "volumeMounts": [{"name": volume["name"], "mountPath": "/sys/fs/bpf"}],
+                }],
+                "volumes": [volume],
+            }},
+        },
+    }
+
+
+def unpin(kube: Kube, *, end: float, say: Say = _stderr) -> int:
+    """Remove the edges' pinned programs from every node they ran on (unpin_daemonset): the edges
+    first (a starting edge could pin again), then the unpin pods, until each is ready; returns
+    how many nodes. Nothing is left half-done silently: a node that does not get there is named."""
+    ds_path = f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets"
+    edge = kube.get(f"{ds_path}/{EDGE}")
+    if edge is not None:
+        doc = unpin_daemonset(edge)
+        if doc is None:
+            say(f"  DaemonSet/{EDGE} mounts no bpffs of its nodes: nothing of it is pinned there")
+            return 0
+        status, body = kube.call("DELETE", f"{ds_path}/{EDGE}", {"kind": "DeleteOptions", "apiVersion": "v1",
+                                                                  "propagationPolicy": "Background"})
+        if status != 404:
+            _check(status, body, f"deleting DaemonSet/{EDGE}")
+            say(f"  deleting DaemonSet/{EDGE} ...")
+        say(f"  removing the edges' pinned eBPF programs from their nodes (DaemonSet/{UNPIN}) ...")
+        apply(kube, [doc], say=say)
+    elif kube.get(f"{ds_path}/{UNPIN}") is None:  # neither: nothing of pxo's runs on the nodes
+        return 0
+    last = ""
+    while True:
+        ds = kube.get(f"{ds_path}/{UNPIN}") or {}
+        st = ds.get("status") or {}
+        desired, ready = int(st.get("desiredNumberScheduled") or 0), int(st.get("numberReady") or 0)
+        if ds.get("status") is not None and _observed(ds) and ready >= desired:
+            return desired
+        bad = nodes_not_ready(kube, UNPIN, "unpin") if ds.get("status") is not None else {}
+        line = f"nodes unpinned {ready}/{desired}" + "".join(f"\n    {n}: {why}" for n, why in sorted(bad.items()))
+        if line != last:
+            say(f"  {line}")
+            last = line
+        if time.monotonic() >= end:
+            detail = "\n".join(f"  node {n}: {why}" for n, why in sorted(bad.items()))
+            raise CliError(
+                f"the edges' eBPF programs were not removed from every node in time ({ready}/{desired} nodes): "
+                "the edges are stopped, nothing else was deleted",
+                detail=(detail + "\n" if detail else "")
+                + f"  look closer: kubectl -n {NAMESPACE} get pods -l app.kubernetes.io/name={UNPIN} -o wide\n"
+                  "  to delete pxo anyway, leaving the programs pinned until each node reboots: "
+                  "pxo delete --kubernetes --keep-pins")
+        time.sleep(0.5)
+
+
+def delete(*, timeout: float, context: str | None = None, manifests: Path = MANIFESTS, keep_pins: bool = False,
            say: Say = _stderr) -> list[str]:
-    """Delete the namespace (everything in it) and the cluster-scoped objects; wait until gone."""
+    """Remove the edges' pinned programs from the nodes (unless ``keep_pins``), then delete the
+    namespace (everything in it) and the cluster-scoped objects; wait until gone."""
     kube = Kube(context=context)
+    end = time.monotonic() + timeout
+    gone: list[str] = []
+    if not keep_pins and (nodes := unpin(kube, end=end, say=say)):
+        gone.append(f"the eBPF programs pinned on {nodes} node{'s' if nodes != 1 else ''}")
     # The Secrets first and by name (certificate keys, the token): gone even while the namespace
     # still terminates; then the namespace (everything else in it) and the cluster-scoped objects.
     secret_docs = [{"kind": "Secret", "metadata": {"name": n, "namespace": NAMESPACE}}
                    for n in (TOKEN_SECRET, *TLS_SECRETS.values())]
     cluster_docs = [d for d in render("x", manifests) if not KINDS[d["kind"]][2]]  # Namespace, ClusterRole(Binding)
     docs = [*cluster_docs, *reversed(secret_docs)]  # deleted last to first
-    gone: list[str] = []
     for doc in reversed(docs):
         status, body = kube.call("DELETE", object_path(doc), {"kind": "DeleteOptions", "apiVersion": "v1",
                                                               "propagationPolicy": "Background"})
@@ -539,7 +634,6 @@ def delete(*, timeout: float, context: str | None = None, manifests: Path = MANI
         _check(status, body, f"deleting {describe(doc)}")
         say(f"  deleting {describe(doc)} ...")
         gone.append(describe(doc))
-    end = time.monotonic() + timeout
     waiting = [d for d in docs if describe(d) in gone]
     while waiting:
         waiting = [d for d in waiting if kube.get(object_path(d)) is not None]

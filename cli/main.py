@@ -123,14 +123,14 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     if args.containers:
         _cfg, deployment = _containers(args)
-        gone = deployment.delete()
+        gone = deployment.delete(unpin=not args.keep_pins)
         _say(f"removed {', '.join(gone)} (data kept in {deployment.dir})" if gone
              else "no pxo containers were running")
         return EXIT_OK
     if args.kubernetes:
         from pxo.cli import kube
 
-        gone = kube.delete(timeout=args.timeout, context=args.context,
+        gone = kube.delete(timeout=args.timeout, context=args.context, keep_pins=args.keep_pins,
                            manifests=Path(args.manifests) if args.manifests else kube.MANIFESTS)
         _say(f"deleted {', '.join(gone)}" if gone else "pxo was not deployed in this cluster")
         return EXIT_OK
@@ -138,7 +138,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
         raise CliError("which deployment? 'pxo delete --local', 'pxo delete --containers' or "
                        "'pxo delete --kubernetes'")
     _cfg, local = _local(args)
-    stopped = local.delete()
+    stopped = local.delete(unpin=not args.keep_pins)
     _say(f"stopped {', '.join(stopped)}" if stopped else f"nothing was running from {local.dir}")
     return EXIT_OK
 
@@ -659,6 +659,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="delete namespace pxo and pxo's cluster roles from the kubeconfig's cluster")
     x.add_argument("--context", default=None, help="the kubeconfig context (default: the current one)")
     x.add_argument("--manifests", default="", help="the manifests' folder (default: deploy/kubernetes)")
+    x.add_argument("--keep-pins", action="store_true",
+                   help="leave the edge's eBPF programs pinned (they keep running until the node reboots or the "
+                        "next edge adopts them); by default they are removed (in a cluster by a short-lived "
+                        "DaemonSet, before anything else)")
     x.add_argument("--timeout", type=float, default=120.0, help="seconds to wait until everything is gone")
     x.add_argument("--data-dir", help="the local deployment's data directory")
 

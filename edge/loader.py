@@ -8,7 +8,7 @@ process that runs for months, so the edge spawns this module:
 
     python -m pxo.edge.loader facts --btf /sys/kernel/btf/vmlinux --root /sys/fs/bpf/pxo
     python -m pxo.edge.loader load --root /sys/fs/bpf/pxo --program oom < manifest.json
-    python -m pxo.edge.loader unpin --root /sys/fs/bpf/pxo      (pxo delete)
+    python -m pxo.edge.loader unpin --root /sys/fs/bpf/pxo [--stay]   (pxo delete)
 
 ``facts`` parses BTF and pins what the edge needs from it (every raw
 tracepoint's arguments, the verifier's helpers, every struct offset the
@@ -34,6 +34,7 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -346,6 +347,13 @@ def _load_and_pin(root: Path, manifest: dict[str, Any], *, private: bool) -> str
         raise
 
 
+def _stay() -> None:
+    """Until SIGTERM (as PID 1 of a container, a signal without a handler is ignored)."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    while True:
+        signal.pause()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pxo.edge.loader", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -359,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     ld.add_argument("--private", action="store_true", help="leave the pins in a directory of their own (printed)")
     un = sub.add_parser("unpin", help="remove every pxo program pinned under --root (pxo delete): they detach")
     un.add_argument("--root", type=Path, default=pins.PIN_ROOT)
+    un.add_argument("--stay", action="store_true",
+                    help="then wait for SIGTERM (pxo delete --kubernetes runs this as a DaemonSet, ready once "
+                         "--root is gone)")
     args = ap.parse_args(argv)
     # Before 5.11 maps are charged to RLIMIT_MEMLOCK (64 KiB by default): lift it, as BCC does.
     try:
@@ -370,8 +381,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "facts":
             _write_facts(args.btf, args.root)
         elif args.command == "unpin":
-            if pins.remove(args.root):
-                print(f"removed {args.root}")
+            print(f"removed {args.root}" if pins.remove(args.root) else f"nothing pinned in {args.root}", flush=True)
+            if args.stay:
+                _stay()
         else:
             manifest = json.loads(sys.stdin.read())
             if manifest.get("program") != args.program:

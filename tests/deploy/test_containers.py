@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from pxo.cli import kube
 from pxo.cli.containers import LABEL, specs
 from pxo.common.tls import generate_material
 from pxo.common.version import pxo_version
+from pxo.edge import pins
 
 pytestmark = pytest.mark.requires_bpf  # root: podman builds and runs rootful containers, the edge loads eBPF
 
@@ -192,3 +194,44 @@ def test_the_containers_are_the_rendered_manifests(deployed: Deployed) -> None:
     # and the translation itself reads every workload of the manifests
     assert [s.name for s in specs(docs, node="n", addresses=addresses, data_dir=Path("/x"))] == [
         "pxo-edge", "pxo-collector", "pxo-cloud"]
+
+
+def test_the_unpin_pods_remove_what_the_edge_pinned_on_the_node(deployed: Deployed) -> None:
+    """What `pxo delete --kubernetes` runs on every node (cli/kube.py unpin_daemonset), run as its pod
+    spec says (the image, the command, root, privileged, the host's bpffs mounted) on real pins in
+    this host's bpffs, under a root of this test's own: they are gone, the readiness probe says so
+    only then, and the pod stays until it is stopped, then exits cleanly."""
+    edge = next(d for d in kube.render(IMAGE) if d["kind"] == "DaemonSet")
+    unpin = kube.unpin_daemonset(edge)
+    assert unpin is not None
+    pod = unpin["spec"]["template"]["spec"]
+    c, volume = pod["containers"][0], pod["volumes"][0]
+    root = pins.PIN_ROOT.parent / f"pxo-test-unpin-{uuid.uuid4().hex[:8]}"
+    pins.ensure_bpffs(root)
+    (root / "oom").mkdir()
+    pins.write_blob(root / "kernel", {"facts": "of this test"})
+    pins.write_blob(root / "oom" / "manifest", {"program": "oom"})
+    name = f"pxo-test-unpin-{uuid.uuid4().hex[:6]}"
+    probe = [part.replace(kube.PIN_ROOT, str(root)) for part in c["readinessProbe"]["exec"]["command"]]
+    try:
+        sc = c["securityContext"]
+        run = subprocess.run([*PODMAN_RUN, "-d", "--name", name, *(["--privileged"] if sc["privileged"] else []),
+                              "--user", str(sc["runAsUser"]), "-v",
+                              f"{volume['hostPath']['path']}:{c['volumeMounts'][0]['mountPath']}",
+                              c["image"], *[a.replace(kube.PIN_ROOT, str(root)) for a in c["args"]]],
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        end = time.monotonic() + 60
+        while subprocess.run(["podman", "exec", name, *probe], capture_output=True).returncode != 0:
+            assert time.monotonic() < end, subprocess.run(["podman", "logs", name], capture_output=True, text=True)
+            time.sleep(0.5)
+        assert not root.exists()
+        assert inspect(name)["State"]["Running"]  # it stays, ready, until the DaemonSet goes
+        subprocess.run(["podman", "stop", "-t", "20", name], capture_output=True, check=True, timeout=60)
+        state = inspect(name)["State"]
+        assert state["ExitCode"] == 0, state  # SIGTERM ends it (as PID 1 it would ignore a signal it did not handle)
+        logs = subprocess.run(["podman", "logs", name], capture_output=True, text=True).stdout
+        assert f"removed {root}" in logs
+    finally:
+        subprocess.run(["podman", "rm", "-f", name], capture_output=True)
+        pins.remove(root)

@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pxo.cli import kube
 from pxo.cli.kube import TLS_CHECKSUM, TLS_SECRETS, TOKEN_SECRET, render, tls_checksum
 from pxo.common.tls import ROLES, TlsMaterial, check_material
+from pxo.edge import pins
 from tests.helpers import cli
 from tests.helpers.cluster import IMAGE, all_ready, cluster, created, pxo
 from tests.helpers.kubeapi_apply import ApplyAPI, edge_pod
@@ -252,20 +254,71 @@ def test_unreachable_api_server_fails_fast(tmp_path: Path) -> None:
 
 
 def test_delete_removes_everything_and_waits(api: ApplyAPI, tmp_path: Path) -> None:
-    all_ready(api, cluster(api, "6.18.0", "6.18.0"))
+    nodes = cluster(api, "6.18.0", "6.18.0")
+    all_ready(api, nodes)
     assert pxo(api, tmp_path, "deploy", "--kubernetes", "--image", IMAGE).returncode == 0
+    edge = created(api)[("DaemonSet", "pxo-edge")]
     api.linger = 1.5  # the namespace terminates for a while, as its pods stop
     started = time.monotonic()
     r = pxo(api, tmp_path, "delete", "--kubernetes")
     assert r.returncode == 0, r.stderr
     assert time.monotonic() - started >= 1.5  # it waited until gone
-    assert ("deleted Secret/pxo-cluster-token, Secret/pxo-tls-edge, Secret/pxo-tls-collector, "
-            "Secret/pxo-tls-cloud, ClusterRoleBinding/pxo-edge, ClusterRole/pxo-edge, Namespace/pxo") in r.stderr
-    assert ("DELETE", "/api/v1/namespaces/pxo/secrets/pxo-tls-cloud") in api.mutations()
+    assert ("deleted the eBPF programs pinned on 2 nodes, Secret/pxo-cluster-token, Secret/pxo-tls-edge, "
+            "Secret/pxo-tls-collector, Secret/pxo-tls-cloud, ClusterRoleBinding/pxo-edge, ClusterRole/pxo-edge, "
+            "Namespace/pxo") in r.stderr
+    # The edges go first (a starting edge could pin again), then the unpin pods run on their nodes,
+    # and only once every one is ready does anything else go.
+    mutations = api.mutations()
+    since = mutations.index(("DELETE", "/apis/apps/v1/namespaces/pxo/daemonsets/pxo-edge"))
+    assert mutations[since + 1:] == [
+        ("POST", "/apis/apps/v1/namespaces/pxo/daemonsets"),  # pxo-unpin
+        *[("DELETE", f"/api/v1/namespaces/pxo/secrets/{n}") for n in (TOKEN_SECRET, *TLS_SECRETS.values())],
+        ("DELETE", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/pxo-edge"),
+        ("DELETE", "/apis/rbac.authorization.k8s.io/v1/clusterroles/pxo-edge"),
+        ("DELETE", "/api/v1/namespaces/pxo")], mutations[since:]
+    assert ("DELETE", "/api/v1/namespaces/pxo/secrets/pxo-tls-cloud") in mutations
     assert not api.objects("secrets")
     assert [o["kind"] for o in api.objects()] == ["Node", "Node"]
     r = pxo(api, tmp_path, "delete", "--kubernetes")
     assert r.returncode == 0 and "pxo was not deployed in this cluster" in r.stderr
+    # What ran on the nodes: the edge's image and nodes, its bpffs, the loader's unpin, ready once it is gone.
+    unpin = kube.unpin_daemonset(edge)
+    assert unpin is not None
+    pod, edge_pod_spec = unpin["spec"]["template"]["spec"], edge["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["image"] == IMAGE and c["args"] == ["python", "-m", "pxo.edge.loader", "unpin", "--root",
+                                                 str(pins.PIN_ROOT), "--stay"]
+    assert pod["tolerations"] == edge_pod_spec["tolerations"] == [{"operator": "Exists"}]
+    assert pod["volumes"] == [{"name": "bpffs", "hostPath": {"path": "/sys/fs/bpf", "type": "Directory"}}]
+    assert c["volumeMounts"] == [{"name": "bpffs", "mountPath": "/sys/fs/bpf"}]
+    assert str(pins.PIN_ROOT) in c["readinessProbe"]["exec"]["command"][-1]
+
+
+def test_delete_stops_and_names_the_node_whose_pins_are_not_removed(api: ApplyAPI, tmp_path: Path) -> None:
+    nodes = cluster(api, "6.18.0", "6.18.0")
+    all_ready(api, nodes)
+    assert pxo(api, tmp_path, "deploy", "--kubernetes", "--image", IMAGE).returncode == 0
+    api.set_status("daemonsets", "pxo-unpin", {"desiredNumberScheduled": 2, "numberReady": 1})
+    stuck = edge_pod("node-2", ready=False, waiting=("CrashLoopBackOff", "back-off 10s restarting failed container"))
+    stuck["metadata"]["name"] = "pxo-unpin-q8x2v"
+    stuck["metadata"]["labels"] = {"app.kubernetes.io/name": "pxo-unpin"}
+    api.put_pod(stuck)
+    done = edge_pod("node-1")
+    done["metadata"]["name"] = "pxo-unpin-a1b2c"
+    done["metadata"]["labels"] = {"app.kubernetes.io/name": "pxo-unpin"}
+    api.put_pod(done)
+    r = pxo(api, tmp_path, "delete", "--kubernetes", "--timeout", "1")
+    assert r.returncode == 1
+    assert ("were not removed from every node in time (1/2 nodes): the edges are stopped, nothing else was "
+            "deleted") in r.stderr
+    assert "node node-2: pod pxo-unpin-q8x2v: Running: CrashLoopBackOff: back-off 10s" in r.stderr
+    assert "node node-1" not in r.stderr and "pxo delete --kubernetes --keep-pins" in r.stderr
+    assert ("Secret", "pxo-cluster-token") in created(api)  # nothing else went
+    # --keep-pins: everything else goes, the unpin DaemonSet with the namespace
+    r = pxo(api, tmp_path, "delete", "--kubernetes", "--keep-pins")
+    assert r.returncode == 0, r.stderr
+    assert "deleted Secret/pxo-cluster-token" in r.stderr and "eBPF" not in r.stderr.split("deleted ")[-1]
+    assert [o["kind"] for o in api.objects() if o["kind"] != "Pod"] == ["Node", "Node"]
 
 
 def test_delete_times_out(api: ApplyAPI, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -176,5 +177,9 @@ def test_pxo_delete_removes_the_pinned_programs(tmp_path: Path) -> None:
     src.start()
     src.stop()
     assert (pins.PIN_ROOT / "signal" / "link_signal_generate").exists()
+    kept = subprocess.run([sys.executable, "-m", "pxo.cli.main", "delete", "--local", "--keep-pins", "--data-dir",
+                           str(tmp_path / "local")], capture_output=True, text=True, timeout=60)
+    assert kept.returncode == 0, kept.stderr
+    assert (pins.PIN_ROOT / "signal" / "link_signal_generate").exists()  # --keep-pins: left for the next edge
     LocalDeployment(tmp_path / "local", say=lambda _s: None).delete()  # what `pxo delete --local` runs
     assert not pins.PIN_ROOT.exists()

@@ -19,8 +19,9 @@ def pxo(api: ApplyAPI, tmp_path: Path, *args: str, timeout: float = 60) -> subpr
 
 
 def all_ready(api: ApplyAPI, nodes: list[str]) -> None:
-    api.set_status("daemonsets", "pxo-edge", {"desiredNumberScheduled": len(nodes), "numberReady": len(nodes),
-                                              "updatedNumberScheduled": len(nodes)})
+    for ds in ("pxo-edge", "pxo-unpin"):  # pxo-unpin: what `pxo delete --kubernetes` runs first
+        api.set_status("daemonsets", ds, {"desiredNumberScheduled": len(nodes), "numberReady": len(nodes),
+                                          "updatedNumberScheduled": len(nodes)})
     for name in ("pxo-collector", "pxo-cloud"):
         api.set_status("deployments", name, {"availableReplicas": 1, "readyReplicas": 1, "updatedReplicas": 1,
                                              "replicas": 1})
