@@ -381,8 +381,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "facts":
             _write_facts(args.btf, args.root)
         elif args.command == "unpin":
-            print(f"removed {args.root}" if pins.remove(args.root) else f"nothing pinned in {args.root}", flush=True)
-            if args.stay:
+            if pins.remove(args.root):
+                print(f"removed {args.root}", flush=True)
+            if args.stay:  # a pod's log: say it either way
+                print(f"no pins in {args.root} now: staying until stopped", flush=True)
                 _stay()
         else:
             manifest = json.loads(sys.stdin.read())
