@@ -502,6 +502,13 @@ def deploy(*, image: str, timeout: float, context: str | None = None, manifests:
     objects = with_secrets(docs, token or secrets.token_urlsafe(32), material)
     say(f"applying {len(objects)} objects (image {image}; a new cluster CA for mutual TLS) ...")
     apply(kube, objects, say=say)
+    # A `pxo delete --kubernetes` that stopped before the end may have left its unpin pods: one that
+    # restarted would remove what the new edges pin.
+    status, body = kube.call("DELETE", f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets/{UNPIN}",
+                             {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"})
+    if status != 404:
+        _check(status, body, f"deleting DaemonSet/{UNPIN}")
+        say(f"  DaemonSet/{UNPIN}, left by an unfinished pxo delete, deleted")
     say(f"waiting up to {timeout:g} s for the edges on every node and the collector and cloud ...")
     r = wait(kube, timeout=timeout, say=say)
     say(f"pxo is running: {r.ready} edges, collector and cloud available in namespace {NAMESPACE}")

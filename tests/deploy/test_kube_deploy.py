@@ -314,6 +314,13 @@ def test_delete_stops_and_names_the_node_whose_pins_are_not_removed(api: ApplyAP
     assert "node node-2: pod pxo-unpin-q8x2v: Running: CrashLoopBackOff: back-off 10s" in r.stderr
     assert "node node-1" not in r.stderr and "pxo delete --kubernetes --keep-pins" in r.stderr
     assert ("Secret", "pxo-cluster-token") in created(api)  # nothing else went
+    # Deploying again brings the edges back and takes the unpin pods away (one restarting would
+    # unpin what the new edges pin).
+    assert ("DaemonSet", "pxo-unpin") in created(api)
+    r = pxo(api, tmp_path, "deploy", "--kubernetes", "--image", IMAGE)
+    assert r.returncode == 0, r.stderr
+    assert "DaemonSet/pxo-unpin, left by an unfinished pxo delete, deleted" in r.stderr
+    assert ("DaemonSet", "pxo-unpin") not in created(api) and ("DaemonSet", "pxo-edge") in created(api)
     # --keep-pins: everything else goes, the unpin DaemonSet with the namespace
     r = pxo(api, tmp_path, "delete", "--kubernetes", "--keep-pins")
     assert r.returncode == 0, r.stderr
