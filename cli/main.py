@@ -656,7 +656,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--local", action="store_true", help="stop the local deployment")
     x.add_argument("--containers", action="store_true", help="remove the containers (their data is kept)")
     x.add_argument("--kubernetes", action="store_true",
-                   help="delete namespace pxo and pxo's cluster roles from the kubeconfig's cluster")
+                   help="remove the edges' eBPF programs from the nodes, then delete namespace pxo and pxo's "
+                        "cluster roles from the kubeconfig's cluster")
     x.add_argument("--context", default=None, help="the kubeconfig context (default: the current one)")
     x.add_argument("--manifests", default="", help="the manifests' folder (default: deploy/kubernetes)")
     x.add_argument("--keep-pins", action="store_true",
