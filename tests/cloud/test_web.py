@@ -16,7 +16,7 @@ def coloured_pixels(png: bytes) -> int:
 
     img = Image.open(io.BytesIO(png)).convert("RGB")
     count = 0
-    for r, g, b in img.getdata():
+    for r, g, b in img.get_flattened_data():  # getdata() is deprecated (gone in Pillow 14)
         if max(r, g, b) - min(r, g, b) > 60:  # saturated: a bar, not white, black or grey
             count += 1
     return count
