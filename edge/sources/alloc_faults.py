@@ -75,6 +75,7 @@ class _Stat:
     comm: str
     start: int
     faults: int
+    zombie: bool = False  # exited, not yet reaped
 
 
 def read_stat(path: Path) -> _Stat | None:
@@ -89,7 +90,7 @@ def read_stat(path: Path) -> _Stat | None:
         return None
     # fields[0] is field 3 (state): minflt is field 10, majflt 12, starttime 22
     return _Stat(head.partition(b"(")[2].decode(errors="replace"), int(fields[19]),
-                 int(fields[7]) + int(fields[9]))
+                 int(fields[7]) + int(fields[9]), fields[0] == b"Z")
 
 
 # The members the exit program reads beyond every program's (edge/kernel.py), as -D flags
@@ -204,7 +205,16 @@ class AllocFaultsSource(SamplingSource):
             alive[pid] = _Seen(st.start, st.faults, prev.path if prev and same else None,
                                prev.cgid if prev and same else None)
             if st.faults > base:
-                path, cgid = self._memcg_of_pid(pid)
+                if st.zombie and self.keeps_exits:
+                    # Exited, not yet reaped: its /proc/PID/cgroup names the root of a v1 hierarchy
+                    # by now (the kernel has moved it out). Its exit record, whose cgroup eBPF read
+                    # before that, counts these faults below, from the last live read.
+                    del alive[pid]
+                    continue
+                if st.zombie:  # no exit records: where it was last read alive, if it was
+                    path, cgid = (prev.path, prev.cgid) if prev is not None and same else (None, None)
+                else:
+                    path, cgid = self._memcg_of_pid(pid)
                 alive[pid].path, alive[pid].cgid = path, cgid
                 rows.append(self._row(when, interval_s, pid, st.comm, path, cgid, st.faults - base))
         # Exits after the listing above are drained too: their base is what the listing read.
@@ -238,6 +248,11 @@ class AllocFaultsSource(SamplingSource):
              pages: int) -> dict[str, Any]:
         return {"time": when, "interval_s": interval_s, "pid": pid, "comm": name, "cgroup_path": path,
                 "cgroup_id": cgid, "alloc_bytes": pages * PAGE_SIZE, "alloc_pages": pages}
+
+    @property
+    def keeps_exits(self) -> bool:
+        """Whether the kernel keeps exited processes' last counts for this source (its eBPF program)."""
+        return self._bpf is not None
 
     def _exits(self) -> list[tuple[int, int, int, str | None, int]]:
         """(pid, starttime in clock ticks, memcg id, comm, faults) of the processes that exited; the map is emptied."""

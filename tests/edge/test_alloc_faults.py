@@ -127,6 +127,7 @@ class _Exits(AllocFaultsSource):
     """The source over a fixture /proc, with the exits the kernel would have kept given by the test."""
 
     exited: list[tuple[int, int, int, str | None, int]] = []
+    keeps_exits = True  # as with its eBPF program: the test gives the exits
 
     def _exits(self) -> list[tuple[int, int, int, str | None, int]]:
         out, self.exited = self.exited, []
@@ -172,3 +173,38 @@ def test_exits_reused_pids_and_zombies_are_counted_once(tmp_path: Path) -> None:
     assert read({100: (900, 8)}, []) == [(100, 3)]
     # an exit of a process never read that started before the source: no baseline, not counted
     assert read({100: (900, 8)}, [(300, 1, 0, "p300", 70)]) == []
+
+
+def test_a_zombies_last_faults_go_to_the_cgroup_it_ran_in(tmp_path: Path) -> None:
+    """An exited process not yet reaped is still listed in /proc, but its /proc/PID/cgroup names the
+    root of a v1 hierarchy (`4:memory:/` on this host's 6.18): its last faults are counted once, in
+    the cgroup it ran in, never in "/" (a CI run charged 250 MiB of a known allocation to "/")."""
+    sink = ListSink()
+    src = _Exits(SourceContext(sink=sink, proc=tmp_path, use_bpf=False), interval=60)
+    src.open()
+
+    def listed(state: str, faults: int, cgroup: str) -> None:
+        (tmp_path / "100").mkdir(exist_ok=True)
+        fields = [state] + ["0"] * 6 + [str(faults)] + ["0"] * 11 + ["500"] + ["0"] * 30
+        (tmp_path / "100" / "stat").write_text("100 (p100) " + " ".join(fields) + "\n")
+        (tmp_path / "100" / "cgroup").write_text(f"4:memory:{cgroup}\n0::{cgroup}\n")
+
+    listed("S", 10, "/pod-a")
+    src.sample(0.0)
+    listed("R", 30, "/pod-a")
+    src.read()
+    assert [(r["alloc_pages"], r["cgroup_path"]) for _, r in sink.rows] == [(20, "/pod-a")]
+    listed("Z", 90, "/")  # exited: 60 more faults; its exit record says so too
+    src.exited = [(100, 500, 0, "p100", 90)]
+    src.read()
+    src.read()  # still listed, unreaped: nothing twice
+    assert [(r["alloc_pages"], r["cgroup_path"]) for _, r in sink.rows] == [(20, "/pod-a"), (60, "/pod-a")]
+    # Without exit records (no eBPF), the zombie's listing is all there is: where it was last read.
+    src.keeps_exits = False
+    listed("S", 100, "/pod-a")
+    (tmp_path / "100" / "stat").write_text((tmp_path / "100" / "stat").read_text().replace(" 500 ", " 700 "))
+    src.read()
+    listed("Z", 130, "/")
+    (tmp_path / "100" / "stat").write_text((tmp_path / "100" / "stat").read_text().replace(" 500 ", " 700 "))
+    src.read()
+    assert [(r["alloc_pages"], r["cgroup_path"]) for _, r in sink.rows][2:] == [(100, "/pod-a"), (30, "/pod-a")]
