@@ -341,6 +341,16 @@ def apply(kube: Kube, docs: list[dict[str, Any]], *, say: Say = _stderr) -> None
         say(f"  {describe(doc)} created")
 
 
+def delete_object(kube: Kube, path: str, what: str) -> bool:
+    """Ask for the object at ``path`` to go (its dependents after it); False when it was not there."""
+    status, body = kube.call("DELETE", path, {"kind": "DeleteOptions", "apiVersion": "v1",
+                                              "propagationPolicy": "Background"})
+    if status == 404:
+        return False
+    _check(status, body, f"deleting {what}")
+    return True
+
+
 def existing_token(kube: Kube) -> str | None:
     import base64
 
@@ -504,10 +514,7 @@ def deploy(*, image: str, timeout: float, context: str | None = None, manifests:
     apply(kube, objects, say=say)
     # A `pxo delete --kubernetes` that stopped before the end may have left its unpin pods: one that
     # restarted would remove what the new edges pin.
-    status, body = kube.call("DELETE", f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets/{UNPIN}",
-                             {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"})
-    if status != 404:
-        _check(status, body, f"deleting DaemonSet/{UNPIN}")
+    if delete_object(kube, f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets/{UNPIN}", f"DaemonSet/{UNPIN}"):
         say(f"  DaemonSet/{UNPIN}, left by an unfinished pxo delete, deleted")
     say(f"waiting up to {timeout:g} s for the edges on every node and the collector and cloud ...")
     r = wait(kube, timeout=timeout, say=say)
@@ -585,10 +592,7 @@ def unpin(kube: Kube, *, end: float, say: Say = _stderr) -> int:
         if doc is None:
             say(f"  DaemonSet/{EDGE} mounts no bpffs of its nodes: nothing of it is pinned there")
             return 0
-        status, body = kube.call("DELETE", f"{ds_path}/{EDGE}", {"kind": "DeleteOptions", "apiVersion": "v1",
-                                                                  "propagationPolicy": "Background"})
-        if status != 404:
-            _check(status, body, f"deleting DaemonSet/{EDGE}")
+        if delete_object(kube, f"{ds_path}/{EDGE}", f"DaemonSet/{EDGE}"):
             say(f"  deleting DaemonSet/{EDGE} ...")
         say(f"  removing the edges' pinned eBPF programs from their nodes (DaemonSet/{UNPIN}) ...")
         apply(kube, [doc], say=say)
@@ -634,11 +638,8 @@ def delete(*, timeout: float, context: str | None = None, manifests: Path = MANI
     cluster_docs = [d for d in render("x", manifests) if not KINDS[d["kind"]][2]]  # Namespace, ClusterRole(Binding)
     docs = [*cluster_docs, *reversed(secret_docs)]  # deleted last to first
     for doc in reversed(docs):
-        status, body = kube.call("DELETE", object_path(doc), {"kind": "DeleteOptions", "apiVersion": "v1",
-                                                              "propagationPolicy": "Background"})
-        if status == 404:
+        if not delete_object(kube, object_path(doc), describe(doc)):
             continue
-        _check(status, body, f"deleting {describe(doc)}")
         say(f"  deleting {describe(doc)} ...")
         gone.append(describe(doc))
     waiting = [d for d in docs if describe(d) in gone]

@@ -3,61 +3,55 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+
+import pytest
 
 from pxo.edge.deadlines import Deadlines
 
 
-def test_an_action_runs_at_its_deadline_unless_cancelled() -> None:
-    d = Deadlines()
-    try:
-        fired, kept = threading.Event(), threading.Event()
-        d.cancel(d.arm(0.05, kept.set))
-        d.arm(0.1, fired.set)
-        assert fired.wait(10)
-        assert not kept.is_set()
-        assert d.pending() == 0
-    finally:
-        d.close()
+@pytest.fixture
+def d() -> Iterator[Deadlines]:
+    deadlines = Deadlines()
+    yield deadlines
+    deadlines.close()
 
 
-def test_a_deadline_armed_later_but_earlier_wakes_the_thread() -> None:
-    d = Deadlines()
-    try:
-        order: list[str] = []
-        done = threading.Event()
-        d.arm(3600, lambda: order.append("an hour"))  # the thread sleeps until this one...
-        d.arm(0.05, lambda: (order.append("soon"), done.set()))  # ...and must wake for this one
-        assert done.wait(10), "the earlier deadline waited for the later one"
-        assert order == ["soon"]
-        assert d.pending() == 1
-    finally:
-        d.close()
+def test_an_action_runs_at_its_deadline_unless_cancelled(d: Deadlines) -> None:
+    fired, kept = threading.Event(), threading.Event()
+    d.cancel(d.arm(0.05, kept.set))
+    d.arm(0.1, fired.set)
+    assert fired.wait(10)
+    assert not kept.is_set()
+    assert d.pending() == 0
 
 
-def test_a_failing_action_does_not_stop_the_others() -> None:
-    d = Deadlines()
-    try:
-        after = threading.Event()
-
-        def fail() -> None:
-            raise RuntimeError("the cursor was closed meanwhile")
-
-        d.arm(0.01, fail)
-        d.arm(0.05, after.set)
-        assert after.wait(10)
-    finally:
-        d.close()
+def test_a_deadline_armed_later_but_earlier_wakes_the_thread(d: Deadlines) -> None:
+    order: list[str] = []
+    done = threading.Event()
+    d.arm(3600, lambda: order.append("an hour"))  # the thread sleeps until this one...
+    d.arm(0.05, lambda: (order.append("soon"), done.set()))  # ...and must wake for this one
+    assert done.wait(10), "the earlier deadline waited for the later one"
+    assert order == ["soon"]
+    assert d.pending() == 1
 
 
-def test_cancelled_deadlines_do_not_pile_up() -> None:
-    d = Deadlines()
-    try:
-        for _ in range(10_000):  # a busy edge: every query cancels its deadline as it ends
-            d.cancel(d.arm(30, lambda: None))
-        assert d.pending() == 0
-        assert len(d._heap) <= 130
-    finally:
-        d.close()
+def test_a_failing_action_does_not_stop_the_others(d: Deadlines) -> None:
+    after = threading.Event()
+
+    def fail() -> None:
+        raise RuntimeError("the cursor was closed meanwhile")
+
+    d.arm(0.01, fail)
+    d.arm(0.05, after.set)
+    assert after.wait(10)
+
+
+def test_cancelled_deadlines_do_not_pile_up(d: Deadlines) -> None:
+    for _ in range(10_000):  # a busy edge: every query cancels its deadline as it ends
+        d.cancel(d.arm(30, lambda: None))
+    assert d.pending() == 0
+    assert len(d._heap) <= 130
 
 
 def test_closed_deadlines_run_nothing_and_refuse_more() -> None:
