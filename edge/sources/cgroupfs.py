@@ -38,9 +38,14 @@ reports it.
 Cost: a sample is one ``getdents`` per cgroup directory (the directory's inode,
 the cgroup id, comes from the directory entry: no stat) and, per cgroup, an
 ``O_PATH`` open of the directory plus about seven small reads relative to it,
-each one openat + read + close into one reused buffer. An optional file that a
-non-root cgroup lacks (memory.peak before 5.19, memsw without swap accounting,
-memory.pressure on v1) is remembered as absent and never asked for again.
+each one openat + read + close into one reused buffer. An optional file the
+kernel lacks (memory.peak before 5.19, memsw without swap accounting,
+memory.pressure on v1) is remembered as absent and not asked for again, once a
+cgroup missed it twice in a row (``MemcgReader._get`` says why not once).
+
+On cgroup v2 a cgroup whose parent does not enable the memory controller in its
+``cgroup.subtree_control`` has no memory files: its pages are charged to the
+nearest ancestor that has them, and it has no row of its own.
 
 ``read_memcg`` reads one cgroup the same way; the edge calls it at OOM-kill
 time to record the memcg's state at the kill.
@@ -54,7 +59,7 @@ import os
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pxo.common.schema import TIME, Column, Table
 from pxo.common.timeutil import from_unix_seconds
@@ -191,7 +196,16 @@ def parse_psi(data: bytes) -> dict[str, Any]:
 
 
 class _Gone(Exception):
-    """The cgroup was removed while it was being read."""
+    """The cgroup was removed while it was being read (or has no memory controller)."""
+
+
+class _Cgroup(NamedTuple):
+    """The cgroup a MemcgReader is reading: its directory (open, and its name) and id."""
+
+    dfd: int
+    directory: str
+    root: bool
+    cgroup_id: int
 
 
 _EMPTY_ROW: dict[str, Any] = {c.name: None for c in CONTAINER_MEMORY.columns if c.name != "time"}
@@ -206,14 +220,15 @@ class MemcgReader:
         self._io = SmallFileReader()
         self._absent: set[str] = set()
         self._absent_at_root: set[str] = set()
-        self._missed_once: set[str] = set()  # missing at its last read, in some cgroup
+        self._missed_by: dict[str, set[int]] = {}  # file -> the cgroups that missed it since one had it
         self._mount = str(hierarchy.mount).rstrip("/") or "/"
 
     def dir_of(self, path: str) -> str:
         return self._mount if path == "/" else self._mount + path
 
     def read(self, path: str, *, directory: str | None = None, cgroup_id: int | None = None) -> dict[str, Any] | None:
-        """One row (without time) for the cgroup at ``path``; None if it is gone."""
+        """One row (without time) for the cgroup at ``path``; None if it is gone, or
+        (cgroup v2) if its parent does not give it the memory controller."""
         directory = directory or self.dir_of(path)
         try:
             dfd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -224,7 +239,7 @@ class MemcgReader:
                 cgroup_id = os.fstat(dfd).st_ino
             row = dict(_EMPTY_ROW, cgroup_path=path, cgroup_id=cgroup_id)
             read = self._read_v1 if self.hierarchy.version == 1 else self._read_v2
-            inactive = read(row, dfd, directory, path == "/")
+            inactive = read(_Cgroup(dfd, directory, path == "/", cgroup_id), row)
         except _Gone:
             return None
         finally:
@@ -234,87 +249,104 @@ class MemcgReader:
             row["working_set_bytes"] = max(0, usage - inactive)  # cAdvisor floors it at 0 too
         return row
 
-    def _get(self, dfd: int, name: str, directory: str, root: bool) -> bytes | None:
-        """A file's bytes; None if this cgroup does not have it."""
-        # The root lacks v2's per-cgroup files, so it keeps its own list; any
-        # other cgroup speaks for all of them, once it was seen missing twice in a
-        # row: a cgroup whose memory controller is being switched on gets its files
-        # one group at a time (memory.swap.* after memory.max), and one read in that
-        # instant once marked memory.swap.max absent for every cgroup, for good.
-        absent = self._absent_at_root if root else self._absent
+    def _get(self, cg: _Cgroup, name: str, *, required: bool = False) -> bytes | None:
+        """A file's bytes; None if this cgroup does not have it. ``required``: every
+        memory cgroup but the root has it, so a cgroup without it has no row.
+
+        A file the kernel lacks (memory.peak before 5.19, memsw without swap
+        accounting, memory.pressure on v1) is asked for no more once the same cgroup
+        missed it at two reads in a row, no cgroup having had it in between; the
+        root keeps its own list, since it lacks v2's per-cgroup files. One cgroup's
+        miss says nothing of the others: a cgroup being removed loses its files one
+        by one before its directory goes (reading one then fails with ENODEV, or
+        opening it with ENOENT), and one whose memory controller is being switched
+        on gets them a group at a time (memory.swap.* after memory.max). Taking
+        either for the kernel's answer once left a node's anon_bytes, or its
+        swap_limit_bytes, NULL for good.
+        """
+        absent = self._absent_at_root if cg.root else self._absent
         if name in absent:
             return None
         try:
-            data = self._io.read(name, dfd)
+            data = self._io.read(name, cg.dfd)
         except FileNotFoundError:
-            if not os.path.isdir(directory):
+            if not os.path.isdir(cg.directory):
                 raise _Gone from None
-            if root or name in self._missed_once:
+            if required and not cg.root:
+                raise _Gone from None  # being removed, or (v2) its parent keeps the memory controller
+            if cg.root:
                 absent.add(name)
+                return None
+            missed_by = self._missed_by.setdefault(name, set())
+            if cg.cgroup_id in missed_by:
+                absent.add(name)
+                del self._missed_by[name]
             else:
-                self._missed_once.add(name)
+                missed_by.add(cg.cgroup_id)
             return None
         except OSError as exc:
-            if exc.errno in (errno.ENODEV, errno.EOPNOTSUPP):  # e.g. PSI switched off
+            if exc.errno == errno.ENODEV:  # removed since it was opened: the cgroup is going
+                raise _Gone from None
+            if exc.errno == errno.EOPNOTSUPP:  # PSI switched off on the kernel command line
                 absent.add(name)
                 return None
             raise
-        self._missed_once.discard(name)
+        self._missed_by.pop(name, None)
         return data
 
     # Each fills the row and returns the inactive file bytes (for the working set).
 
-    def _read_v1(self, row: dict[str, Any], dfd: int, d: str, root: bool) -> int | None:
+    def _read_v1(self, cg: _Cgroup, row: dict[str, Any]) -> int | None:
         row["hierarchy"] = "v1"
-        usage = _int(self._get(dfd, "memory.usage_in_bytes", d, root))
+        usage = _int(self._get(cg, "memory.usage_in_bytes", required=True))
         row["usage_bytes"] = usage
-        row["limit_bytes"] = _v1_limit(self._get(dfd, "memory.limit_in_bytes", d, root))
-        row["peak_bytes"] = _int(self._get(dfd, "memory.max_usage_in_bytes", d, root))
-        stat = flat_keyed(self._get(dfd, "memory.stat", d, root) or b"")
+        row["limit_bytes"] = _v1_limit(self._get(cg, "memory.limit_in_bytes"))
+        row["peak_bytes"] = _int(self._get(cg, "memory.max_usage_in_bytes"))
+        stat = flat_keyed(self._get(cg, "memory.stat") or b"")
         row["anon_bytes"] = _int(stat.get(b"total_rss"))
         row["file_bytes"] = _int(stat.get(b"total_cache"))
         swap = _int(stat.get(b"total_swap"))  # present when swap accounting is on
         if swap is None and usage is not None:
-            memsw = _int(self._get(dfd, "memory.memsw.usage_in_bytes", d, root))
+            memsw = _int(self._get(cg, "memory.memsw.usage_in_bytes"))
             swap = None if memsw is None else max(0, memsw - usage)
         row["swap_bytes"] = swap
         row["shmem_bytes"] = _int(stat.get(b"total_shmem"))
-        memsw_limit = _v1_limit(self._get(dfd, "memory.memsw.limit_in_bytes", d, root))
+        memsw_limit = _v1_limit(self._get(cg, "memory.memsw.limit_in_bytes"))
         limit = row["limit_bytes"]
         row["swap_limit_bytes"] = None if memsw_limit is None or limit is None else max(0, memsw_limit - limit)
-        row["failcnt"] = _int(self._get(dfd, "memory.failcnt", d, root))
-        oom = flat_keyed(self._get(dfd, "memory.oom_control", d, root) or b"")
+        row["failcnt"] = _int(self._get(cg, "memory.failcnt"))
+        oom = flat_keyed(self._get(cg, "memory.oom_control") or b"")
         row["events_oom_kill"] = _int(oom.get(b"oom_kill"))
         under = oom.get(b"under_oom")
         row["under_oom"] = None if under is None else under != b"0"
-        psi = self._get(dfd, "memory.pressure", d, root)  # only with cgroup v1 PSI support
+        psi = self._get(cg, "memory.pressure")  # only with cgroup v1 PSI support
         if psi is not None:
             row.update(parse_psi(psi))
         return _int(stat.get(b"total_inactive_file"))
 
-    def _read_v2(self, row: dict[str, Any], dfd: int, d: str, root: bool) -> int | None:
+    def _read_v2(self, cg: _Cgroup, row: dict[str, Any]) -> int | None:
         row["hierarchy"] = "v2"
-        row["usage_bytes"] = _int(self._get(dfd, "memory.current", d, root))
-        row["limit_bytes"] = _v2_limit(self._get(dfd, "memory.max", d, root))
-        row["peak_bytes"] = _int(self._get(dfd, "memory.peak", d, root))
-        row["high_bytes"] = _v2_limit(self._get(dfd, "memory.high", d, root))
-        row["swap_bytes"] = _int(self._get(dfd, "memory.swap.current", d, root))
-        row["swap_limit_bytes"] = _v2_limit(self._get(dfd, "memory.swap.max", d, root))
-        stat = flat_keyed(self._get(dfd, "memory.stat", d, root) or b"")
+        row["usage_bytes"] = _int(self._get(cg, "memory.current", required=True))
+        row["limit_bytes"] = _v2_limit(self._get(cg, "memory.max"))
+        row["peak_bytes"] = _int(self._get(cg, "memory.peak"))
+        row["high_bytes"] = _v2_limit(self._get(cg, "memory.high"))
+        row["swap_bytes"] = _int(self._get(cg, "memory.swap.current"))
+        row["swap_limit_bytes"] = _v2_limit(self._get(cg, "memory.swap.max"))
+        stat = flat_keyed(self._get(cg, "memory.stat") or b"")
         row["anon_bytes"] = _int(stat.get(b"anon"))
         row["file_bytes"] = _int(stat.get(b"file"))
         row["shmem_bytes"] = _int(stat.get(b"shmem"))
-        events = self._get(dfd, "memory.events", d, root)
+        events = self._get(cg, "memory.events")
         if events is not None:
             ev = flat_keyed(events)
             for key in ("low", "high", "max", "oom", "oom_kill", "oom_group_kill"):
                 row[f"events_{key}"] = _int(ev.get(key.encode()))
-        local = self._get(dfd, "memory.events.local", d, root)
+        local = self._get(cg, "memory.events.local")
         if local is not None:
             ev = flat_keyed(local)
             for key in ("max", "oom", "oom_kill"):
                 row[f"events_local_{key}"] = _int(ev.get(key.encode()))
-        psi = self._get(dfd, "memory.pressure", d, root)
+        psi = self._get(cg, "memory.pressure")
         if psi is not None:
             row.update(parse_psi(psi))
         return _int(stat.get(b"inactive_file"))

@@ -3,9 +3,11 @@ memory-limited cgroup holding a known allocation on this machine."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -152,17 +154,72 @@ def test_missing_files_are_null_v1(tmp_path: Path) -> None:
     assert read_memcg(h, POD)["limit_bytes"] is None  # type: ignore[index]
 
 
-def test_a_file_missing_everywhere_is_asked_for_once(tmp_path: Path) -> None:
-    """memory.peak absent on a 5.15 kernel: after the first miss it costs nothing."""
+def test_a_file_missing_everywhere_is_asked_for_twice(tmp_path: Path) -> None:
+    """memory.peak absent on a 5.15 kernel: once a cgroup missed it twice it costs nothing."""
     h = v2_tree(tmp_path)
     for path in PATHS[1:]:
         (h.mount / path.lstrip("/") / "memory.peak").unlink()
     src, sink = sample_once(h)
+    src.sample(T0)
     assert all(r["peak_bytes"] is None for _, r in sink.rows)
     (h.mount / POD.lstrip("/") / "memory.peak").write_text("1\n")
     sink.rows.clear()
     src.sample(T0)
     assert sink.by_path()[POD]["peak_bytes"] is None  # not read again
+
+
+def test_cgroups_without_the_memory_controller_have_no_row_and_cost_the_others_nothing(tmp_path: Path) -> None:
+    """cgroup v2: below a parent whose subtree_control lacks memory there are no memory files
+    (a delegated subtree, a runtime that enables only cpu). Two of them in a row once marked
+    memory.current absent for every cgroup: the whole table NULL."""
+    h = v2_tree(tmp_path)
+    for name in ("a.service", "b.service"):  # breadth-first: read one after the other, then POD and CTR
+        d = h.mount / "system.slice" / name
+        d.mkdir()
+        (d / "cgroup.procs").write_text("")
+    src, sink = sample_once(h)
+    src.sample(T0)
+    rows = [r for _, r in sink.rows]
+    assert {r["cgroup_path"] for r in rows} == set(PATHS)
+    assert all(r["usage_bytes"] is not None and r["anon_bytes"] is not None for r in rows if r["cgroup_path"] != "/")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="creates memory cgroups beneath the test's own")
+def test_cgroups_removed_while_read_take_nothing_from_the_others() -> None:
+    """A cgroup being removed loses its files one by one before its directory goes: a read then
+    fails with ENODEV, or an open with ENOENT. Neither says this kernel lacks the file; taking
+    them for that once left a node's anon_bytes NULL for good (a CI run on the 6.1 guest)."""
+    h = memory_hierarchy()
+    held = 8 * MiB
+    reader = MemcgReader(h)
+    stop = threading.Event()
+    with ScratchCgroup(256 * MiB, prefix="pxo-test-churn", hierarchy=h) as cg, Holder(cg, held // MiB):
+        if h.version == 2:  # the holder stays in cg; the churned cgroups go beside it, one level down
+            pytest.fail("cgroup v2 runs this in tests/kernels (the holder would be an internal process)")
+        churned = [cg.dir / f"churn{i}" for i in range(4)]
+
+        def churn() -> None:
+            while not stop.is_set():
+                for d in churned:
+                    with contextlib.suppress(OSError):
+                        d.mkdir()
+                    with contextlib.suppress(OSError):
+                        d.rmdir()
+
+        thread = threading.Thread(target=churn)
+        thread.start()
+        try:
+            for _ in range(5000):  # each round reads every file of four cgroups coming and going
+                for d in churned:
+                    reader.read(f"{cg.path}/{d.name}", directory=str(d))
+        finally:
+            stop.set()
+            thread.join()
+        row = reader.read(cg.path)
+        fresh = read_memcg(h, cg.path)
+    assert row is not None and fresh is not None
+    assert row["anon_bytes"] >= held and row["usage_bytes"] >= held
+    assert {k for k, v in row.items() if v is not None} == {k for k, v in fresh.items() if v is not None}
 
 
 def test_capped_walk_keeps_the_top_levels_and_says_so(tmp_path: Path) -> None:

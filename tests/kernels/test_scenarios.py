@@ -450,7 +450,9 @@ def test_container_memory_reads_the_cgroup(node: Node) -> None:
                                               if (r["anon_bytes"] or 0) >= held]:
             time.sleep(0.1)
         rows = [r for r in node.rows("container_memory", cgroup_path=cg.path) if (r["anon_bytes"] or 0) >= held]
-    assert rows, node.rows("container_memory", cgroup_path=cg.path)
+    seen = [(r["usage_bytes"], r["anon_bytes"]) for r in node.rows("container_memory", cgroup_path=cg.path)]
+    assert rows, f"no sample of {cg.path} shows the holder's {held} bytes: (usage, anon) {seen}, " \
+                 f"{node.sources['cgroupfs'].status}"
     r = rows[-1]
     assert r["limit_bytes"] == limit and held <= r["usage_bytes"] <= limit
     assert r["hierarchy"] == f"v{node.hierarchy.version}"
