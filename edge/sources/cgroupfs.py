@@ -71,7 +71,9 @@ log = logging.getLogger(__name__)
 
 CONTAINER_MEMORY = Table(
     "container_memory",
-    "Memory state of every memory cgroup (container, pod, slice), sampled from cgroupfs every period.",
+    "Memory state of every memory cgroup (container, pod, slice), sampled from cgroupfs every period. On "
+    "cgroup v2 a cgroup whose parent does not enable the memory controller has no row: its memory is "
+    "charged to the nearest ancestor that has a row.",
     (
         TIME,
         Column("cgroup_path", "VARCHAR", "Memory cgroup, as the kernel names it ('/' is the root)"),
