@@ -1,9 +1,11 @@
 """Shared test fixtures: real processes on loopback, real DuckDB files, real eBPF. The code
 behind them is in tests/helpers, which is the only place test modules import from.
 
-Tests marked ``requires_bpf`` load eBPF programs and cause real OOM kills.
-Without root, BCC or kernel headers they are skipped on a developer's machine
-and FAIL in CI (CI=true), so a CI machine that lost BCC cannot pass silently.
+Tests marked ``requires_bpf`` load eBPF programs and cause real OOM kills;
+``requires_root`` ones create cgroups or mount filesystems. Without root (and
+for the first, BCC and kernel headers) they are skipped on a developer's
+machine and FAIL in CI (CI=true), so a CI machine that lost them cannot pass
+silently.
 """
 
 from __future__ import annotations
@@ -27,11 +29,14 @@ def _bpf_missing() -> str:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    if item.get_closest_marker("requires_bpf") is None:
+    if item.get_closest_marker("requires_bpf") is not None:
+        reason = _bpf_missing()
+    elif (mark := item.get_closest_marker("requires_root")) is not None:
+        reason = f"needs root: {mark.args[0]}" if os.geteuid() != 0 else ""
+    else:
         return
-    reason = _bpf_missing()
     if reason and IN_CI:
-        pytest.fail(f"CI=true and this test needs eBPF: {reason}", pytrace=False)
+        pytest.fail(f"CI=true and this test cannot run here: {reason}", pytrace=False)
     if reason:
         pytest.skip(reason)
 

@@ -31,6 +31,7 @@ docs/explain.md describes the estimator and what it is tested against.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import os
@@ -248,8 +249,12 @@ class OomRiskSource(SamplingSource):
                 psi = parse_psi(self._io.read("memory.pressure", dfd))
             except OSError:
                 psi = {}
-        except FileNotFoundError:
-            return None
+        except OSError as exc:
+            # a cgroup being removed loses its files before its directory: ENOENT, or ENODEV
+            # when one goes between its open and its read (that once stopped this source)
+            if exc.errno in (errno.ENOENT, errno.ENODEV):
+                return None
+            raise
         finally:
             os.close(dfd)
         if usage is None:

@@ -3,11 +3,8 @@ memory-limited cgroup holding a known allocation on this machine."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import os
 import shutil
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +17,7 @@ from pxo.edge.sources.base import SourceContext
 from pxo.edge.sources.cgroupfs import CONTAINER_MEMORY, ContainerMemorySource, MemcgReader, read_memcg
 from tests.helpers import sink
 from tests.helpers.memtrees import CTR, PATHS, PG, POD, V1, V2, MiB, write_v1, write_v2
-from tests.helpers.workloads import Holder
+from tests.helpers.workloads import ChildCgroup, Churn, Holder
 
 T0 = 1_764_000_000.0  # a fixed clock reading
 NULL_EVENTS = dict.fromkeys(("events_low", "events_high", "events_max", "events_oom", "events_oom_group_kill"))
@@ -184,7 +181,7 @@ def test_cgroups_without_the_memory_controller_have_no_row_and_cost_the_others_n
     assert all(r["usage_bytes"] is not None and r["anon_bytes"] is not None for r in rows if r["cgroup_path"] != "/")
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="creates memory cgroups beneath the test's own")
+@pytest.mark.requires_root("creates memory cgroups beneath the test's own")
 def test_cgroups_removed_while_read_take_nothing_from_the_others() -> None:
     """A cgroup being removed loses its files one by one before its directory goes: a read then
     fails with ENODEV, or an open with ENOENT. Neither says this kernel lacks the file; taking
@@ -192,31 +189,14 @@ def test_cgroups_removed_while_read_take_nothing_from_the_others() -> None:
     h = memory_hierarchy()
     held = 8 * MiB
     reader = MemcgReader(h)
-    stop = threading.Event()
-    with ScratchCgroup(256 * MiB, prefix="pxo-test-churn", hierarchy=h) as cg, Holder(cg, held // MiB):
-        if h.version == 2:  # the holder stays in cg; the churned cgroups go beside it, one level down
-            pytest.fail("cgroup v2 runs this in tests/kernels (the holder would be an internal process)")
-        churned = [cg.dir / f"churn{i}" for i in range(4)]
-
-        def churn() -> None:
-            while not stop.is_set():
-                for d in churned:
-                    with contextlib.suppress(OSError):
-                        d.mkdir()
-                    with contextlib.suppress(OSError):
-                        d.rmdir()
-
-        thread = threading.Thread(target=churn)
-        thread.start()
-        try:
+    with ScratchCgroup(256 * MiB, prefix="pxo-test-churn", hierarchy=h) as cg, \
+            ChildCgroup(cg, "held") as kept, Holder(kept, held // MiB):
+        with Churn(cg) as churn:  # beside the holder's cgroup
             for _ in range(5000):  # each round reads every file of four cgroups coming and going
-                for d in churned:
-                    reader.read(f"{cg.path}/{d.name}", directory=str(d))
-        finally:
-            stop.set()
-            thread.join()
-        row = reader.read(cg.path)
-        fresh = read_memcg(h, cg.path)
+                for path, d in zip(churn.paths, churn.dirs, strict=True):
+                    reader.read(path, directory=str(d))
+        row = reader.read(kept.path)
+        fresh = read_memcg(h, kept.path)
     assert row is not None and fresh is not None
     assert row["anon_bytes"] >= held and row["usage_bytes"] >= held
     assert {k for k, v in row.items() if v is not None} == {k for k, v in fresh.items() if v is not None}
@@ -289,7 +269,7 @@ def test_a_cgroup_removed_under_the_reader_is_skipped(tmp_path: Path) -> None:
 # -- this machine ----------------------------------------------------------------
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="creates a memory cgroup beneath the test's own")
+@pytest.mark.requires_root("creates a memory cgroup beneath the test's own")
 def test_real_cgroup_holding_a_known_allocation() -> None:
     h = memory_hierarchy()
     limit, alloc = 128 * MiB, 48 * MiB

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ def test_mountinfo_fixture(tmp_path: Path) -> None:
     assert cgroup_of(hs[0], proc) == "/a/b" and cgroup_of(hs[1], proc) == "/c"
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="creates a cgroup")
+@pytest.mark.requires_root("creates a cgroup")
 def test_scratch_cgroup_is_beneath_our_own_and_resolves_by_id() -> None:
     h = memory_hierarchy()
     own = cgroup_of(h)

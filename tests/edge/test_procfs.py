@@ -137,7 +137,7 @@ def test_status_and_cgroup_parsers() -> None:
 # -- this machine ----------------------------------------------------------------
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="creates a memory cgroup beneath the test's own")
+@pytest.mark.requires_root("creates a memory cgroup beneath the test's own")
 def test_real_process_holding_a_known_allocation() -> None:
     h = memory_hierarchy()
     limit, alloc = 128 * MiB, 48 * MiB

@@ -15,11 +15,13 @@ from collections.abc import Iterator
 import pytest
 
 from pxo.common.timeutil import from_unix_seconds
-from pxo.edge.cgroups import ScratchCgroup
-from pxo.edge.sources.risk import GrowthEstimator, theil_sen
+from pxo.edge.cgroups import ScratchCgroup, memory_hierarchy
+from pxo.edge.sources.base import SourceContext
+from pxo.edge.sources.risk import GrowthEstimator, OomRiskSource, theil_sen
 from tests.helpers.leaks import MiB, RealCluster, Story, Webhook
 from tests.helpers.oom import edge_rows
-from tests.helpers.workloads import Holder
+from tests.helpers.sink import ListSink
+from tests.helpers.workloads import Churn, Holder
 
 
 def test_one_wild_sample_does_not_move_the_estimate() -> None:
@@ -52,6 +54,18 @@ def test_flat_and_falling_have_no_eta() -> None:
     for t in range(20):
         e = est.add(float(t), (100 + 4 * t) * (1 << 20), 256 * (1 << 20))  # 4 MiB/s toward 256 MiB
     assert e.eta == pytest.approx((256 - 176) / 4, rel=0.01)
+
+
+@pytest.mark.requires_root("creates memory cgroups beneath the test's own")
+def test_cgroups_removed_while_read_do_not_stop_the_source() -> None:
+    """Pods come and go: a limited cgroup removed between the walk and the read, or while its
+    files are read (ENODEV), is dropped; the source keeps running. ENODEV once escaped and
+    stopped it for good: no more early warnings on that node."""
+    src = OomRiskSource(SourceContext(sink=ListSink()), hierarchy=memory_hierarchy(), discover_every=1)
+    src.open()
+    with ScratchCgroup(256 * MiB, prefix="pxo-test-risk-churn") as cg, Churn(cg, 16):
+        for i in range(20_000):  # each walks, finds the churned cgroups with their limits, reads them
+            src.sample(float(i))  # (the old code raised ENODEV within 500 to 6,000 samples, in 4 runs)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import subprocess
 import sys
 import textwrap
@@ -158,7 +157,7 @@ def test_retention_by_total_size_keeps_the_newest(tmp_path: Path) -> None:
     store.close()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tiny tmpfs to fill it")
+@pytest.mark.requires_root("mounts a tiny tmpfs to fill it")
 def test_full_disk_degrades_then_recovers_without_losing_rows(tmp_path: Path) -> None:
     disk = tmp_path / "disk"
     disk.mkdir()

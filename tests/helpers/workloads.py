@@ -8,10 +8,12 @@ never become a node-wide OOM.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from types import TracebackType
 
@@ -47,6 +49,43 @@ class ChildCgroup:
 
     def oom_kills(self) -> int:
         return memory_events(self).get("oom_kill", 0)
+
+
+class Churn:
+    """Cgroups created and removed over and over beside whatever ``parent`` holds, on a thread,
+    until the context ends: pod churn, for readers that must survive a cgroup vanishing
+    mid-read (a file of a cgroup being removed fails with ENODEV, or is missing while its
+    directory is still there). Each gets a limit (below the parent's) when it can."""
+
+    def __init__(self, parent: ScratchCgroup, n: int = 4) -> None:
+        self.dirs = [parent.dir / f"churn{i}" for i in range(n)]
+        self.paths = [f"{parent.path}/churn{i}" for i in range(n)]
+        self._limit = "memory.limit_in_bytes" if parent.hierarchy.version == 1 else "memory.max"
+        self._value = str(parent.limit_bytes // 2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="churn")
+        if parent.hierarchy.version == 2:
+            (parent.dir / "cgroup.subtree_control").write_text("+memory")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for d in self.dirs:
+                with contextlib.suppress(OSError):
+                    d.mkdir()
+                    (d / self._limit).write_text(self._value)
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+
+    def __enter__(self) -> Churn:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        for d in self.dirs:
+            with contextlib.suppress(FileNotFoundError):
+                d.rmdir()
 
 
 def memory_events(cg: ScratchCgroup | ChildCgroup) -> dict[str, int]:
