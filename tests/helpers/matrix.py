@@ -104,9 +104,8 @@ def render(runs: list[MatrixRun], *, peers: str = "") -> str:
     lines += ["", "## What each scenario saw", ""]
     for r in runs:
         scen = (r.report or {}).get("scenarios", {})
-        lines.append(f"- **{r.suite}** ({r.release}): " + "; ".join(
-            f"{k}: " + ", ".join(f"{kk} {vv}" for kk, vv in v.items() if kk != "columns filled")
-            for k, v in scen.items()))
+        seen = {k: ", ".join(f"{kk} {vv}" for kk, vv in v.items() if kk != "columns filled") for k, v in scen.items()}
+        lines.append(f"- **{r.suite}** ({r.release}): " + "; ".join(f"{k}: {v}" for k, v in seen.items() if v))
     lines += ["", "## Columns filled", "",
               "A column is filled on a kernel when any row the scenarios produced there has it. Every",
               "table's columns are filled on every kernel, except:", ""]
