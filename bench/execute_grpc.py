@@ -10,8 +10,11 @@ Calls alternate between the edge and DuckDB alone, one each in turn; medians of 
 15): at most 1 ms of CPU per Execute beyond DuckDB. ``--before DIR`` runs a second edge
 from another tree (a directory holding a ``pxo`` package, e.g. a worktree of an older
 commit) in the same rounds, so that a change is measured side by side, not minutes apart.
+``--threads`` also splits the edge's CPU per call by thread (from /proc/PID/task): the busiest
+thread (gRPC's worker: the handler and DuckDB), the other Python threads (gRPC's poller among
+them) and gRPC's event-engine threads.
 
-    .venv/bin/python bench/execute_grpc.py [--rows 1000000] [--calls 200] [--rounds 5] [--before DIR]
+    .venv/bin/python bench/execute_grpc.py [--rows 1000000] [--calls 200] [--rounds 5] [--before DIR] [--threads]
 """
 
 from __future__ import annotations
@@ -47,12 +50,37 @@ def unix_us(t: dt.datetime | None) -> int:
     return 0 if t is None else int(t.replace(tzinfo=dt.UTC).timestamp() * 1_000_000)
 
 
+def thread_ticks(pid: int) -> dict[tuple[int, str], int]:
+    """(thread id, name) -> user + system clock ticks, for every thread of ``pid``."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue  # ended meanwhile
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        out[(int(tid), name)] = int(fields[11]) + int(fields[12])
+    return out
+
+
+def by_role(before: dict[tuple[int, str], int], after: dict[tuple[int, str], int], calls: int) -> dict[str, float]:
+    """CPU ms per call of the busiest thread, the other Python threads and the event engine's."""
+    tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
+    spent = {k: (v - before.get(k, 0)) * tick_ms / calls for k, v in after.items()}
+    engine = sum(v for (_, name), v in spent.items() if name.startswith("event_engine"))
+    rest = {k: v for k, v in spent.items() if not k[1].startswith("event_engine")}
+    busiest = max(rest.values(), default=0.0)
+    return {"busiest": busiest, "others": sum(rest.values()) - busiest, "engine": engine}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--calls", type=int, default=200, help="Execute calls per round")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--before", type=Path, help="also run an edge from this tree's pxo package, side by side")
+    ap.add_argument("--threads", action="store_true", help="also split the edge's CPU per call by thread")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="pxo-bench-grpc-"))
     edges: dict[str, tuple[subprocess.Popen[bytes], pxo_pb2_grpc.EdgeStub]] = {}
@@ -92,10 +120,12 @@ def main() -> int:
                     list(stub.Execute(request, timeout=60))
                 alone.execute(sql, params).fetchall()
             rounds: dict[str, list[float]] = {n: [] for n in ("alone", *edges)}
+            roles: dict[str, list[dict[str, float]]] = {n: [] for n in edges}
             for _ in range(args.rounds):
                 # one call each in turn: every edge sees the same machine, and none idles long
                 # enough for its store to give its memory back between its calls (edge/allocator.py)
                 before = {n: cpu_seconds(proc) for n, (proc, _stub) in edges.items()}
+                ticks = {n: thread_ticks(proc.pid) for n, (proc, _stub) in edges.items()} if args.threads else {}
                 spent = 0.0
                 for _ in range(args.calls):
                     for _proc, stub in edges.values():
@@ -107,6 +137,8 @@ def main() -> int:
                 rounds["alone"].append(spent / args.calls * 1000)
                 for n, (proc, _stub) in edges.items():
                     rounds[n].append((cpu_seconds(proc) - before[n]) / args.calls * 1000)
+                    if args.threads:
+                        roles[n].append(by_role(ticks[n], thread_ticks(proc.pid), args.calls))
             a = statistics.median(rounds["alone"])
             cells = ""
             for n in edges:
@@ -115,6 +147,10 @@ def main() -> int:
                 if n == "edge":
                     worst = max(worst, e - a)
             print(f"{name:<20} {a:12.2f}{cells}")
+            for n in roles if args.threads else ():
+                med = {k: statistics.median(r[k] for r in roles[n]) for k in ("busiest", "others", "engine")}
+                print(f"{'':<20} {n}: busiest thread {med['busiest']:.2f} ({med['busiest'] - a:+.2f} on DuckDB alone), "
+                      f"other Python threads {med['others']:.2f}, event engine {med['engine']:.2f}")
         alone.close()
         return 0 if worst <= GOAL_MS else 1
     finally:
