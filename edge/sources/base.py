@@ -4,10 +4,16 @@ A source is opened in the caller's thread, so that a failure to start (no
 root, no BTF...) surfaces at once, then polled by its own thread until it is
 stopped. Rows go to a Sink (the store's batching writer); status is explicit
 and reported to the collector and the ``probe_status`` view.
+
+A source whose poll raises is ``failed``. An event source (ring buffers, the
+kernel log) stays so until the edge restarts, whose recovery reads what it
+missed exactly once. A sampling source is opened again after a pause and goes
+on (``SamplingSource``): each sample stands alone, so nothing is read twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import threading
@@ -160,8 +166,14 @@ class SamplingSource(Source):
     """A source that samples every ``period`` seconds of its clock and otherwise waits.
 
     The first poll samples; a clock that steps backwards triggers a sample
-    rather than a long silence.
+    rather than a long silence. A sample that raises does not end the source:
+    it is closed, and opened and sampled again after ``RESTART_DELAYS[n]``
+    seconds for its n-th failure in a row (the count starts again once a sample
+    succeeds), its status ``failed`` with the error and the pause meanwhile. A
+    cgroup vanishing mid-read once stopped the early warnings of a node for good.
     """
+
+    RESTART_DELAYS: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
     def __init__(self, ctx: SourceContext, *, period: float) -> None:
         if period <= 0:
@@ -170,6 +182,46 @@ class SamplingSource(Source):
         self.period = period
         self._last_at = float("-inf")
         self._next_at = float("-inf")
+        self.samples = 0  # taken without an error
+        self.restarts = 0
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            before = self.samples
+            try:
+                self.poll(0.2)
+            except Exception as exc:  # any error: this source restarts, the others go on
+                failures += 1
+                delay = self.RESTART_DELAYS[min(failures, len(self.RESTART_DELAYS)) - 1]
+                log.exception("source %s failed; opening it again in %g s", self.name, delay)
+                self._set_state("failed", f"{type(exc).__name__}: {exc} (opening it again in {delay:g} s)")
+                if not self._reopen(delay):
+                    return
+                continue
+            if self.samples > before:
+                failures = 0
+
+    def _reopen(self, delay: float) -> bool:
+        """Close, then open again after ``delay`` seconds, and again after each failure; False
+        if the source was stopped meanwhile."""
+        with contextlib.suppress(Exception):  # what close() would release may be half gone already
+            self.close()
+        while not self._stop.wait(delay):
+            try:
+                self.open()
+            except Exception as exc:
+                delay = self.RESTART_DELAYS[-1]
+                log.warning("source %s cannot open again (retrying in %g s): %s", self.name, delay, exc)
+                self._set_state("failed", f"cannot open again: {exc} (retrying in {delay:g} s)")
+                continue
+            if self.status.state != "degraded":  # open() says so itself
+                self._set_state("running")
+            self.restarts += 1
+            self._next_at = float("-inf")  # sample at once
+            log.warning("source %s is running again (restart %d)", self.name, self.restarts)
+            return True
+        return False
 
     @abstractmethod
     def sample(self, now: float) -> int:
@@ -180,5 +232,6 @@ class SamplingSource(Source):
         if now >= self._next_at or now < self._last_at:
             self._last_at, self._next_at = now, now + self.period
             self.sample(now)
+            self.samples += 1
         else:
             self._stop.wait(min(timeout, self._next_at - now))

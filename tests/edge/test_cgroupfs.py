@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -239,6 +240,49 @@ def test_runs_on_its_own_thread(tmp_path: Path) -> None:
     finally:
         src.stop()
     assert len(sink.rows) == len(PATHS) and src.status.state == "stopped"
+
+
+def wait_for(check: Callable[[], bool], what: str, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.01)
+
+
+def test_a_failing_sample_reopens_the_source_after_a_pause_that_grows(tmp_path: Path) -> None:
+    """A sample that raises what no reader expects (here EISDIR: memory.stat is a directory) marks
+    the source failed; it is opened again after a pause, longer at each failure in a row, and
+    samples again once the cause is gone. Stopped during a pause, it ends at once."""
+    h = v2_tree(tmp_path)
+    stat = h.mount / POD.lstrip("/") / "memory.stat"
+    text = stat.read_text()
+    stat.unlink()
+    stat.mkdir()
+    sink = ListSink()
+    src = ContainerMemorySource(SourceContext(sink=sink), hierarchy=h, period=0.05)
+    src.RESTART_DELAYS = (0.05, 0.1)
+    src.start()
+    try:
+        wait_for(lambda: "IsADirectoryError" in src.status.detail and "again in 0.05 s" in src.status.detail,
+                 "the first failure, with the first pause")
+        wait_for(lambda: "again in 0.1 s" in src.status.detail, "a failure in a row, with a longer pause")
+        assert src.status.state == "failed" and src.restarts >= 1
+        stat.rmdir()
+        stat.write_text(text)
+        wait_for(lambda: src.status.state == "running" and sink.by_path().get(POD, {}).get("anon_bytes") is not None,
+                 "running again, with the cgroup's anon_bytes")
+    finally:
+        src.stop()
+    assert src._thread is not None and not src._thread.is_alive()
+
+    stat.unlink()
+    stat.mkdir()
+    src = ContainerMemorySource(SourceContext(sink=ListSink()), hierarchy=h, period=0.05)
+    src.RESTART_DELAYS = (3600.0,)
+    src.start()
+    wait_for(lambda: src.status.state == "failed", "failed, an hour's pause ahead")
+    src.stop()
+    assert src._thread is not None and not src._thread.is_alive(), "stop() waits for no pause"
 
 
 def test_no_memory_hierarchy_fails_open_clearly(tmp_path: Path) -> None:
