@@ -103,7 +103,14 @@ class ContainerSpec:
     labels: dict[str, str] = field(default_factory=dict)
     secret_volumes: list[tuple[str, str, int, int | None]] = field(default_factory=list)  # (secret, dir, mode, gid)
     state_dirs: list[tuple[str, int | None]] = field(default_factory=list)  # (dir, owner uid/gid or None)
+    restart: str = "always"  # the pod's restartPolicy, as podman names it: a crashed component comes back
 
+
+# Kubernetes' restartPolicy (Always, the only one a DaemonSet or Deployment allows, is the
+# default) as `podman run --restart` takes it. Podman restarts a container that exits unless
+# it was stopped or removed through podman, as a kubelet restarts one: an edge that crashes
+# comes back, adopts its pinned programs and reads what they kept meanwhile.
+RESTART_POLICIES = {"Always": "always", "OnFailure": "on-failure", "Never": "no"}
 
 _QUANTITY = re.compile(r"^(\d+)(Ki|Mi|Gi|Ti)?$")
 
@@ -154,6 +161,7 @@ def specs(docs: list[dict[str, Any]], *, node: str, addresses: dict[str, str], d
         limit = ((c.get("resources") or {}).get("limits") or {}).get("memory")
         spec.memory_limit = podman_memory(limit) if limit else None
         spec.stop_timeout = int(pod.get("terminationGracePeriodSeconds", 30))
+        spec.restart = RESTART_POLICIES[pod.get("restartPolicy", "Always")]
         spec.ports = {p.get("name", str(p["containerPort"])): int(p["containerPort"]) for p in c.get("ports", [])}
         spec.probe = _probe(c, spec.ports)
         _environment(spec, c.get("env") or [], node=node, ip=addresses[name], pod_name=name)
@@ -229,7 +237,7 @@ def run_args(spec: ContainerSpec, *, hosts: dict[str, str], ip: str, publish: di
              ulimits: list[str], data_dir: Path) -> list[str]:
     """`podman run` for one spec (its secret environment in ``env_file(data_dir, spec.name)``)."""
     a = ["run", "--detach", "--name", spec.name, "--hostname", spec.name, "--label", LABEL,
-         "--network", NETWORK, "--ip", ip, "--stop-timeout", str(spec.stop_timeout)]
+         "--network", NETWORK, "--ip", ip, "--stop-timeout", str(spec.stop_timeout), "--restart", spec.restart]
     for k, v in spec.labels.items():
         a += ["--label", f"{k}={v}"]
     for name, addr in sorted(hosts.items()):

@@ -1,12 +1,14 @@
 """The image, built from nothing but Debian's archive and PyPI, run as the cluster runs it:
 `pxo deploy --containers` (podman), a real container OOM-killed and named, a `podman kill`
-told apart from an OOM kill, and the containers' specs checked against the rendered
-Kubernetes manifests they come from."""
+told apart from an OOM kill, the containers' specs checked against the rendered
+Kubernetes manifests they come from, and a crashed edge started again by podman, as a
+kubelet would, with what happened while it was down."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,7 +21,7 @@ from typing import Any
 import pytest
 
 from pxo.cli import kube
-from pxo.cli.containers import LABEL, specs
+from pxo.cli.containers import LABEL, RESTART_POLICIES, specs
 from pxo.common.tls import generate_material
 from pxo.common.version import pxo_version
 from pxo.edge import pins
@@ -163,6 +165,7 @@ def test_the_containers_are_the_rendered_manifests(deployed: Deployed) -> None:
         assert hc["Privileged"] == bool(sc.get("privileged")), name
         assert (hc["PidMode"] == "host") == bool(pod.get("hostPID")), name
         assert hc["ReadonlyRootfs"] == bool(sc.get("readOnlyRootFilesystem")), name
+        assert hc["RestartPolicy"]["Name"] == RESTART_POLICIES[pod.get("restartPolicy", "Always")] == "always", name
         uid = sc.get("runAsUser", (pod.get("securityContext") or {}).get("runAsUser"))
         assert cfg["User"].split(":")[0] == str(uid), name
         assert set(hc.get("CapDrop") or []) >= {f"CAP_{x}" for x in (sc.get("capabilities") or {}).get("drop", [])
@@ -194,6 +197,37 @@ def test_the_containers_are_the_rendered_manifests(deployed: Deployed) -> None:
     # and the translation itself reads every workload of the manifests
     assert [s.name for s in specs(docs, node="n", addresses=addresses, data_dir=Path("/x"))] == [
         "pxo-edge", "pxo-collector", "pxo-cloud"]
+
+
+def test_a_crashed_edge_is_started_again_and_loses_nothing(deployed: Deployed) -> None:
+    """restartPolicy Always, as podman runs it: the edge's process SIGKILLed (a crash, not a
+    `podman stop`) is started again, and a container killed while it was down is in its
+    answers once: the pinned programs kept the kill, the new edge read it."""
+    before = inspect("pxo-edge")
+    name = f"pxo-test-while-down-{os.getpid()}"
+    subprocess.run([*PODMAN_RUN, "-d", "--name", name, "localhost/pxo-base:bookworm", "sleep", "300"],
+                   check=True, capture_output=True)
+    try:
+        os.kill(before["State"]["Pid"], signal.SIGKILL)
+        subprocess.run(["podman", "kill", name], check=True, capture_output=True)  # while the edge is down
+        end = time.monotonic() + 120
+        while True:
+            info = inspect("pxo-edge")
+            back = info["RestartCount"] > before["RestartCount"] and info["State"]["Status"] == "running"
+            if back and subprocess.run(["podman", "healthcheck", "run", "pxo-edge"],
+                                       capture_output=True).returncode == 0:
+                break
+            assert time.monotonic() < end, (info["State"], info["RestartCount"])
+            time.sleep(0.5)
+        assert info["State"]["Pid"] != before["State"]["Pid"]
+        end = time.monotonic() + 60
+        kills: list[dict[str, Any]] = []
+        while not kills and time.monotonic() < end:
+            kills = deployed.query(f'kill_events | last 10m | where container == "{name}"')
+            time.sleep(0.5)
+    finally:
+        subprocess.run(["podman", "rm", "-f", name], capture_output=True)
+    assert len(kills) == 1 and kills[0]["target_comm"] == "sleep", kills
 
 
 def test_the_unpin_pods_remove_what_the_edge_pinned_on_the_node(deployed: Deployed) -> None:
