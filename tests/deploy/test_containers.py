@@ -53,6 +53,14 @@ class Deployed:
         names = [c["name"] for c in doc["columns"]]
         return [dict(zip(names, row, strict=True)) for row in doc["rows"]]
 
+    def kills_of(self, container: str, seconds: float = 20) -> list[dict[str, Any]]:
+        """The kill_events of ``container``, once there are any (or none after ``seconds``)."""
+        end = time.monotonic() + seconds
+        while not (kills := self.query(f'kill_events | last 10m | where container == "{container}"')) \
+                and time.monotonic() < end:
+            time.sleep(0.5)
+        return kills
+
 
 def inspect(name: str) -> dict[str, Any]:
     out = subprocess.run(["podman", "inspect", name], capture_output=True, text=True, check=True)
@@ -136,11 +144,7 @@ def test_a_podman_kill_is_a_kill_event_not_an_oom(deployed: Deployed) -> None:
                    check=True, capture_output=True)
     try:
         subprocess.run(["podman", "kill", name], check=True, capture_output=True)
-        end = time.monotonic() + 20
-        kills: list[dict[str, Any]] = []
-        while not kills and time.monotonic() < end:
-            kills = deployed.query(f'kill_events | last 10m | where container == "{name}"')
-            time.sleep(0.5)
+        kills = deployed.kills_of(name)
     finally:
         subprocess.run(["podman", "rm", "-f", name], capture_output=True)
     assert kills and kills[0]["target_comm"] == "sleep" and kills[0]["container_runtime"] == "podman", kills
@@ -220,11 +224,7 @@ def test_a_crashed_edge_is_started_again_and_loses_nothing(deployed: Deployed) -
             assert time.monotonic() < end, (info["State"], info["RestartCount"])
             time.sleep(0.5)
         assert info["State"]["Pid"] != before["State"]["Pid"]
-        end = time.monotonic() + 60
-        kills: list[dict[str, Any]] = []
-        while not kills and time.monotonic() < end:
-            kills = deployed.query(f'kill_events | last 10m | where container == "{name}"')
-            time.sleep(0.5)
+        kills = deployed.kills_of(name, seconds=60)
     finally:
         subprocess.run(["podman", "rm", "-f", name], capture_output=True)
     assert len(kills) == 1 and kills[0]["target_comm"] == "sleep", kills
