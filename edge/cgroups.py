@@ -104,11 +104,11 @@ class ScratchCgroup:
                 self._enable_memory_v2()
             self.top_dir.mkdir()
             self.dir.mkdir(parents=True, exist_ok=True)
-            if self.hierarchy.version == 2:  # the controller must be enabled at every level
-                d = self.dir.parent
-                while d == self.top_dir or self.top_dir in d.parents:
-                    (d / "cgroup.subtree_control").write_text("+memory")
-                    d = d.parent
+            if self.hierarchy.version == 2:  # the controller must be enabled at every level, from the top
+                # down: a level can hand it on only once its own parent has handed it to it
+                for d in reversed(self.dir.parents):
+                    if d == self.top_dir or self.top_dir in d.parents:
+                        (d / "cgroup.subtree_control").write_text("+memory")
             if self.hierarchy.version == 1:
                 self._write("memory.limit_in_bytes", str(self.limit_bytes))
                 if (self.dir / "memory.memsw.limit_in_bytes").exists():
@@ -126,7 +126,7 @@ class ScratchCgroup:
         self.remove()
 
     def _enable_memory_v2(self) -> None:
-        parent = self.dir.parent
+        parent = self.top_dir.parent  # our own cgroup (self.dir.parent is one of ours when nested)
         if "memory" in (parent / "cgroup.subtree_control").read_text().split():
             return
         try:

@@ -444,7 +444,9 @@ def test_memcg_reclaim_is_timed_for_its_cgroup(node: Node) -> None:
 def test_container_memory_reads_the_cgroup(node: Node) -> None:
     node.require("cgroupfs")
     limit, held = 64 * MIB, 8 * MIB
-    with ScratchCgroup(limit, prefix="pxo-state") as cg, Holder(cg, held >> 20, python=sys.executable):
+    # laid out as a kubelet does (pod, then container): on cgroup v2 each level hands the controller on
+    with ScratchCgroup(limit, prefix="pxo-state", nested="pod1/ctr1") as cg, \
+            Holder(cg, held >> 20, python=sys.executable):
         end = time.monotonic() + 20  # sampled every 0.5 s: until a sample shows what the holder holds
         while time.monotonic() < end and not [r for r in node.rows("container_memory", cgroup_path=cg.path)
                                               if (r["anon_bytes"] or 0) >= held]:
