@@ -3,6 +3,11 @@ loopback, sharing one data directory; `pxo delete --local` stops them and
 removes the edge's eBPF programs, which stay pinned in bpffs while the edge
 restarts (the edge's loader unpins them: the CLI imports no edge code).
 
+Each component runs under a supervisor of its own (common/supervise.py): one that
+crashes after it served is started again, on the same address, after a pause that
+grows with crashes in a row (1 s to 60 s), as a kubelet restarts a pod's container.
+The pid files name the supervisors; a component ends with its supervisor.
+
     <data_dir>/collector/   collector.addr
     <data_dir>/edge/        edge.duckdb, edge.addr
     <data_dir>/cloud/       cloud.sqlite, cloud.addr
@@ -84,7 +89,7 @@ class LocalDeployment:
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Component:
         c = Component(name, args, addr_file=self.dir / name / f"{name}.addr", log_path=self.log_file(name),
-                      env=env, python=self.python, new_session=True)
+                      env=env, python=self.python, new_session=True, supervised=True)
         self.pid_file(name).write_text(f"{c.pid}\n")
         return c
 
@@ -180,8 +185,12 @@ class LocalDeployment:
                 end = time.monotonic() + timeout
                 while _pid_alive(pid) and time.monotonic() < end:
                     time.sleep(0.05)
-                if _pid_alive(pid):
-                    os.kill(pid, signal.SIGKILL)
+                if _pid_alive(pid):  # the supervisor and its component: one process group, its own session
+                    with contextlib.suppress(ProcessLookupError):
+                        if os.getpgid(pid) == pid:
+                            os.killpg(pid, signal.SIGKILL)
+                        else:
+                            os.kill(pid, signal.SIGKILL)
                 stopped.append(name)
             self.pid_file(name).unlink(missing_ok=True)
         if unpin:

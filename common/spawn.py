@@ -32,16 +32,22 @@ class ComponentFailed(Exception):
 class Component:
     def __init__(self, name: str, args: Sequence[str], *, addr_file: Path, log_path: Path,
                  env: Mapping[str, str] | None = None, python: str = sys.executable,
-                 new_session: bool = False) -> None:
-        """Start it. ``new_session``: outlive the caller's terminal (a deployment, not a test)."""
+                 new_session: bool = False, supervised: bool = False) -> None:
+        """Start it. ``new_session``: outlive the caller's terminal (a deployment, not a test).
+        ``supervised``: under common/supervise.py, which starts it again when it crashes after
+        it served; ``pid`` is then the supervisor's, and the component ends with it."""
         self.name = name
         self.addr_file = addr_file
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         addr_file.parent.mkdir(parents=True, exist_ok=True)
         addr_file.unlink(missing_ok=True)  # a restarted component must not be found at its old address
+        command = [python, "-m", f"pxo.{name}", *args]
+        if supervised:
+            command = [python, "-m", "pxo.common.supervise", "--name", name, "--addr-file", str(addr_file), "--",
+                       *command]
         with open(log_path, "ab") as log:  # appended: restarts keep earlier logs
-            self.proc = subprocess.Popen([python, "-m", f"pxo.{name}", *args], stdin=subprocess.DEVNULL,
+            self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=new_session,
                                          env={**os.environ, **(env or {})})
 

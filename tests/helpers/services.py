@@ -111,3 +111,18 @@ def http(method: str, url: str, body: object = None, *, key: str | None = None,
     """``call`` for JSON APIs: (status, JSON body, lower-cased headers)."""
     status, parsed, lowered, _ = call(method, url, body, key=key, headers=headers)
     return status, parsed, lowered
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (/proc/*/stat; this kernel has no .../children)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            out.append(int(d.name))
+    return out
