@@ -36,6 +36,7 @@ edge starts, then new records as they come.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 from collections.abc import Callable
@@ -43,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pxo.edge.errors import EdgeError
+
+log = logging.getLogger(__name__)
 
 CONSTRAINTS = {
     "CONSTRAINT_NONE": "global",
@@ -280,9 +283,12 @@ class KmsgInput:
         self._parser = OomLogParser()
         self.fd: int | None = None
         self.overwritten = 0  # records the kernel's ring overwrote before we read them
+        self.bad = 0  # records that could not be read (logged)
 
     def open(self) -> None:
-        """Raises OSError when the log cannot be read (needs root or CAP_SYSLOG)."""
+        """Raises OSError when the log cannot be read (needs root or CAP_SYSLOG). Opened again
+        (after a failure), it reads the whole backlog again, with a parser of its own."""
+        self._parser = OomLogParser()
         self.fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
         self.read(backlog=True)
 
@@ -298,12 +304,17 @@ class KmsgInput:
                     self.overwritten += 1
                     continue
                 raise EdgeError(f"reading {self.path} failed: {exc.strerror}") from exc
-            rec = parse_record(raw)
-            if rec is None:
-                continue
-            kill = self._parser.feed(rec)
-            if kill is not None:
-                self._on_kill(kill, backlog)
+            try:
+                rec = parse_record(raw)
+                if rec is None:
+                    continue
+                kill = self._parser.feed(rec)
+                if kill is not None:
+                    self._on_kill(kill, backlog)
+            except Exception:  # one record the parser did not expect must not stop the log behind it
+                self.bad += 1
+                if self.bad <= 3 or self.bad % 1000 == 0:
+                    log.exception("%s: a record could not be read (%d so far): %r", self.path, self.bad, raw[:200])
 
     def close(self) -> None:
         if self.fd is not None:

@@ -5,15 +5,19 @@ root, no BTF...) surfaces at once, then polled by its own thread until it is
 stopped. Rows go to a Sink (the store's batching writer); status is explicit
 and reported to the collector and the ``probe_status`` view.
 
-A source whose poll raises is ``failed``. An event source (ring buffers, the
-kernel log) stays so until the edge restarts, whose recovery reads what it
-missed exactly once. A sampling source is opened again after a pause and goes
-on (``SamplingSource``): each sample stands alone, so nothing is read twice.
+A source whose poll raises is ``failed``, closed, and opened again after a
+pause that grows with failures in a row (``RESTART_DELAYS``: 1 s to a minute,
+the count starting over once a poll succeeds); meanwhile its status says so, with
+the error and the pause. Opening again is what a restarted edge does: an event
+source (ring buffers, the kernel log) adopts its pinned program, reads what it
+captured meanwhile and the kernel log's backlog, and drops what the store already
+has, so nothing is read twice or lost; a sampling source samples at once. A record
+a source cannot turn into a row is not a failure of the source: it is counted lost
+and logged, and the source goes on (edge/sources/ringbuf.py, edge/kmsg.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 import threading
@@ -101,6 +105,7 @@ class Source(ABC):
         self.status = SourceStatus(self.name, since=ctx.clock())
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.restarts = 0  # opened again after a failure
 
     # -- what a source implements ----------------------------------------------
 
@@ -142,14 +147,48 @@ class Source(ABC):
         self._thread = threading.Thread(target=self._run, name=f"source-{self.name}", daemon=True)
         self._thread.start()
 
+    RESTART_DELAYS: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
     def _run(self) -> None:
+        failures = 0
         while not self._stop.is_set():
             try:
                 self.poll(0.2)
-            except Exception as exc:  # a source must not die silently
-                log.exception("source %s failed", self.name)
-                self._set_state("failed", f"{type(exc).__name__}: {exc}")
-                return
+            except Exception as exc:  # a source must not die silently, nor for good
+                failures += 1
+                delay = self.RESTART_DELAYS[min(failures, len(self.RESTART_DELAYS)) - 1]
+                log.exception("source %s failed; opening it again in %g s", self.name, delay)
+                self._set_state("failed", f"{type(exc).__name__}: {exc} (opening it again in {delay:g} s)")
+                if not self._reopen(delay):
+                    return
+                continue
+            failures = 0
+
+    def _reopen(self, delay: float) -> bool:
+        """Close, then open again after ``delay`` seconds, and again after each failure; False
+        if the source was stopped meanwhile."""
+        try:
+            self.close()
+        except Exception:  # what close() releases may be half gone already; it releases the rest first
+            log.warning("source %s: closing it after its failure failed too", self.name, exc_info=True)
+        while not self._stop.wait(delay):
+            try:
+                self.open()
+            except Exception as exc:
+                delay = self.RESTART_DELAYS[-1]
+                log.warning("source %s cannot open again (retrying in %g s): %s", self.name, delay, exc)
+                self._set_state("failed", f"cannot open again: {exc} (retrying in {delay:g} s)")
+                continue
+            if self.status.state != "degraded":  # open() says so itself
+                self._set_state("running")
+            self.restarts += 1
+            self._reopened()
+            log.warning("source %s is running again (restart %d)", self.name, self.restarts)
+            return True
+        return False
+
+    def _reopened(self) -> None:  # noqa: B027 - optional hook
+        """Called once the source is open again after a failure."""
 
     def stop(self) -> None:
         self._stop.set()
@@ -166,14 +205,10 @@ class SamplingSource(Source):
     """A source that samples every ``period`` seconds of its clock and otherwise waits.
 
     The first poll samples; a clock that steps backwards triggers a sample
-    rather than a long silence. A sample that raises does not end the source:
-    it is closed, and opened and sampled again after ``RESTART_DELAYS[n]``
-    seconds for its n-th failure in a row (the count starts again once a sample
-    succeeds), its status ``failed`` with the error and the pause meanwhile. A
-    cgroup vanishing mid-read once stopped the early warnings of a node for good.
+    rather than a long silence. After a failure (see ``Source``) it samples at
+    once when open again: each sample stands alone. A cgroup vanishing mid-read
+    once stopped the early warnings of a node for good.
     """
-
-    RESTART_DELAYS: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
     def __init__(self, ctx: SourceContext, *, period: float) -> None:
         if period <= 0:
@@ -183,45 +218,9 @@ class SamplingSource(Source):
         self._last_at = float("-inf")
         self._next_at = float("-inf")
         self.samples = 0  # taken without an error
-        self.restarts = 0
 
-    def _run(self) -> None:
-        failures = 0
-        while not self._stop.is_set():
-            before = self.samples
-            try:
-                self.poll(0.2)
-            except Exception as exc:  # any error: this source restarts, the others go on
-                failures += 1
-                delay = self.RESTART_DELAYS[min(failures, len(self.RESTART_DELAYS)) - 1]
-                log.exception("source %s failed; opening it again in %g s", self.name, delay)
-                self._set_state("failed", f"{type(exc).__name__}: {exc} (opening it again in {delay:g} s)")
-                if not self._reopen(delay):
-                    return
-                continue
-            if self.samples > before:
-                failures = 0
-
-    def _reopen(self, delay: float) -> bool:
-        """Close, then open again after ``delay`` seconds, and again after each failure; False
-        if the source was stopped meanwhile."""
-        with contextlib.suppress(Exception):  # what close() would release may be half gone already
-            self.close()
-        while not self._stop.wait(delay):
-            try:
-                self.open()
-            except Exception as exc:
-                delay = self.RESTART_DELAYS[-1]
-                log.warning("source %s cannot open again (retrying in %g s): %s", self.name, delay, exc)
-                self._set_state("failed", f"cannot open again: {exc} (retrying in {delay:g} s)")
-                continue
-            if self.status.state != "degraded":  # open() says so itself
-                self._set_state("running")
-            self.restarts += 1
-            self._next_at = float("-inf")  # sample at once
-            log.warning("source %s is running again (restart %d)", self.name, self.restarts)
-            return True
-        return False
+    def _reopened(self) -> None:
+        self._next_at = float("-inf")  # sample at once
 
     @abstractmethod
     def sample(self, now: float) -> int:

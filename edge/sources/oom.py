@@ -545,15 +545,23 @@ class OomSource(Source):
             p.poll(min(timeout, 0.05) * 1000)
         if self.kmsg.fd is not None:
             self.kmsg.read()
-            self.status.lost = max(self.status.lost, self.kmsg.overwritten)
+            self.status.lost = max(self.status.lost, self.kmsg.overwritten + self.kmsg.bad)
         assert self.joiner is not None
         self.joiner.expire()
 
     def close(self) -> None:
-        if self.joiner is not None:
-            self.joiner.expire(force=True)  # nothing pending is lost at shutdown
-        self.bpf.close()
-        self.kmsg.close()
+        """Write what is pending (eBPF's and the log's latest first), then let go of the inputs;
+        whatever this cannot write, the next open() reads again from the kernel log's backlog."""
+        try:
+            if self.kmsg.fd is not None:
+                self.kmsg.read()
+        finally:
+            try:
+                self.bpf.close()  # drains what eBPF saw since the last poll into the joiner
+                if self.joiner is not None:
+                    self.joiner.expire(force=True)  # nothing pending is lost at shutdown
+            finally:
+                self.kmsg.close()
 
     # -- the inputs ------------------------------------------------------------------
 

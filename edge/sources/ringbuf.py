@@ -10,6 +10,7 @@ it and other inputs (the OOM source joins it with the kernel log).
 from __future__ import annotations
 
 import ctypes
+import logging
 from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -20,13 +21,17 @@ from pxo.edge.kernel import Kernel
 from pxo.edge.pins import PinnedProgram, RingBuffer
 from pxo.edge.sources.base import Source, SourceContext, SourceStatus
 
+log = logging.getLogger(__name__)
+
 
 class RingBufferInput:
     """bpf/<program>.bpf.c, its ring buffer ``ring`` of ``event`` structs, and its lost-event counter.
 
     The struct's size always goes to the program as ``<PROGRAM>_EVENT_SIZE``,
     where a _Static_assert compares it with the C struct. Events shorter than
-    the struct are counted as lost in ``status``.
+    the struct, and events whose callback raises (a value the row code did not
+    expect), are counted as lost in ``status`` (``dropped``) and logged: one bad
+    record must not stop the stream behind it.
     """
 
     def __init__(self, program: str, event: type[SharedStruct], *, ring: str, lost_counter: str,
@@ -43,6 +48,7 @@ class RingBufferInput:
         self._status = status
         self.bpf: PinnedProgram | None = None
         self._ring: RingBuffer | None = None
+        self.dropped = 0  # events too short, or whose callback raised
 
     def open(self, kernel: Kernel, settings: Mapping[str, int]) -> None:
         """Load (or adopt, when an earlier edge pinned the same) the program and map its ring buffer.
@@ -65,9 +71,18 @@ class RingBufferInput:
 
     def _callback(self, data: int, size: int) -> None:
         if size < ctypes.sizeof(self.event):
-            self._status.lost += 1
+            self._drop()
             return
-        self._on_event(self.event.from_address(data))
+        try:
+            self._on_event(self.event.from_address(data))
+        except Exception:
+            self._drop()
+            if self.dropped <= 3 or self.dropped % 1000 == 0:
+                log.exception("%s: an event could not be read (%d dropped so far)", self.program, self.dropped)
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        self._status.lost += 1
 
     def drain(self) -> int:
         """Deliver every event the ring buffer holds now; returns how many."""
@@ -79,15 +94,18 @@ class RingBufferInput:
         # The kernel's wakeup can be late or missed (seen on 7.2 under load: events sat in the
         # buffer for seconds): read whatever is there either way; it costs two loads when empty.
         self._ring.consume()
-        self._status.lost = max(self._status.lost, read_counter(self.bpf, self.lost_counter))
+        self._status.lost = max(self._status.lost, read_counter(self.bpf, self.lost_counter) + self.dropped)
 
     def close(self) -> None:
-        """Stop reading; the program stays pinned and keeps capturing for the next edge."""
+        """Stop reading; the program stays pinned and keeps capturing for the next edge (or for this
+        source opened again)."""
         if self.bpf is not None:
-            self.drain()  # what is already in the buffer still counts
-            self.bpf.cleanup()
-            self.bpf = None
-            self._ring = None
+            try:
+                self.drain()  # what is already in the buffer still counts
+            finally:
+                self.bpf.cleanup()
+                self.bpf = None
+                self._ring = None
 
 
 class RingBufferSource(Source):

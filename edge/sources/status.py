@@ -21,13 +21,14 @@ PROBE_STATUS = Table(
     (
         TIME,
         Column("source", "VARCHAR", "Source name (oom, kill_bpf, ..., store)"),
-        Column("state", "VARCHAR", "running, degraded (runs without part of its input), failed (a sampling "
-                                   "source is opened again after a pause; detail says when) or stopped"),
+        Column("state", "VARCHAR", "running, degraded (runs without part of its input), failed (opened "
+                                   "again after a pause, reading what it missed; detail says when) or stopped"),
         Column("detail", "VARCHAR", "Why it is degraded or failed, and how to fix it"),
         Column("since", "TIMESTAMP", "When it entered this state (UTC)"),
         Column("events", "UBIGINT", "Events (rows) produced since the edge started"),
-        Column("lost", "UBIGINT", "Events dropped (full ring buffers, overwritten kernel log records, rows "
-                                  "a full disk could not take) since the edge started"),
+        Column("lost", "UBIGINT", "Events dropped (full ring buffers, overwritten kernel log records, records "
+                                  "that could not be read, rows a full disk could not take) since the edge "
+                                  "started"),
     ),
 )
 

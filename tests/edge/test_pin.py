@@ -10,8 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,14 +25,6 @@ from tests.helpers.services import Service, start_edge
 from tests.helpers.sink import ListSink
 
 pytestmark = pytest.mark.requires_bpf
-
-
-@pytest.fixture
-def pin_root() -> Iterator[Path]:
-    """A pin directory of this test's own (the node's is /sys/fs/bpf/pxo), removed afterwards."""
-    root = pins.PIN_ROOT.parent / f"pxo-test-{uuid.uuid4().hex[:8]}"
-    yield root
-    pins.remove(root)
 
 
 def _kill(cg: ScratchCgroup) -> int:

@@ -26,6 +26,9 @@ from tests.helpers.guest import SUITES, GuestError, run_in_guest
 ROOT = Path(__file__).resolve().parents[2]
 MARK = "@@pxo-matrix-report@@"
 EBPF_SOURCES = ("oom", "kill_bpf", "exit_bpf", "alloc_faults", "alloc_bpf", "reclaim_bpf")
+# Run in each guest after the scenarios: a source that fails is opened again (adopting its
+# pinned program in the same process) and loses nothing, on every kernel.
+GUEST_TESTS = ("tests/edge/test_source_restart.py",)
 # The tables whose columns the scenarios exercise (process_memory and probe_status are not sampled there).
 TABLES = ("oom_events", "oom_candidates", "kill_events", "process_exits", "alloc_rate", "reclaim_stalls",
           "container_memory")
@@ -50,6 +53,7 @@ def run_scenarios(suite: str, *, timeout: float = 1500, pytest_args: Sequence[st
     """Boot ``suite``'s kernel as a fresh node and run the scenarios in it (as root, CI=true:
     a source that cannot load fails its scenarios instead of skipping them)."""
     script = (f"{ROOT}/.venv/bin/python -m pytest -p no:cacheprovider -q -rfE tests/kernels/test_scenarios.py "
+              f"{' '.join(GUEST_TESTS)} "
               + " ".join(pytest_args) + f"; rc=$?; echo; echo {MARK}; cat /tmp/pxo-matrix.json; exit $rc")
     started = time.monotonic()
     # 1 GiB: enough for the loader's compiler, and small enough that the node-wide OOM scenario fills it fast

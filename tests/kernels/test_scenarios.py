@@ -468,4 +468,5 @@ def test_sources_stay_up(node: Node) -> None:
     for name, src in node.sources.items():
         if name not in node.failed:
             assert src.status.state in ("running", "degraded"), (name, src.status)
+            assert src.restarts == 0, (name, "failed and was opened again: see the log")
     assert not [n for n in EBPF if n in node.failed], node.failed
