@@ -44,9 +44,14 @@ class EdgeCollector(Collector):
             lost.add_metric([self.node, st.name], st.lost)
             for s in STATES:
                 state.add_metric([self.node, st.name, s], 1.0 if st.state == s else 0.0)
+        restarts = CounterMetricFamily("pxo_edge_source_restarts", "Times a source failed and was opened again "
+                                       "(edge/sources/base.py)", labels=["node", "source"])
+        for src in self.sources:
+            restarts.add_metric([self.node, src.name], src.restarts)
         yield events
         yield lost
         yield state
+        yield restarts
         kills = CounterMetricFamily("pxo_edge_oom_kills", "OOM kills recorded, by constraint",
                                     labels=["node", "constraint"])
         for src in self.sources:

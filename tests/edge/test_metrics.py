@@ -36,6 +36,7 @@ def test_metrics_after_a_real_oom_kill(tmp_path: Path, services: list[Service]) 
     assert kills >= 1
     assert m[("pxo_edge_source_state", frozenset({node, ("source", "oom"), ("state", "running")}))] == 1.0
     assert m[("pxo_edge_source_events_total", frozenset({node, ("source", "oom")}))] >= 1
+    assert m[("pxo_edge_source_restarts_total", frozenset({node, ("source", "oom")}))] == 0
     assert m[("pxo_edge_store_bytes", frozenset({node}))] > 0
     assert m[("pxo_edge_fragments_total", frozenset({("outcome", "ok")}))] >= 1
     assert m[("pxo_edge_fragments_total", frozenset({("outcome", "refused")}))] == 1
