@@ -179,6 +179,8 @@ class Source(ABC):
                 log.warning("source %s cannot open again (retrying in %g s): %s", self.name, delay, exc)
                 self._set_state("failed", f"cannot open again: {exc} (retrying in {delay:g} s)")
                 continue
+            if self._stop.is_set():  # stopped while it opened (loading a program takes seconds)
+                return False
             if self.status.state != "degraded":  # open() says so itself
                 self._set_state("running")
             self.restarts += 1
