@@ -12,9 +12,13 @@ from another tree (a directory holding a ``pxo`` package, e.g. a worktree of an 
 commit) in the same rounds, so that a change is measured side by side, not minutes apart.
 ``--threads`` also splits the edge's CPU per call by thread (from /proc/PID/task): the busiest
 thread (gRPC's worker: the handler and DuckDB), the other Python threads (gRPC's poller among
-them) and gRPC's event-engine threads.
+them) and gRPC's event-engine threads. ``--bisect`` also runs bare servers over the same store
+(bench/execute_server.py), each one layer more than the last: DuckDB alone behind gRPC, the
+Arrow stream, the IPC batches, the store's ``execute``; the steps between them say where the
+edge's extra goes.
 
     .venv/bin/python bench/execute_grpc.py [--rows 1000000] [--calls 200] [--rounds 5] [--before DIR] [--threads]
+                                           [--bisect]
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from execute_cost import PIPES
+from execute_server import MODES
 from query_scale import cpu_seconds, generate
 
 from pxo.collector.plan import plan_pipe
@@ -81,20 +86,29 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--before", type=Path, help="also run an edge from this tree's pxo package, side by side")
     ap.add_argument("--threads", action="store_true", help="also split the edge's CPU per call by thread")
+    ap.add_argument("--bisect", action="store_true", help="also run bare servers, one layer at a time "
+                    "(bench/execute_server.py)")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="pxo-bench-grpc-"))
     edges: dict[str, tuple[subprocess.Popen[bytes], pxo_pb2_grpc.EdgeStub]] = {}
     procs: list[subprocess.Popen[bytes]] = []
     try:
         generate(root / "alone.duckdb", args.rows, 1)
-        for name, tree in (("edge", None), ("before", args.before))[: 2 if args.before else 1]:
+        servers: list[tuple[str, Path | None]] = [("edge", None)]
+        if args.before:
+            servers.append(("before", args.before))
+        if args.bisect:
+            servers += [(mode, None) for mode in MODES]
+        for name, tree in servers:
             (root / name).mkdir()
             shutil.copy(root / "alone.duckdb", root / name / "edge.duckdb")
             env = dict(os.environ, PYTHONPATH=str(tree)) if tree else None
             log = open(root / f"{name}.log", "wb")  # noqa: SIM115
-            proc = subprocess.Popen([sys.executable, "-m", "pxo.edge", "--listen", "127.0.0.1:0", "--data-dir",
-                                     str(root / name), "--node", "node-1", "--sources", "[]", "--log-level",
-                                     "WARNING"], stdout=log, stderr=subprocess.STDOUT, env=env)
+            cmd = [sys.executable, "-m", "pxo.edge", "--listen", "127.0.0.1:0", "--data-dir", str(root / name),
+                   "--node", "node-1", "--sources", "[]", "--log-level", "WARNING"]
+            if name in MODES:
+                cmd = [sys.executable, str(Path(__file__).with_name("execute_server.py")), str(root / name), name]
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
             procs.append(proc)
             while (addr := read_addr_file(root / name / "edge.addr")) is None:
                 if proc.poll() is not None:
