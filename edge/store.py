@@ -221,7 +221,10 @@ class Store:
         next_retention = time.monotonic()
         while True:
             if time.monotonic() >= next_retention:
-                self.enforce_retention(cur)
+                try:
+                    self.enforce_retention(cur)
+                except Exception:  # never the writer: retention is tried again next time
+                    log.exception("store: retention failed")
                 next_retention = time.monotonic() + self.retention_interval
             wait_for = next_retention if deadline is None else min(deadline, next_retention)
             timeout = max(0.0, wait_for - time.monotonic())
@@ -238,7 +241,12 @@ class Store:
                 if count < self.max_batch_rows and time.monotonic() < deadline:
                     continue  # a steady stream still commits every flush_interval
             if count or any(self._unwritten.values()):
-                self._flush(cur, pending)
+                try:
+                    self._flush(cur, pending)
+                except Exception as exc:  # never the writer: its rows wait in _unwritten, retried
+                    log.exception("store: writing failed unexpectedly; keeping rows and retrying")
+                    self.write_error = f"writing failed: {type(exc).__name__}: {exc}"
+                    self._bound_unwritten()
                 pending, count = defaultdict(list), 0
             # rows a failed write left behind are retried on their own schedule
             deadline = time.monotonic() + 2.0 if any(self._unwritten.values()) else None
@@ -255,7 +263,19 @@ class Store:
             rows = self._unwritten[name]
             if not rows:
                 continue
-            batch, problems = arrowout.build(self.tables[name], rows)
+            table = self.tables.get(name)
+            if table is None:  # a source's bug: rows for a table this store does not hold
+                log.error("store: %d row(s) for a table it does not hold, %r, left out", len(rows), name)
+                self.rows_dropped += len(rows)
+                del self._unwritten[name]
+                continue
+            try:
+                batch, problems = arrowout.build(table, rows)
+            except Exception:  # a source's bug the row checks do not catch (a row that is no dict)
+                log.exception("store: %d row(s) of %s left out: they could not be read", len(rows), name)
+                self.rows_dropped += len(rows)
+                self._unwritten[name] = []
+                continue
             if problems:  # a source's bug: that row is dropped, never the batch or the writer
                 for line in problems.values():
                     log.error("store: row left out: %s", line)
@@ -276,16 +296,27 @@ class Store:
                 if not self.write_error:
                     log.error("store: cannot write to %s: %s; keeping rows and retrying", name, exc)
                 self.write_error = f"cannot write to {self.path}: {str(exc).splitlines()[0]}"
-                excess = sum(len(v) for v in self._unwritten.values()) - self.max_pending_rows
-                if excess > 0:  # bounded memory: the oldest unwritten rows go first
-                    del rows[:excess]
-                    self.rows_dropped += excess
+                self._bound_unwritten(name)
                 continue
             self.rows_written += batch.num_rows
             self._unwritten[name] = []
             if self.write_error:
                 log.info("store: writes succeed again")
                 self.write_error = ""
+
+    def _bound_unwritten(self, first: str | None = None) -> None:
+        """Bounded memory while writes fail: past ``max_pending_rows`` rows waiting, the oldest
+        go, from table ``first`` (the one that just failed), then from the others."""
+        excess = sum(len(v) for v in self._unwritten.values()) - self.max_pending_rows
+        order = ([first] if first is not None else []) + [n for n in self._unwritten if n != first]
+        for name in order:
+            if excess <= 0:
+                return
+            rows = self._unwritten[name]
+            n = min(excess, len(rows))
+            del rows[:n]
+            self.rows_dropped += n
+            excess -= n
 
     # -- retention -----------------------------------------------------------------
 

@@ -213,3 +213,27 @@ def test_answers_memory_goes_back_to_the_kernel_once_the_store_is_idle(tmp_path:
         time.sleep(0.05)
     assert after < 4 << 20, f"{after} bytes still held 10 s after Store.execute's answer"
     store.close()
+
+
+def test_a_sources_bug_loses_its_rows_never_the_writer(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A row for a table the store does not hold, or a row that is no dict, once ended the
+    writer's thread: every row after it waited forever. Now those rows are left out, counted
+    and logged, and the rows around them are committed."""
+    store = Store(tmp_path / "s.duckdb", [T], flush_interval=0.05)
+    store.start()
+    try:
+        store.append("samples", rows(1)[0])
+        assert store.flush()
+        store.append("no_such_table", {"pid": 1})
+        assert store.flush()
+        store.append("samples", None)  # type: ignore[arg-type]
+        assert store.flush()
+        for r in rows(3, start=1):
+            store.append("samples", r)
+        assert store.flush()
+        assert [r["pid"] for r in collect(store, "SELECT pid FROM samples ORDER BY pid")] == [0, 1, 2, 3]
+        assert store.rows_dropped == 2 and store.status().state == "running"
+        assert "for a table it does not hold, 'no_such_table'" in caplog.text
+        assert "1 row(s) of samples left out" in caplog.text
+    finally:
+        store.close()
