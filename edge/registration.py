@@ -34,8 +34,8 @@ class Registration:
     def _run(self) -> None:
         known = False
         while not self._stop.is_set():
-            info = self._node_info()
             try:
+                info = self._node_info()
                 if not known:
                     reply = self._stub.Register(pxo_pb2.RegisterRequest(node=info), timeout=5)
                     if reply.heartbeat_interval_ms:
@@ -57,6 +57,12 @@ class Registration:
                     # with the handshake failure in the details
                     log.warning("collector %s unreachable (%s: %s); retrying every %.0f s",
                                 self.collector, exc.code().name, exc.details(), self.interval)
+                    self._complained = True
+            except Exception:  # never the thread: a node that stops heartbeating is taken for dead
+                known = False
+                if not self._complained:
+                    log.exception("cannot register with collector %s; retrying every %.0f s", self.collector,
+                                  self.interval)
                     self._complained = True
             self._stop.wait(self.interval)
 

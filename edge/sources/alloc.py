@@ -312,7 +312,7 @@ class AllocRateBpfSource(Source):
         except KeyError:
             pass
         try:
-            return (self.ctx.proc / str(tgid) / "comm").read_text().rstrip("\n")
+            return (self.ctx.proc / str(tgid) / "comm").read_bytes().rstrip(b"\n").decode(errors="replace")
         except OSError:
             return None
 

@@ -57,11 +57,25 @@ class SourceStatus:
         return pxo_pb2.SourceStatus(
             name=self.name,
             state=source_state(self.state),
-            detail=self.detail,
+            detail=utf8(self.detail),
             events=self.events,
             lost=self.lost,
             since_unix_us=unix_us(self.since),
         )
+
+
+def utf8(text: str) -> str:
+    """``text`` as valid UTF-8, what protobuf and DuckDB take: a path read from the kernel may hold
+    bytes that are not (Python keeps them as lone surrogates), and an error message quoting it
+    once made every heartbeat of the edge fail. Such bytes are written as ``\\xNN``."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a surrogate no byte stands for
+            return text.encode("utf-8", "backslashreplace").decode()
+    return text
 
 
 def _never_recorded(_boot_id: str, _kmsg_seq: int, _pid: int, _when: dt.datetime) -> bool:
@@ -133,7 +147,7 @@ class Source(ABC):
 
     def _set_state(self, state: str, detail: str = "") -> None:
         self.status.state = state
-        self.status.detail = detail
+        self.status.detail = utf8(detail)  # probe_status rows and heartbeats carry it
         self.status.since = self._clock()
 
     def start(self) -> None:
