@@ -228,7 +228,7 @@ class DockerApiNames(RuntimeIndex):
                 self._connected(True)
                 backoff.reset()
                 self._follow_events(since)  # returns when the stream ends
-            except (OSError, http.client.HTTPException, ValueError) as exc:
+            except Exception as exc:  # the socket, HTTP, or an answer not shaped as expected: never the thread
                 if self._stop.is_set():
                     return
                 self._failed(exc)

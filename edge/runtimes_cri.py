@@ -110,7 +110,7 @@ class CriNames(RuntimeIndex):
             try:
                 self._follow()
                 backoff.reset()  # it worked until the runtime stopped: start over soon
-            except (grpc.RpcError, ValueError) as exc:  # ValueError: the channel was closed by stop()
+            except Exception as exc:  # RPC errors, a closed channel (stop()), an answer not shaped as expected
                 if self._stop.is_set():
                     return
                 self._failed(exc)

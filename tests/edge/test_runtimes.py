@@ -84,3 +84,52 @@ def test_a_runtime_that_is_down_is_a_status_not_an_error(tmp_path: Path) -> None
         assert not index.status.connected and "nothing.sock" in index.status.last_error
     finally:
         index.stop()
+
+
+def test_an_answer_not_shaped_as_expected_is_a_status_and_the_index_goes_on(tmp_path: Path) -> None:
+    """A Docker API that answers the container list with an object (an error, another API) once
+    ended the names thread for good (AttributeError): no container of that runtime was named
+    again. Now it is an error in the status, retried; the next, proper list names them. The
+    API here is a small server on a Unix socket of the test's own: podman never answers so."""
+    import http.server
+    import json
+    import socketserver
+    import threading
+
+    cid = "c" * 64
+    answers = iter([{"message": "not a list"}])
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.startswith("/containers/json"):
+                body = json.dumps(next(answers, [{"Id": cid, "Names": ["/named-later"]}])).encode()
+                self.send_response(200)
+            else:  # the event stream ends at once; a direct question finds nothing
+                body = b""
+                self.send_response(200 if self.path.startswith("/events") else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def address_string(self) -> str:
+            return "unix"
+
+    sock = tmp_path / "api.sock"
+    server = socketserver.ThreadingUnixStreamServer(str(sock), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    index = DockerApiNames("podman", sock, retry=0.1)
+    index.start()
+    try:
+        end = time.monotonic() + 10
+        while index.lookup(cid) is None and time.monotonic() < end:
+            time.sleep(0.05)
+        found = index.lookup(cid)
+        assert found is not None and found.name == "named-later", index.status
+        assert index.status.errors >= 1 and "has no attribute 'get'" in index.status.last_error
+    finally:
+        index.stop()
+        server.shutdown()
+        server.server_close()
