@@ -32,3 +32,9 @@ class Backoff:
 
     def reset(self) -> None:
         self.failures = 0
+
+
+# The pauses before starting again something that failed, by failures in a row (the last one
+# repeats): a source of the edge (edge/sources/base.py) and a component of a local deployment
+# (common/supervise.py). Fixed steps rather than ``Backoff``: one process, nobody in lockstep.
+RESTART_DELAYS: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)

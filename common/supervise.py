@@ -35,10 +35,10 @@ from pathlib import Path
 from types import FrameType
 
 from pxo.common.addr import read_addr_file
+from pxo.common.backoff import RESTART_DELAYS
 
 log = logging.getLogger("pxo-supervise")
 
-RESTART_DELAYS: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 HEALTHY_AFTER = 60.0  # seconds a component runs before its crashes count from zero again
 _PR_SET_PDEATHSIG = 1
 
@@ -84,13 +84,10 @@ def _exit_code(rc: int) -> int:
 
 
 class Supervisor:
-    def __init__(self, name: str, command: Sequence[str], addr_file: Path, *,
-                 delays: Sequence[float] = RESTART_DELAYS, healthy_after: float = HEALTHY_AFTER) -> None:
+    def __init__(self, name: str, command: Sequence[str], addr_file: Path) -> None:
         self.name = name
         self.command = list(command)
         self.addr_file = addr_file
-        self.delays = tuple(delays)
-        self.healthy_after = healthy_after
         self.child: subprocess.Popen[bytes] | None = None
         self.stopping = False
         self.restarts = 0
@@ -139,9 +136,9 @@ class Supervisor:
             if served is None:
                 log.error("%s exited before it served (%s): not starting it again", self.name, _status(rc))
                 return _exit_code(rc)
-            if ran >= self.healthy_after:
+            if ran >= HEALTHY_AFTER:
                 crashes = 0
-            delay = self.delays[min(crashes, len(self.delays) - 1)]
+            delay = RESTART_DELAYS[min(crashes, len(RESTART_DELAYS) - 1)]
             crashes += 1
             self.restarts += 1
             log.warning("%s ended after %.1f s (%s); starting it again in %g s", self.name, ran, _status(rc), delay)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from pxo.common.backoff import RESTART_DELAYS
 from pxo.common.contract import source_state
 from pxo.common.schema import Table
 from pxo.common.timeutil import unix_us
@@ -67,7 +68,8 @@ class SourceStatus:
 def utf8(text: str) -> str:
     """``text`` as valid UTF-8, what protobuf and DuckDB take: a path read from the kernel may hold
     bytes that are not (Python keeps them as lone surrogates), and an error message quoting it
-    once made every heartbeat of the edge fail. Such bytes are written as ``\\xNN``."""
+    once made every heartbeat of the edge fail. Such bytes are written as ``\\xNN``, where a detail
+    leaves the edge: ``to_proto`` and the probe_status rows (edge/sources/status.py)."""
     try:
         text.encode()
     except UnicodeEncodeError:
@@ -147,7 +149,7 @@ class Source(ABC):
 
     def _set_state(self, state: str, detail: str = "") -> None:
         self.status.state = state
-        self.status.detail = utf8(detail)  # probe_status rows and heartbeats carry it
+        self.status.detail = detail
         self.status.since = self._clock()
 
     def start(self) -> None:
@@ -161,7 +163,7 @@ class Source(ABC):
         self._thread = threading.Thread(target=self._run, name=f"source-{self.name}", daemon=True)
         self._thread.start()
 
-    RESTART_DELAYS: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+    RESTART_DELAYS = RESTART_DELAYS  # common/backoff.py's; a test may set its own on an instance
 
     def _run(self) -> None:
         failures = 0
@@ -233,7 +235,6 @@ class SamplingSource(Source):
         self.period = period
         self._last_at = float("-inf")
         self._next_at = float("-inf")
-        self.samples = 0  # taken without an error
 
     def _reopened(self) -> None:
         self._next_at = float("-inf")  # sample at once
@@ -247,6 +248,5 @@ class SamplingSource(Source):
         if now >= self._next_at or now < self._last_at:
             self._last_at, self._next_at = now, now + self.period
             self.sample(now)
-            self.samples += 1
         else:
             self._stop.wait(min(timeout, self._next_at - now))

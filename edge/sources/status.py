@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from pxo.common.schema import TIME, Column, Table
 from pxo.common.timeutil import from_unix_seconds, utc_now
-from pxo.edge.sources.base import Source, SourceContext
+from pxo.edge.sources.base import Source, SourceContext, utf8
 
 PROBE_STATUS = Table(
     "probe_status",
@@ -59,7 +59,7 @@ class ProbeStatusSource(Source):
             if force or self._last.get(st.name) != key:
                 self._last[st.name] = key
                 self.emit("probe_status", {
-                    "time": self._now(), "source": st.name, "state": st.state, "detail": st.detail or None,
+                    "time": self._now(), "source": st.name, "state": st.state, "detail": utf8(st.detail) or None,
                     "since": from_unix_seconds(st.since),
                     "events": st.events, "lost": st.lost,
                 })

@@ -1,5 +1,5 @@
-"""The edge stays registered with its collector whatever its status says: a real collector,
-a real edge in this process."""
+"""The edge stays registered with its collector whatever its status says (a real collector, a
+real edge in this process), and its probe_status rows are written whatever they say."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from pathlib import Path
 
 import grpc
 
-from pxo.edge.sources.base import SourceStatus
+from pxo.edge.sources.base import SourceContext, SourceStatus
+from pxo.edge.sources.status import PROBE_STATUS, ProbeStatusSource
+from pxo.edge.store import Store
 from pxo.v1 import pxo_pb2, pxo_pb2_grpc
 from tests.helpers.liveedge import LiveEdge
 from tests.helpers.seeding import wait_nodes
@@ -55,3 +57,25 @@ def test_registration_outlives_an_error_building_its_heartbeat(tmp_path: Path, s
         assert calls["n"] > 2
     finally:
         edge.stop()
+
+
+def test_a_status_detail_that_is_not_utf8_is_a_probe_status_row_all_the_same(tmp_path: Path) -> None:
+    """The same detail in the probe_status table: DuckDB refuses a string that is not UTF-8, and
+    the store would leave the row out; the row is written with the byte escaped."""
+    bad = os.fsencode(tmp_path) + b"/pod\xff"
+    os.mkdir(bad)
+    name = next(n for n in os.listdir(tmp_path) if n.startswith("pod"))
+    detail = f"cannot read {tmp_path / name / 'memory.stat'}: No such file or directory"
+    store = Store(tmp_path / "edge.duckdb", [PROBE_STATUS], flush_interval=0.02)
+    store.start()
+    try:
+        src = ProbeStatusSource(SourceContext(sink=store, statuses=lambda: [
+            SourceStatus("container_memory", "failed", detail)]))
+        src.start()
+        src.stop()
+        assert store.flush()
+        rows = store.rows("SELECT detail FROM probe_status WHERE source = 'container_memory'")
+    finally:
+        store.close()
+    assert rows and "pod\\xff/memory.stat" in rows[0]["detail"], rows
+    assert store.rows_dropped == 0
