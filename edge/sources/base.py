@@ -121,6 +121,9 @@ class Source(ABC):
         self.status = SourceStatus(self.name, since=ctx.clock())
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # open() and close() never overlap: the source's thread may be opening it again (loading a
+        # program takes seconds) when stop() comes to close it
+        self._life = threading.Lock()
         self.restarts = 0  # opened again after a failure
 
     # -- what a source implements ----------------------------------------------
@@ -182,21 +185,26 @@ class Source(ABC):
 
     def _reopen(self, delay: float) -> bool:
         """Close, then open again after ``delay`` seconds, and again after each failure; False
-        if the source was stopped meanwhile."""
-        try:
-            self.close()
-        except Exception:  # what close() releases may be half gone already; it releases the rest first
-            log.warning("source %s: closing it after its failure failed too", self.name, exc_info=True)
-        while not self._stop.wait(delay):
+        if the source was stopped meanwhile (then nothing it opened is left open)."""
+        with self._life:
             try:
-                self.open()
-            except Exception as exc:
-                delay = self.RESTART_DELAYS[-1]
-                log.warning("source %s cannot open again (retrying in %g s): %s", self.name, delay, exc)
-                self._set_state("failed", f"cannot open again: {exc} (retrying in {delay:g} s)")
-                continue
-            if self._stop.is_set():  # stopped while it opened (loading a program takes seconds)
-                return False
+                self.close()
+            except Exception:  # what close() releases may be half gone already; it releases the rest first
+                log.warning("source %s: closing it after its failure failed too", self.name, exc_info=True)
+        while not self._stop.wait(delay):
+            with self._life:
+                if self._stop.is_set():  # stop() came meanwhile and closed what was open
+                    return False
+                try:
+                    self.open()
+                except Exception as exc:
+                    delay = self.RESTART_DELAYS[-1]
+                    log.warning("source %s cannot open again (retrying in %g s): %s", self.name, delay, exc)
+                    self._set_state("failed", f"cannot open again: {exc} (retrying in {delay:g} s)")
+                    continue
+                if self._stop.is_set():  # stopped while it opened: stop() may have given up waiting
+                    self._close_quietly()
+                    return False
             if self.status.state != "degraded":  # open() says so itself
                 self._set_state("running")
             self.restarts += 1
@@ -205,16 +213,32 @@ class Source(ABC):
             return True
         return False
 
+    def _close_quietly(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            log.warning("source %s: closing it failed", self.name, exc_info=True)
+
     def _reopened(self) -> None:  # noqa: B027 - optional hook
         """Called once the source is open again after a failure."""
 
+    STOP_WAIT = 5.0  # seconds stop() waits for the source's thread, then again for an open() under way
+
     def stop(self) -> None:
+        """Stop the thread and close the source. An open() under way (the thread opening it again
+        after a failure) is waited for, so the two never overlap; if it takes longer than
+        ``STOP_WAIT``, its thread closes the source once it is open and stop() returns."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=self.STOP_WAIT)
+        if not self._life.acquire(timeout=self.STOP_WAIT):
+            log.warning("source %s is still opening after %g s; it is closed when it is open", self.name,
+                        self.STOP_WAIT)
+            return
         try:
             self.close()
         finally:
+            self._life.release()
             if self.status.state in ("running", "degraded"):
                 self._set_state("stopped")
 
