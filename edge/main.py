@@ -9,8 +9,10 @@ import ctypes
 import dataclasses
 import datetime as dt
 import logging
+import os
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -38,6 +40,7 @@ from pxo.edge.service import EdgeService
 from pxo.edge.sources import DEFAULT_SOURCES, OPT_IN, SOURCES, all_tables, build_sources
 from pxo.edge.sources.base import Sink, Source, SourceContext, SourceStatus
 from pxo.edge.store import Store
+from pxo.edge.watchdog import EXIT_STALLED, Stall, Watchdog
 from pxo.v1 import pxo_pb2_grpc
 
 log = logging.getLogger("pxo.edge")
@@ -98,6 +101,10 @@ class EdgeSettings(TlsSettings):
     health_listen: str = setting("", check=hostport_check(optional=True),
                                  help="host:port of a plain-text server answering only grpc.health.v1 "
                                       "(for Kubernetes gRPC probes when TLS is on; empty: off)")
+    stall_seconds: float = setting(180.0, gt=0, help="a source or the store's writer busy with one piece of work "
+                                   "for longer than this has hung: the edge reports NOT_SERVING and exits "
+                                   f"(status {EXIT_STALLED}) to be started again, losing nothing "
+                                   "(edge/watchdog.py)")
 
 
 class Edge:
@@ -137,6 +144,8 @@ class Edge:
             # with TLS, only the collector's certificate may ask this node anything
             interceptors=role_interceptors(settings.tls, EDGE_CALLERS))
         self.registration: Registration | None = None
+        self.watchdog = Watchdog(lambda: [self.store.writer_busy, *(s.busy for s in self.sources)],
+                                 stall_after=settings.stall_seconds, on_stall=self.stalled)
         self._started = time.time()
 
     def verdict_line(self, row: dict[str, Any]) -> str:
@@ -204,6 +213,7 @@ class Edge:
             self.registration = Registration(collector=self.settings.collector,
                                              node_info=self.service.node_info, channel_factory=dial)
             self.registration.start()
+        self.watchdog.start()
         running = ", ".join(f"{s.name} ({s.status.state})" for s in self.sources) or "none"
         log.info("pxo edge %s on node %s: serving on %s, store %s, sources: %s",
                  pxo_version(), self.settings.node, self.address, self.store.path, running)
@@ -220,7 +230,30 @@ class Edge:
         while not self.pods.status["connected"] and time.monotonic() < end:
             time.sleep(0.05)
 
+    STALL_GRACE = 20.0  # seconds a stalled edge gives the rest of its stop before it exits anyway
+
+    def stalled(self, stall: Stall) -> None:
+        """The watchdog found a loop that hangs: report NOT_SERVING, stop what can be stopped
+        (committing what the sources handed over, unless the writer is what hangs) and exit, to
+        be started again as after a crash. Never returns."""
+        log.critical("%s has made no progress for %.0f s (--stall-seconds %g): the edge exits with status %d "
+                     "to be started again; the store keeps what it committed and the pinned programs keep "
+                     "capturing meanwhile. It is stuck here:\n%s", stall.name, stall.seconds,
+                     self.settings.stall_seconds, EXIT_STALLED, stall.stack.rstrip() or "(its thread is gone)")
+        try:
+            self.grpc.health.enter_graceful_shutdown()  # liveness and readiness probes fail from now on
+        except Exception:
+            log.exception("setting health to NOT_SERVING failed")
+        stopping = threading.Thread(target=self.stop, name="stop-after-stall", daemon=True)
+        stopping.start()
+        stopping.join(self.STALL_GRACE)
+        if stopping.is_alive():
+            log.error("the edge did not stop within %g s; exiting anyway", self.STALL_GRACE)
+        logging.shutdown()
+        os._exit(EXIT_STALLED)
+
     def stop(self) -> None:
+        self.watchdog.stop()
         if self.registration is not None:
             self.registration.stop()
         for s in self.sources:

@@ -49,6 +49,7 @@ from pxo.edge.arrowout import Batch
 from pxo.edge.deadlines import Deadlines
 from pxo.edge.errors import FragmentError, StoreError
 from pxo.edge.sources.base import SourceStatus
+from pxo.edge.watchdog import Busy
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,7 @@ class Store:
         # Rows a failed commit (e.g. a full disk) left behind, retried on every flush.
         self._unwritten: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
         self.rows_dropped = 0
+        self.writer_busy = Busy("store writer")  # each commit and retention pass (edge/watchdog.py)
         self.rows_deleted_by_retention = 0
         self._since = time.time()
         # rows, flush barriers (Events), or None to stop the writer
@@ -222,7 +224,8 @@ class Store:
         while True:
             if time.monotonic() >= next_retention:
                 try:
-                    self.enforce_retention(cur)
+                    with self.writer_busy:
+                        self.enforce_retention(cur)
                 except Exception:  # never the writer: retention is tried again next time
                     log.exception("store: retention failed")
                 next_retention = time.monotonic() + self.retention_interval
@@ -242,7 +245,8 @@ class Store:
                     continue  # a steady stream still commits every flush_interval
             if count or any(self._unwritten.values()):
                 try:
-                    self._flush(cur, pending)
+                    with self.writer_busy:
+                        self._flush(cur, pending)
                 except Exception as exc:  # never the writer: its rows wait in _unwritten, retried
                     log.exception("store: writing failed unexpectedly; keeping rows and retrying")
                     self.write_error = f"writing failed: {type(exc).__name__}: {exc}"

@@ -36,6 +36,7 @@ from pxo.edge.btf import VMLINUX
 from pxo.edge.kernel import Kernel
 from pxo.edge.loader import node_kernel
 from pxo.edge.pins import PIN_ROOT
+from pxo.edge.watchdog import Busy
 from pxo.v1 import pxo_pb2
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ class Source(ABC):
         # program takes seconds) when stop() comes to close it
         self._life = threading.Lock()
         self.restarts = 0  # opened again after a failure
+        self.busy = Busy(f"source {self.name}")  # each poll and each opening again (edge/watchdog.py)
 
     # -- what a source implements ----------------------------------------------
 
@@ -172,7 +174,8 @@ class Source(ABC):
         failures = 0
         while not self._stop.is_set():
             try:
-                self.poll(0.2)
+                with self.busy:
+                    self.poll(0.2)
             except Exception as exc:  # a source must not die silently, nor for good
                 failures += 1
                 delay = self.RESTART_DELAYS[min(failures, len(self.RESTART_DELAYS)) - 1]
@@ -186,13 +189,13 @@ class Source(ABC):
     def _reopen(self, delay: float) -> bool:
         """Close, then open again after ``delay`` seconds, and again after each failure; False
         if the source was stopped meanwhile (then nothing it opened is left open)."""
-        with self._life:
+        with self._life, self.busy:
             try:
                 self.close()
             except Exception:  # what close() releases may be half gone already; it releases the rest first
                 log.warning("source %s: closing it after its failure failed too", self.name, exc_info=True)
         while not self._stop.wait(delay):
-            with self._life:
+            with self._life, self.busy:
                 if self._stop.is_set():  # stop() came meanwhile and closed what was open
                     return False
                 try:
