@@ -18,9 +18,33 @@ import pytest
 
 from pxo.edge.prereqs import missing_for_bpf
 from tests.helpers.kubeapi_apply import ApplyAPI
+from tests.helpers.matrix import EarlyScenarios
 from tests.helpers.services import Service, Stack
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+EARLY_SCENARIOS = pytest.StashKey[EarlyScenarios]()
+MATRIX_TEST = "tests/kernels/test_matrix.py::test_scenarios_pass_on_a_fresh_node_of["
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the kernel matrix's guests now, beside the host's tests (tests/helpers/matrix.py
+    EarlyScenarios); PXO_GUEST_EARLY=0 runs each in its test's turn instead."""
+    suites = [item.callspec.params["suite"] for item in session.items
+              if item.nodeid.startswith(MATRIX_TEST) and isinstance(item, pytest.Function)]
+    if (suites and os.geteuid() == 0 and not session.config.option.collectonly
+            and os.environ.get("PXO_GUEST_EARLY", "1") != "0"):
+        session.config.stash[EARLY_SCENARIOS] = EarlyScenarios(suites)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    early = session.config.stash.get(EARLY_SCENARIOS, None)
+    if early is not None:
+        early.cancel()
+
+
+@pytest.fixture
+def early_scenarios(request: pytest.FixtureRequest) -> EarlyScenarios | None:
+    return request.config.stash.get(EARLY_SCENARIOS, None)
 
 
 def _bpf_missing() -> str:

@@ -31,6 +31,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -68,6 +69,10 @@ class GuestToolsMissing(GuestError):
 
 
 class GuestBootError(GuestError):
+    pass
+
+
+class GuestCancelled(GuestError):
     pass
 
 
@@ -369,8 +374,9 @@ class _Streams:
 
 
 def _pump(qemu: subprocess.Popen[bytes], out_fd: int, status_fd: int, deadline: float,
-          on_output: Callable[[bytes], None] | None) -> tuple[_Streams, bool]:
-    """Read the ports until qemu exits (True) or the deadline passes (False)."""
+          on_output: Callable[[bytes], None] | None,
+          cancel: threading.Event | None = None) -> tuple[_Streams, bool]:
+    """Read the ports until qemu exits (True), the deadline passes or ``cancel`` is set (False)."""
     streams = _Streams(bytearray(), bytearray())
     qemu_started = time.monotonic()
     while True:
@@ -388,17 +394,19 @@ def _pump(qemu: subprocess.Popen[bytes], out_fd: int, status_fd: int, deadline: 
                     streams.boot_seconds = time.monotonic() - qemu_started
         if done:
             return streams, True
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline or (cancel is not None and cancel.is_set()):
             return streams, False
 
 
 def run_in_guest(suite: str, argv: list[str], *, cwd: str = "/", env: dict[str, str] | None = None,
                  timeout: float = 600, memory_mb: int = 2048, cpus: int = 1,
-                 on_output: Callable[[bytes], None] | None = None) -> GuestResult:
+                 on_output: Callable[[bytes], None] | None = None,
+                 cancel: threading.Event | None = None) -> GuestResult:
     """Boot the suite's kernel, run argv as root in cwd with env added to a
     minimal environment (PATH, HOME, LANG; PYTHONDONTWRITEBYTECODE=1 always),
     and return its combined output and exit status. timeout covers the boot.
-    on_output, if given, receives the output as it arrives."""
+    on_output, if given, receives the output as it arrives; ``cancel``, once set,
+    stops the guest (GuestCancelled)."""
     if not argv:
         raise ValueError("argv is empty")
     started = time.monotonic()
@@ -424,9 +432,11 @@ def run_in_guest(suite: str, argv: list[str], *, cwd: str = "/", env: dict[str, 
         with _fifo_reader(run_dir / "out.fifo") as out_fd, _fifo_reader(run_dir / "status.fifo") as status_fd:
             virtiofsd = _virtiofsd(run_dir, sock)
             qemu = _spawn(_qemu_argv(kernel, initrd, run_dir, sock, memory_mb, cpus), run_dir / "qemu.log")
-            streams, finished = _pump(qemu, out_fd, status_fd, started + timeout, on_output)
+            streams, finished = _pump(qemu, out_fd, status_fd, started + timeout, on_output, cancel)
         _stop(qemu)
         console = _read(run_dir / "console.log")
+        if not finished and cancel is not None and cancel.is_set():
+            raise GuestCancelled(f"{what}: cancelled", console)
         if not finished:
             phase = "while booting" if streams.boot_seconds is None else f"(booted in {streams.boot_seconds:.1f} s)"
             tail = bytes(streams.output[-2000:]).decode(errors="replace")

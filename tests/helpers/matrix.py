@@ -14,9 +14,10 @@ import argparse
 import datetime as dt
 import json
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,8 @@ class MatrixRun:
 
 
 def run_scenarios(suite: str, *, timeout: float = 1500, pytest_args: Sequence[str] = (),
-                  on_output: Callable[[bytes], None] | None = None) -> MatrixRun:
+                  on_output: Callable[[bytes], None] | None = None,
+                  cancel: threading.Event | None = None) -> MatrixRun:
     """Boot ``suite``'s kernel as a fresh node and run the scenarios in it (as root, CI=true:
     a source that cannot load fails its scenarios instead of skipping them)."""
     script = (f"{ROOT}/.venv/bin/python -m pytest -p no:cacheprovider -q -rfE tests/kernels/test_scenarios.py "
@@ -58,7 +60,7 @@ def run_scenarios(suite: str, *, timeout: float = 1500, pytest_args: Sequence[st
     started = time.monotonic()
     # 1 GiB: enough for the loader's compiler, and small enough that the node-wide OOM scenario fills it fast
     result = run_in_guest(suite, ["sh", "-c", script], cwd=str(ROOT), timeout=timeout, on_output=on_output,
-                          memory_mb=1024,
+                          memory_mb=1024, cancel=cancel,
                           env={"PXO_GUEST": "1", "CI": "true", "PXO_MATRIX_REPORT": "/tmp/pxo-matrix.json",
                                "PYTHONDONTWRITEBYTECODE": "1"})
     out, _, raw = result.output.partition(MARK)
@@ -67,6 +69,27 @@ def run_scenarios(suite: str, *, timeout: float = 1500, pytest_args: Sequence[st
     except json.JSONDecodeError:
         report = None
     return MatrixRun(suite, result.release, result.exit_code, out, report, time.monotonic() - started)
+
+
+class EarlyScenarios:
+    """The suite's guests, started as soon as pytest has collected the tests rather than when
+    tests/kernels/test_matrix.py's turn comes: under TCG a guest keeps one core busy for about
+    five minutes, while the host's tests, which mostly wait on the kernel (OOM kills, samplers,
+    servers), leave most of the second core idle. One guest at a time, in the order asked;
+    ``result`` waits for one; ``cancel`` stops what still runs (a session that ends early)."""
+
+    def __init__(self, suites: Sequence[str]) -> None:
+        self._cancel = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="early-guest")
+        self._runs: dict[str, Future[MatrixRun]] = {
+            s: self._pool.submit(run_scenarios, s, cancel=self._cancel) for s in dict.fromkeys(suites)}
+
+    def result(self, suite: str) -> MatrixRun:
+        return self._runs[suite].result()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 # -- docs/kernels.md -------------------------------------------------------------------

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from tests.helpers.guest import GuestError
-from tests.helpers.matrix import EBPF_SOURCES, run_scenarios
+from tests.helpers.matrix import EBPF_SOURCES, EarlyScenarios, run_scenarios
 
 pytestmark = pytest.mark.requires_bpf  # root: qemu's virtiofsd serves the host's files as root
 
@@ -18,9 +18,9 @@ KERNELS = os.environ.get("PXO_KERNELS", "bookworm").split()
 
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("suite", KERNELS)
-def test_scenarios_pass_on_a_fresh_node_of(suite: str) -> None:
-    try:
-        run = run_scenarios(suite)
+def test_scenarios_pass_on_a_fresh_node_of(suite: str, early_scenarios: EarlyScenarios | None) -> None:
+    try:  # started when the session began, beside the host's tests (tests/conftest.py), unless PXO_GUEST_EARLY=0
+        run = early_scenarios.result(suite) if early_scenarios is not None else run_scenarios(suite)
     except GuestError as exc:  # e.g. "run scripts/kernels.sh bookworm"
         pytest.fail(str(exc), pytrace=False)
     assert run.passed, f"{suite} {run.release}: the scenarios failed (exit {run.exit_code}):\n{run.output}"
