@@ -317,13 +317,22 @@ def _query_follow(api: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
+    import datetime as dt
+
     from pxo.cli import output
 
     body = _api().call("GET", "/api/v1/nodes", query={"cluster": args.cluster})
     if args.output == "json":
         print(output.as_json(body))
         return EXIT_OK
-    cols = ["node", "state", "address", "edge_version", "kernel_release", "sources"]
+    cols = ["node", "state", "up", "address", "edge_version", "kernel_release", "sources"]
+    now = dt.datetime.now(dt.UTC)
+
+    def up(n: dict[str, Any]) -> str:  # the edge process's uptime: a short one on an old node is a restart
+        started = n.get("started")
+        if not started:
+            return "-"
+        return output.human_duration((now - dt.datetime.fromisoformat(started.replace("Z", "+00:00"))).total_seconds())
 
     def sources(n: dict[str, Any]) -> output.Styled:
         parts: list[tuple[str, str]] = []
@@ -334,7 +343,8 @@ def cmd_nodes(args: argparse.Namespace) -> int:
                 parts.append((f" ({s['detail']})", ""))
         return output.Styled(*parts)
 
-    rows = [[n["node"], output.state(n["state"]), n["address"], n["edge_version"], n["kernel_release"], sources(n)]
+    rows = [[n["node"], output.state(n["state"]), up(n), n["address"], n["edge_version"], n["kernel_release"],
+             sources(n)]
             for n in body["nodes"]]
     _print_table(args, cols, rows, "(no nodes)")
     return EXIT_OK

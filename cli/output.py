@@ -23,6 +23,18 @@ def human_bytes(n: float) -> str:
     return str(n)
 
 
+def human_duration(seconds: float) -> str:
+    """An uptime as people say it: 45s, 12m, 3h 5m, 2d 4h."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
 class Styled:
     """A cell made of (text, colour) segments: the table pads its plain text, then colours
     each segment (colour "" for none), so styling never moves a column and never touches

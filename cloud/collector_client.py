@@ -204,6 +204,8 @@ class CollectorClient:
             "edge_version": n.info.edge_version,
             "kernel_release": n.info.kernel_release,
             "last_heartbeat": iso(from_unix_us(n.last_heartbeat_unix_us)),
+            # the edge process's start: a restart shows as an uptime shorter than the node's
+            "started": iso(from_unix_us(n.info.started_unix_us)) if n.info.started_unix_us else None,
             "sources": [{"name": s.name, "state": source_state_name(s.state), "detail": s.detail,
                          "events": s.events, "lost": s.lost} for s in n.info.sources],
         } for n in reply.nodes]

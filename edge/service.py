@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 import grpc
 
 from pxo.common.slots import Slots, SlotsFull
-from pxo.common.timeutil import from_unix_us, to_unix_us
+from pxo.common.timeutil import from_unix_us, to_unix_us, unix_us
 from pxo.common.version import pxo_version
 from pxo.edge import explain
 from pxo.edge.errors import FragmentError
@@ -43,6 +43,7 @@ class EdgeService(pxo_pb2_grpc.EdgeServicer):
         self._extra_status = extra_status
         self._address = address
         self.fragment_timeout = fragment_timeout
+        self.started = time.time()  # this process's, reported in NodeInfo: `pxo nodes` shows the uptime
 
     def node_info(self) -> pxo_pb2.NodeInfo:
         return pxo_pb2.NodeInfo(
@@ -52,6 +53,7 @@ class EdgeService(pxo_pb2_grpc.EdgeServicer):
             kernel_release=platform.release(),
             tables=[t.to_proto() for t in self.store.tables.values()],
             sources=self.source_status(),
+            started_unix_us=unix_us(self.started),
         )
 
     def source_status(self) -> list[pxo_pb2.SourceStatus]:

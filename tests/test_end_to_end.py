@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -123,6 +124,14 @@ def test_crashed_components_are_started_again_and_lose_nothing(local) -> None:  
     only eBPF saw (the pinned programs kept it); then the collector's, and the edge finds it
     again on its port."""
     env, cfg, data_dir = local
+
+    def edge_started() -> dt.datetime:  # `pxo nodes`: when the edge's process started
+        r = pxo(env, "nodes", "-o", "json")
+        assert r.returncode == 0, r.stderr
+        [node] = json.loads(r.stdout)["nodes"]
+        return dt.datetime.fromisoformat(node["started"].replace("Z", "+00:00"))
+
+    first_started = edge_started()
     edge = _component(data_dir, "edge")
     os.kill(edge, signal.SIGKILL)
     drill = run_drill(limit_mib=64, allocate_mib=256)
@@ -142,6 +151,12 @@ def test_crashed_components_are_started_again_and_lose_nothing(local) -> None:  
     assert _component(data_dir, "edge") != edge
     log = (data_dir / "logs" / "edge.log").read_text()
     assert "edge ended after" in log and "killed by SIGKILL" in log and "adopted the programs pinned" in log
+    end = time.monotonic() + 30  # the restart shows in `pxo nodes`: the edge started again, its uptime short
+    while edge_started() <= first_started:
+        assert time.monotonic() < end, "pxo nodes still reports the killed edge's start"
+        time.sleep(0.5)
+    shown = pxo(env, "nodes").stdout
+    assert re.search(r"^\s*up\b\W+\d+s\b", shown, re.MULTILINE), shown  # seconds, not the first edge's minutes
 
     collector = _component(data_dir, "collector")
     os.kill(collector, signal.SIGKILL)

@@ -540,9 +540,9 @@ async function loadNodes() {
   $("nodes-error").textContent = "";
   try {
     const body = await api("GET", "/api/v1/nodes" + (cluster() ? `?cluster=${encodeURIComponent(cluster())}` : ""));
-    const rows = body.nodes.map((n) => [n.node, n.state, n.kernel_release, n.last_heartbeat,
+    const rows = body.nodes.map((n) => [n.node, n.state, n.started || "-", n.kernel_release, n.last_heartbeat,
       n.sources.map((s) => `${s.name}: ${s.state}${s.detail ? " (" + s.detail + ")" : ""}`).join("; ") || "-"]);
-    fillTable($("nodes"), ["node", "state", "kernel", "last heartbeat", "probes"], rows,
+    fillTable($("nodes"), ["node", "state", "edge started", "kernel", "last heartbeat", "probes"], rows,
               (c, v) => (c === "state" ? `state-${v}` : ""));
   } catch (err) {
     $("nodes-error").textContent = err.message;

@@ -73,6 +73,8 @@ def test_tables_fit_or_become_records() -> None:
     wide = output.table(["a" * 30, "b" * 30, "c" * 30], [[1, 2, 3]], width=80)
     assert wide.splitlines()[0].startswith("-[ row 1 ]") and len(wide.splitlines()) == 4
     assert output.human_bytes(71958528) == "68.6 MiB" and output.cell("x", None) == "-"
+    assert [output.human_duration(s) for s in (-1, 45, 720, 3 * 3600 + 300, 2 * 86400 + 4 * 3600 + 59)] == \
+        ["0s", "45s", "12m", "3h 5m", "2d 4h"]
 
 
 def test_cells_show_sizes_and_large_numbers_plainly() -> None:

@@ -5,6 +5,7 @@ the node list, the last queries, and nothing loaded from another origin."""
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 from tests.helpers.services import Stack
@@ -52,6 +53,8 @@ def test_sign_in_timeline_query_chart_and_nodes(stack: Stack, page: Any) -> None
     page.wait_for_selector("#nodes tr:nth-child(2)")
     assert page.locator("#nodes tr:nth-child(2) td").nth(0).text_content() == "node-1"
     assert page.locator("#nodes tr:nth-child(2) td").nth(1).text_content() == "live"
+    started = page.locator("#nodes tr:nth-child(2) td").nth(2).text_content() or ""
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", started), started  # when the edge's process started
 
     # a time-bucketed SQL answer: table and chart
     page.fill("#query", "SELECT time_bucket(INTERVAL '1 minute', time) AS t, comm, count(*) AS kills "
