@@ -16,11 +16,17 @@ Layout, one directory per program under ``/sys/fs/bpf/pxo`` (``PIN_ROOT``)::
     kernel                        the kernel's facts for the edge (edge/loader.py), same format
 
 bpffs holds only BPF objects and directories, so a manifest is a map too.
-The manifest says what was loaded: pxo's version, a hash of the program's
-sources and every ``-D`` flag, the kernel release and boot id. A pin set is
-adopted only when its manifest's ``key`` is the one the edge would load now;
-otherwise it is replaced (the helper pins into a temporary directory, then
-swaps it in). ``remove()`` (``pxo delete``) unpins everything.
+The manifest says what was loaded: a hash of the program's sources and every
+``-D`` flag (its ``key``), the kernel release and boot id, and, for people, the
+pxo version that loaded it. A pin set is adopted only when its manifest's ``key``
+and kernel are the ones the edge would load now; otherwise it is replaced (the
+helper pins into a temporary directory, then swaps it in). The key leaves pxo's
+version out on purpose: what is pinned is fully made of the C sources and flags
+(BCC attaches each raw tracepoint the source declares, and the manifest records
+every map's type), so an upgrade that does not change them adopts the running
+programs and drains what they caught while the pods were being replaced, as a
+restart does. ``FORMAT`` changes when the pin layout or the manifest does.
+``remove()`` (``pxo delete``) unpins everything.
 """
 
 from __future__ import annotations
@@ -246,10 +252,11 @@ def boot_id(proc: Path = Path("/proc")) -> str:
 
 
 def program_key(program: str, flags: Mapping[str, int]) -> str:
-    """What identifies a load of ``program``: pxo's version, its sources (the program and every
-    header it may include) and its flags. The kernel (release, boot id) is checked beside it."""
+    """What identifies a load of ``program``: its sources (the program and every header it may
+    include) and its flags, not pxo's version (see above). The kernel (release, boot id) is
+    checked beside it."""
     src = bpf_dir()
-    h = hashlib.sha256(f"{FORMAT}\0{pxo_version()}\0{program}\0".encode())
+    h = hashlib.sha256(f"{FORMAT}\0{program}\0".encode())
     for f in [src / f"{program}.bpf.c", *sorted(src.glob("*.h"))]:
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     h.update(json.dumps(dict(flags), sort_keys=True).encode())

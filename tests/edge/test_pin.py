@@ -119,6 +119,38 @@ def test_a_pin_that_matches_is_adopted_and_one_that_does_not_is_replaced(pin_roo
     assert sorted(p.name for p in pin_root.iterdir()) == ["kernel", "lock_signal", "signal"]  # no leftovers
 
 
+def test_an_upgrade_that_leaves_the_programs_as_they_were_adopts_them(pin_root: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another pxo version loaded the program (its helper wrote its version in the manifest);
+    the sources and flags are the same. The new edge adopts it instead of replacing it, and reads
+    what it caught while no edge ran: what a rolling upgrade of the DaemonSet looks like."""
+    sink = ListSink()
+    ctx = SourceContext(sink=sink, pin_root=pin_root)
+    monkeypatch.setattr(pins, "pxo_version", lambda: "0.0.1")
+    older = KillBpfSource(ctx)
+    older.start()
+    assert older.input.bpf is not None and not older.input.bpf.adopted
+    _kill_event_seen(sink)
+    older.stop()
+    monkeypatch.undo()
+    manifest = pins.read_blob(pin_root / "signal" / pins.MANIFEST)
+    assert manifest is not None and manifest["pxo"] == "0.0.1" != pins.pxo_version()
+    link = pin_root / "signal" / "link_signal_generate"
+    first = os.stat(link).st_ino
+
+    victim = subprocess.Popen(["sleep", "30"])  # killed between the old pod and the new
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    newer = KillBpfSource(ctx)
+    newer.start()
+    try:
+        assert newer.input.bpf is not None and newer.input.bpf.adopted
+        assert os.stat(link).st_ino == first
+        sink.wait("kill_events", target_pid=victim.pid)
+    finally:
+        newer.stop()
+
+
 def test_a_second_edge_on_the_node_runs_a_copy_of_its_own(pin_root: Path) -> None:
     """A ring buffer's readers share one position: two edges on one pin would each see half."""
     a, b = ListSink(), ListSink()
