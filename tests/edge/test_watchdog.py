@@ -70,12 +70,12 @@ def test_short_pieces_of_work_and_waiting_for_work_are_never_a_stall() -> None:
         while not stop.is_set():
             with busy:
                 time.sleep(0.05)  # a commit
-            stop.wait(0.5)  # waiting for rows, longer than the limit: not marked
+            stop.wait(1.5)  # waiting for rows, longer than the limit: not marked
 
     t = threading.Thread(target=loop)
     t.start()
-    dog, found = _watch(busy, stall_after=0.3)
-    time.sleep(2.0)
+    dog, found = _watch(busy, stall_after=1.0)
+    time.sleep(3.5)
     stop.set()
     t.join()
     dog.stop()
@@ -186,7 +186,7 @@ def test_an_edge_whose_source_hangs_says_not_serving_exits_and_is_started_again(
     data.mkdir()
     command = [sys.executable, "-m", "pxo.common.supervise", "--name", "edge", "--addr-file", str(addr_file), "--",
                sys.executable, str(script), str(marker), "--listen", "127.0.0.1:0", "--data-dir", str(data),
-               "--sources", "cgroupfs", "--runtime-dir", str(tmp_path / "run"), "--stall-seconds", "2"]
+               "--sources", "cgroupfs", "--runtime-dir", str(tmp_path / "run"), "--stall-seconds", "3"]
     with open(log_path, "ab") as out:
         sup = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
     log = lambda: log_path.read_text(errors="replace")  # noqa: E731
