@@ -3,7 +3,7 @@
 # (6.12) and newest (sid) cloud kernels, each booted under qemu as a fresh node,
 # with tests/kernels/test_scenarios.py run inside (two guests at a time), and
 # bcc's oomkill and a bpftrace one-liner beside pxo on the same group kill
-# (bench/oom_peers.py). Writes docs/kernels.md. About 10 minutes on 2 cores.
+# (bench/oom_peers.py). Writes docs/kernels.md. About 17 minutes on 2 cores.
 # scripts/test.sh runs the bookworm guest only (PXO_KERNELS to change that).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
