@@ -8,6 +8,7 @@ fragments the edge answered, counted and timed where they run (edge/service.py).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ class EdgeCollector(Collector):
                  extra_status: Callable[[], list[SourceStatus]],
                  attribute: Callable[[str], Mapping[str, Any]] | None = None) -> None:
         self.node = node
+        self.started = time.time()  # the edge process's start: a restart moves it (alert PxoEdgeRestarting)
         self.attribute = attribute  # cgroup path -> namespace, pod, container (edge/attribution.py)
         self.sources = sources
         self.store = store
@@ -52,6 +54,11 @@ class EdgeCollector(Collector):
         yield lost
         yield state
         yield restarts
+        started = GaugeMetricFamily("pxo_edge_start_time_seconds", "When this edge process started (unix "
+                                    "seconds): each restart, a crash or a hang its watchdog ended, moves it",
+                                    labels=["node"])
+        started.add_metric([self.node], self.started)
+        yield started
         kills = CounterMetricFamily("pxo_edge_oom_kills", "OOM kills recorded, by constraint",
                                     labels=["node", "constraint"])
         for src in self.sources:

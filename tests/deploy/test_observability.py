@@ -109,7 +109,7 @@ def test_alert_rules(metric_names: set[str]) -> None:
     every = set().union(*(referenced(r["expr"]) for r in alerts))
     # what the rules must watch: OOM kill rate, edges down, sources degraded/failed, events lost
     assert {"pxo_edge_oom_kills_total", "pxo_collector_edge_up", "pxo_edge_source_state",
-            "pxo_edge_source_lost_total", "pxo_edge_source_restarts_total"} <= every
+            "pxo_edge_source_lost_total", "pxo_edge_source_restarts_total", "pxo_edge_start_time_seconds"} <= every
 
 
 class Pods:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from pathlib import Path
 
@@ -23,6 +24,7 @@ def scrape(addr: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 
 
 def test_metrics_after_a_real_oom_kill(tmp_path: Path, services: list[Service]) -> None:
+    before = time.time()
     _, addr = start_edge(services, tmp_path, "", "node-m", "--sources", '["oom"]', "--metrics", "127.0.0.1:0")
     metrics_addr = read_addr_file(tmp_path / "metrics.addr")
     assert metrics_addr
@@ -37,6 +39,7 @@ def test_metrics_after_a_real_oom_kill(tmp_path: Path, services: list[Service]) 
     assert m[("pxo_edge_source_state", frozenset({node, ("source", "oom"), ("state", "running")}))] == 1.0
     assert m[("pxo_edge_source_events_total", frozenset({node, ("source", "oom")}))] >= 1
     assert m[("pxo_edge_source_restarts_total", frozenset({node, ("source", "oom")}))] == 0
+    assert before <= m[("pxo_edge_start_time_seconds", frozenset({node}))] <= time.time()
     assert m[("pxo_edge_store_bytes", frozenset({node}))] > 0
     assert m[("pxo_edge_fragments_total", frozenset({("outcome", "ok")}))] >= 1
     assert m[("pxo_edge_fragments_total", frozenset({("outcome", "refused")}))] == 1
