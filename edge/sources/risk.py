@@ -15,9 +15,11 @@ limit (found by walking the hierarchy every ``discover_every`` periods, 3 s):
   of that slope and the same without the window's largest single rise is taken: one
   step up (data loaded once, then flat) is not growth.
 - ``eta_seconds = (limit - nonreclaimable) / growth`` when the growth is real:
-  at least ``min_growth`` bytes/s, at least ``min_samples`` samples, and rising over
-  the window as a whole (its last sample above its first). NULL otherwise: a cgroup
-  that sits high but flat is not about to be killed.
+  at least ``min_growth`` bytes/s, at least ``min_samples`` samples, rising over
+  the window as a whole (its last sample above its first), and a climb over the window
+  at least ``noise_ratio`` (2) times the band the values wander in around that slope
+  (``noise_band``). NULL otherwise: a cgroup that sits high but flat, or goes up and
+  down between two levels, is not about to be killed.
 - PSI (``memory.pressure``): some/full avg10, and the stall time of the period (the
   growth of ``some total``), when the kernel has PSI for the cgroup.
 
@@ -113,6 +115,16 @@ def without_largest_step(points: list[tuple[float, float]]) -> list[tuple[float,
     return [*points[:at], *((t, v - step) for t, v in points[at:])]
 
 
+def noise_band(points: list[tuple[float, float]], growth: float) -> float:
+    """How far the values wander around the line of slope ``growth``: the 10th to 90th
+    percentile of what is left once the line is taken out. A climb over the window that is
+    not well above it is a level that comes and goes (a process starting and ending beside
+    a page-cache churn: seen as a square wave of 3 MiB under a 64 MiB limit), not a leak."""
+    t0 = points[0][0]
+    left = sorted(v - growth * (t - t0) for t, v in points)
+    return left[(len(left) * 9) // 10 - (1 if len(left) % 10 == 0 else 0)] - left[len(left) // 10]
+
+
 @dataclass
 class Estimate:
     growth: float  # bytes per second
@@ -127,6 +139,7 @@ class GrowthEstimator:
     window: int = 20
     min_samples: int = 5
     min_growth: float = 64 * 1024  # bytes/s: slower than this is noise, or a leak of days
+    noise_ratio: float = 2.0  # the climb over the window must be this many times the band the values wander in
     points: deque[tuple[float, float]] = field(default_factory=deque)
 
     def add(self, t: float, value: float, limit: float) -> Estimate:
@@ -136,7 +149,8 @@ class GrowthEstimator:
         pts = list(self.points)
         growth = min(theil_sen(pts), theil_sen(without_largest_step(pts)))
         rising = len(pts) >= 2 and pts[-1][1] > pts[0][1]
-        if len(pts) < self.min_samples or growth < self.min_growth or not rising:
+        if len(pts) < self.min_samples or growth < self.min_growth or not rising \
+                or growth * (pts[-1][0] - pts[0][0]) < self.noise_ratio * noise_band(pts, growth):
             return Estimate(growth, None, len(pts))
         return Estimate(growth, max(0.0, (limit - value) / growth), len(pts))
 

@@ -56,6 +56,21 @@ def test_flat_and_falling_have_no_eta() -> None:
     assert e.eta == pytest.approx((256 - 176) / 4, rel=0.01)
 
 
+def test_a_level_that_comes_and_goes_is_not_growth_and_a_leak_under_it_is() -> None:
+    """What a page-cache churn's writer does to its cgroup (seen on the host, cgroup v1): ``dd``'s
+    own memory (its buffer, its kernel memory) comes and goes with each run, a square wave of about
+    3 MiB under 64 MiB. A window that holds a low phase, a rise spread over two samples and a high
+    phase once had an estimate (an ETA of about 900 s, and a failed CI run); a leak of 3 MiB/s with
+    the same wave on top still has one from its fifth sample."""
+    levels = [0.5, 0.6, 0.45, 0.5, 0.55, 0.5, 0.45, 0.6, 0.5, 0.5, 1.4, 3.1, 3.2, 3.0, 3.15, 3.2, 3.05, 3.1, 3.2, 3.15]
+    est = GrowthEstimator(window=20, min_samples=5)
+    etas = [est.add(float(t), v * MiB, 64.0 * MiB).eta for t, v in enumerate(levels)]
+    assert etas == [None] * len(levels), etas
+    est = GrowthEstimator(window=20, min_samples=5)
+    etas = [est.add(float(t), (5 + 3 * t + (2.7 if (t // 5) % 2 else 0)) * MiB, 64.0 * MiB).eta for t in range(20)]
+    assert etas[:4] == [None] * 4 and all(e is not None for e in etas[4:]), etas
+
+
 @pytest.mark.requires_root("creates memory cgroups beneath the test's own")
 def test_cgroups_removed_while_read_do_not_stop_the_source() -> None:
     """Pods come and go: a limited cgroup removed between the walk and the read, or while its
