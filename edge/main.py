@@ -112,6 +112,7 @@ class Edge:
 
     def __init__(self, settings: EdgeSettings) -> None:
         self.settings = settings
+        self._started = time.time()  # this edge process's start: `pxo nodes`' uptime, the metrics, probe status
         unknown = set(settings.retention_days_by_table) - {t.name for t in all_tables()}
         if unknown:
             raise EdgeError(f"--retention-days-by-table names unknown tables: {', '.join(sorted(unknown))}")
@@ -134,10 +135,11 @@ class Edge:
         self.address = ""
         self.metrics = EdgeMetrics()
         self.metrics.watch(EdgeCollector(node=settings.node, sources=self.sources, store=self.store,
-                                         extra_status=self.extra_status, attribute=self.attributor.attribute))
+                                         extra_status=self.extra_status, attribute=self.attributor.attribute,
+                                         started=self._started))
         self.service = EdgeService(node=settings.node, store=self.store, sources=self.sources,
                                    address=lambda: self.address, extra_status=self.extra_status,
-                                   metrics=self.metrics)
+                                   metrics=self.metrics, started=self._started)
         self.grpc = GrpcServer(
             "edge", listen=settings.listen, tls=settings.tls, service_names=["pxo.v1.Edge"],
             add_servicers=lambda server: pxo_pb2_grpc.add_EdgeServicer_to_server(self.service, server),
@@ -146,7 +148,6 @@ class Edge:
         self.registration: Registration | None = None
         self.watchdog = Watchdog(lambda: [self.store.writer_busy, *(s.busy for s in self.sources)],
                                  stall_after=settings.stall_seconds, on_stall=self.stalled)
-        self._started = time.time()
 
     def verdict_line(self, row: dict[str, Any]) -> str:
         """`pxo explain`'s verdict on one oom_events row, in one line (the pod's Event)."""
@@ -176,7 +177,6 @@ class Edge:
             dial = channel_factory(tls, peer="collector")  # reads and checks the three files
         except TlsError as exc:
             raise EdgeError(f"TLS: {exc}") from None
-        self._started = time.time()
         self.store.start()
         self.attributor.start()
         self._await_pod_index()

@@ -26,9 +26,10 @@ STATES = ("running", "degraded", "failed", "stopped")
 class EdgeCollector(Collector):
     def __init__(self, *, node: str, sources: Sequence[Source], store: Store,
                  extra_status: Callable[[], list[SourceStatus]],
-                 attribute: Callable[[str], Mapping[str, Any]] | None = None) -> None:
+                 attribute: Callable[[str], Mapping[str, Any]] | None = None, started: float | None = None) -> None:
         self.node = node
-        self.started = time.time()  # the edge process's start: a restart moves it (alert PxoEdgeRestarting)
+        # the edge process's start (unix seconds): a restart moves it (alert PxoEdgeRestarting)
+        self.started = time.time() if started is None else started
         self.attribute = attribute  # cgroup path -> namespace, pod, container (edge/attribution.py)
         self.sources = sources
         self.store = store

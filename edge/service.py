@@ -30,7 +30,7 @@ class EdgeService(pxo_pb2_grpc.EdgeServicer):
                  address: Callable[[], str], fragment_timeout: float = 30.0,
                  extra_status: Callable[[], list[SourceStatus]] = list,
                  metrics: EdgeMetrics | None = None, max_followers: int = 4,
-                 follow_queue_rows: int = DEFAULT_FOLLOW_QUEUE_ROWS) -> None:
+                 follow_queue_rows: int = DEFAULT_FOLLOW_QUEUE_ROWS, started: float | None = None) -> None:
         self.metrics = metrics or EdgeMetrics()
         # Each follower holds one of the server's worker threads for as long as it follows:
         # the cap keeps threads free for Execute.
@@ -43,7 +43,8 @@ class EdgeService(pxo_pb2_grpc.EdgeServicer):
         self._extra_status = extra_status
         self._address = address
         self.fragment_timeout = fragment_timeout
-        self.started = time.time()  # this process's, reported in NodeInfo: `pxo nodes` shows the uptime
+        # the edge process's start (unix seconds), in NodeInfo: `pxo nodes` shows the uptime
+        self.started = time.time() if started is None else started
 
     def node_info(self) -> pxo_pb2.NodeInfo:
         return pxo_pb2.NodeInfo(

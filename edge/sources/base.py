@@ -190,10 +190,7 @@ class Source(ABC):
         """Close, then open again after ``delay`` seconds, and again after each failure; False
         if the source was stopped meanwhile (then nothing it opened is left open)."""
         with self._life, self.busy:
-            try:
-                self.close()
-            except Exception:  # what close() releases may be half gone already; it releases the rest first
-                log.warning("source %s: closing it after its failure failed too", self.name, exc_info=True)
+            self._close_quietly()  # what close() releases may be half gone already; it releases the rest first
         while not self._stop.wait(delay):
             with self._life, self.busy:
                 if self._stop.is_set():  # stop() came meanwhile and closed what was open

@@ -122,7 +122,8 @@ def noise_band(points: list[tuple[float, float]], growth: float) -> float:
     a page-cache churn: seen as a square wave of 3 MiB under a 64 MiB limit), not a leak."""
     t0 = points[0][0]
     left = sorted(v - growth * (t - t0) for t, v in points)
-    return left[(len(left) * 9) // 10 - (1 if len(left) % 10 == 0 else 0)] - left[len(left) // 10]
+    k = len(left) // 10
+    return left[-1 - k] - left[k]
 
 
 @dataclass

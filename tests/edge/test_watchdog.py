@@ -16,6 +16,7 @@ import pytest
 
 from pxo.common.addr import read_addr_file
 from pxo.common.probe import check
+from pxo.common.timeutil import utc_now
 from pxo.edge import store as store_module
 from pxo.edge.sources import all_tables
 from pxo.edge.sources.base import Source, SourceContext
@@ -141,7 +142,7 @@ def test_a_store_writer_that_hangs_is_a_stall(tmp_path: Path, monkeypatch: pytes
     dog, found = _watch(store.writer_busy)
     try:
         monkeypatch.setattr(store_module.arrowout, "build", build_that_hangs)
-        store.append("probe_status", {"time": dt_now(), "source": "x", "state": "running", "detail": "",
+        store.append("probe_status", {"time": utc_now(), "source": "x", "state": "running", "detail": "",
                                       "events": 0, "lost": 0})
         _wait(lambda: found, "the hung writer was not found")
     finally:
@@ -151,12 +152,6 @@ def test_a_store_writer_that_hangs_is_a_stall(tmp_path: Path, monkeypatch: pytes
         store.close()
     assert found[0].name == "store writer"
     assert "_flush" in found[0].stack and "stuck_in_a_read" in found[0].stack
-
-
-def dt_now() -> Any:
-    import datetime as dt
-
-    return dt.datetime.now(dt.UTC)
 
 
 _HANGING_EDGE = '''
