@@ -169,27 +169,35 @@ def steady_leak(e: Evidence) -> Verdict | None:
 
 def spike(e: Evidence, *, within: float = 10.0, flat_for: float = 5.0) -> Verdict | None:
     """Flat and low (anon at most half the limit, moving less than a tenth of it) for at least
-    ``flat_for`` seconds of samples, and still low ``within`` seconds or less before the kill."""
+    ``flat_for`` seconds of samples, and still low ``within`` seconds or less before the kill.
+
+    The samples after the flat part, if any, must all be above it: a sample that lands while the
+    large allocation is being made (its pages are touched one by one, slower still under reclaim)
+    is the climb, not the end of the flat part."""
     limit = _limit(e)
     kill_time = e.kill.get("time")
     pts = [p for p in e.series if p.anon is not None and (kill_time is None or p.time <= kill_time)]
     if e.kind != "oom" or not limit or not pts or kill_time is None:
         return None
-    low = [i for i, p in enumerate(pts) if (p.anon or 0) <= 0.5 * limit]
-    if not low:
-        return None
-    last_low = pts[low[-1]]
-    before = pts[:low[-1] + 1]
-    levels = [p.anon or 0 for p in before]
-    flat_s = (last_low.time - before[0].time).total_seconds()
-    gap = (kill_time - last_low.time).total_seconds()
-    if gap > within or flat_s < flat_for or max(levels) > 0.5 * limit or max(levels) - min(levels) > 0.1 * limit:
-        return None
-    top = max(e.allocators, key=lambda a: a[2]) if e.allocators else None
-    by = f"; {top[0]} (pid {top[1]}) allocated {size(top[2])} in its last seconds" if top else ""
-    return Verdict("spike", f"A sudden spike: anonymous memory was flat at about {size(levels[-1])} for "
-                   f"{span(flat_s)} and still there {span(gap)} before the kill, then it reached the "
-                   f"{size(limit)} limit{by}.", {"before_bytes": levels[-1], "limit_bytes": limit, "seconds": gap})
+    anon = [p.anon or 0 for p in pts]
+    for last in reversed(range(len(pts))):  # the flat part's last sample: the latest one that fits
+        levels = anon[:last + 1]
+        gap = (kill_time - pts[last].time).total_seconds()
+        if gap > within:
+            return None  # earlier samples are further still from the kill
+        if max(levels) > 0.5 * limit or max(levels) - min(levels) > 0.1 * limit:
+            continue
+        if any(a <= max(levels) for a in anon[last + 1:]):
+            return None  # what follows the flat part is not a climb
+        flat_s = (pts[last].time - pts[0].time).total_seconds()
+        if flat_s < flat_for:
+            return None
+        top = max(e.allocators, key=lambda a: a[2]) if e.allocators else None
+        by = f"; {top[0]} (pid {top[1]}) allocated {size(top[2])} in its last seconds" if top else ""
+        return Verdict("spike", f"A sudden spike: anonymous memory was flat at about {size(levels[-1])} for "
+                       f"{span(flat_s)} and still there {span(gap)} before the kill, then it reached the "
+                       f"{size(limit)} limit{by}.", {"before_bytes": levels[-1], "limit_bytes": limit, "seconds": gap})
+    return None
 
 
 def cache_or_shm(e: Evidence) -> Verdict | None:
