@@ -47,6 +47,10 @@ from pxo.edge.sources.procfs import memcg_of
 log = logging.getLogger(__name__)
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # /proc/PID/stat's starttime unit (USER_HZ)
+# include/linux/sched.h: set at the start of do_exit(), in /proc/PID/stat's flags. From then on a
+# cgroup v1 hierarchy's line in /proc/PID/cgroup says "/" (proc_cgroup_show), long before the
+# process is a zombie: unmapping a large address space takes tens of milliseconds.
+PF_EXITING = 0x00000004
 
 
 class AllocExitC(SharedStruct):
@@ -76,6 +80,7 @@ class _Stat:
     start: int
     faults: int
     zombie: bool = False  # exited, not yet reaped
+    exiting: bool = False  # in the kernel's exit path (PF_EXITING), a zombie or not yet one
 
 
 def read_stat(path: Path) -> _Stat | None:
@@ -88,9 +93,10 @@ def read_stat(path: Path) -> _Stat | None:
     fields = tail.split()
     if len(fields) < 20:
         return None
-    # fields[0] is field 3 (state): minflt is field 10, majflt 12, starttime 22
+    # fields[0] is field 3 (state): flags is field 9, minflt 10, majflt 12, starttime 22
+    zombie = fields[0] == b"Z"
     return _Stat(head.partition(b"(")[2].decode(errors="replace"), int(fields[19]),
-                 int(fields[7]) + int(fields[9]), fields[0] == b"Z")
+                 int(fields[7]) + int(fields[9]), zombie, zombie or bool(int(fields[6]) & PF_EXITING))
 
 
 # The members the exit program reads beyond every program's (edge/kernel.py), as -D flags
@@ -205,13 +211,14 @@ class AllocFaultsSource(SamplingSource):
             alive[pid] = _Seen(st.start, st.faults, prev.path if prev and same else None,
                                prev.cgid if prev and same else None)
             if st.faults > base:
-                if st.zombie and self.keeps_exits:
-                    # Exited, not yet reaped: its /proc/PID/cgroup names the root of a v1 hierarchy
-                    # by now (the kernel has moved it out). Its exit record, whose cgroup eBPF read
-                    # before that, counts these faults below, from the last live read.
-                    del alive[pid]
+                if st.exiting and self.keeps_exits:
+                    # Exiting or exited, not yet reaped: its /proc/PID/cgroup may name the root of a
+                    # v1 hierarchy by now. Its exit record, whose cgroup eBPF read before the kernel
+                    # moved it out, counts these faults, from the last live read's count carried here
+                    # (below if the record is in already, else at a later read).
+                    alive[pid].faults = base
                     continue
-                if st.zombie:  # no exit records: where it was last read alive, if it was
+                if st.exiting:  # no exit records: where it was last read alive, if it was
                     path, cgid = (prev.path, prev.cgid) if prev is not None and same else (None, None)
                 else:
                     path, cgid = self._memcg_of_pid(pid)

@@ -106,6 +106,71 @@ def test_without_ebpf_live_processes_are_still_counted(tmp_path: Path) -> None:
         src.stop()
 
 
+# FAULTING_CHILD, then waits for its standard input to close and exits at once (os._exit: nothing
+# unmapped first), so that the kernel unmaps the whole allocation in do_exit(): tens of ms.
+EXITING_CHILD = r"""
+import ctypes, mmap, os, sys
+procs, size, comm = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
+ctypes.CDLL(None).prctl(15, ctypes.c_char_p(comm), 0, 0, 0)  # PR_SET_NAME
+with open(procs, "w") as f:
+    f.write(str(os.getpid()))
+m = mmap.mmap(-1, size)
+m.madvise(mmap.MADV_NOHUGEPAGE)
+for off in range(0, size, mmap.PAGESIZE):
+    m[off] = 1
+sys.stdout.write("ready\n")
+sys.stdout.flush()
+sys.stdin.read(1)
+os._exit(0)
+"""
+
+
+@pytest.mark.requires_bpf
+def test_a_process_read_while_it_exits_is_charged_to_its_cgroup() -> None:
+    """Read in the window of test_a_process_on_its_way_out_is_not_charged_to_the_root, for real: a
+    child's last read is made while the kernel unmaps its memory in do_exit() (PF_EXITING set, not yet
+    a zombie; on this host's cgroup v1 its /proc/PID/cgroup says "/" by then). Every fault of its
+    life is counted once, all in its own cgroup."""
+    sink = ListSink()
+    src = AllocFaultsSource(SourceContext(sink=sink), interval=60)  # read by the test, not its thread
+    src.open()
+    children: list[tuple[int, int]] = []
+    caught = 0
+    try:
+        assert src.keeps_exits, src.status.detail
+        src.sample(0.0)  # the baseline
+        with ScratchCgroup(1 << 30, prefix="pxo-alloc-exit") as cg:
+            for _ in range(5):  # until a read lands in the window (the first almost always does)
+                child = subprocess.Popen([sys.executable, "-c", EXITING_CHILD, str(cg.procs_file), str(SIZE),
+                                          CHILD_COMM], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                assert child.stdout is not None and child.stdin is not None
+                assert child.stdout.readline() == b"ready\n"
+                stat = Path(f"/proc/{child.pid}/stat")
+                child.stdin.close()  # it exits now
+                end = time.monotonic() + 10
+                while (st := read_stat(stat)) is not None and not st.exiting and time.monotonic() < end:
+                    pass
+                src.read()
+                after = read_stat(stat)
+                if after is not None and after.exiting and not after.zombie:
+                    caught += 1  # exiting before the read began and after it ended: read in the window
+                _, status, usage = os.wait4(child.pid, 0)
+                child.returncode = os.waitstatus_to_exitcode(status)
+                assert child.returncode == 0
+                children.append((child.pid, usage.ru_minflt + usage.ru_majflt))
+                src.read()  # its exit record
+                if caught:
+                    break
+            cgroup_path = cg.path
+    finally:
+        src.close()
+    assert caught, "no read landed while a child was exiting: the test did not test anything"
+    for pid, faults in children:
+        ours = [(r["cgroup_path"], r["alloc_pages"]) for r in sink.where("alloc_rate", pid=pid)]
+        assert sum(pages for _, pages in ours) == faults, (pid, faults, ours)
+        assert {path for path, _ in ours} == {cgroup_path}, ours
+
+
 def test_stat_fields_are_read_past_a_comm_with_parentheses_and_spaces(tmp_path: Path) -> None:
     # /proc/PID/stat of a process named "a) (b c": minflt 1000, majflt 7, starttime 4242
     fields = ["S", "1", "1", "1", "0", "-1", "4194560", "1000", "0", "7", "0"] + ["0"] * 8 + ["4242"] + ["0"] * 30
@@ -208,3 +273,53 @@ def test_a_zombies_last_faults_go_to_the_cgroup_it_ran_in(tmp_path: Path) -> Non
     (tmp_path / "100" / "stat").write_text((tmp_path / "100" / "stat").read_text().replace(" 500 ", " 700 "))
     src.read()
     assert [(r["alloc_pages"], r["cgroup_path"]) for _, r in sink.rows][2:] == [(100, "/pod-a"), (30, "/pod-a")]
+
+
+def test_a_process_on_its_way_out_is_not_charged_to_the_root(tmp_path: Path) -> None:
+    """From the start of do_exit() (PF_EXITING) a cgroup v1 hierarchy's line in /proc/PID/cgroup
+    says "/", while /proc/PID/stat still shows it running (R, or D while its memory is unmapped)
+    and its exit record is not written yet. A CI run read a 256 MiB allocation's process in that
+    window and charged all of it to "/" (tests/kernels/test_scenarios.py's known allocation)."""
+    sink = ListSink()
+    src = _Exits(SourceContext(sink=sink, proc=tmp_path, use_bpf=False), interval=60)
+    src.open()
+
+    def listed(pid: int, state: str, faults: int, cgroup: str, flags: int = 0x400000) -> None:
+        (tmp_path / str(pid)).mkdir(exist_ok=True)
+        fields = [state] + ["0"] * 5 + [str(flags), str(faults)] + ["0"] * 11 + ["500"] + ["0"] * 30
+        (tmp_path / str(pid) / "stat").write_text(f"{pid} (p{pid}) " + " ".join(fields) + "\n")
+        (tmp_path / str(pid) / "cgroup").write_text(f"4:memory:{cgroup}\n0::{cgroup}\n")
+
+    def rows() -> list[tuple[int, int, str]]:
+        return [(r["pid"], r["alloc_pages"], r["cgroup_path"]) for _, r in sink.rows]
+
+    listed(100, "S", 10, "/pod-a")
+    listed(200, "S", 10, "/pod-b")
+    src.sample(0.0)
+    listed(100, "R", 30, "/pod-a")
+    listed(200, "R", 40, "/pod-b")
+    src.read()
+    assert rows() == [(100, 20, "/pod-a"), (200, 30, "/pod-b")]
+    # both exiting: 100's exit record is not in yet, 200's is (its exit tracepoint has run)
+    listed(100, "D", 90, "/", flags=0x400004)
+    listed(200, "R", 70, "/", flags=0x400004)
+    src.exited = [(200, 500, 0, "p200", 75)]
+    src.read()
+    assert rows()[2:] == [(200, 35, "/pod-b")]
+    # 100's record comes at the next read, once it is a zombie: counted from its last live read
+    listed(100, "Z", 95, "/", flags=0x400004)
+    src.exited = [(100, 500, 0, "p100", 95)]
+    src.read()
+    src.read()  # still listed, unreaped: nothing twice
+    assert rows()[3:] == [(100, 65, "/pod-a")]
+    # Without exit records (no eBPF): where it was last read alive.
+    src.keeps_exits = False
+    for d in tmp_path.iterdir():
+        for f in d.iterdir():
+            f.unlink()
+        d.rmdir()
+    listed(300, "S", 10, "/pod-c")
+    src.read()
+    listed(300, "R", 50, "/", flags=0x400004)
+    src.read()
+    assert rows()[4:] == [(300, 10, "/pod-c"), (300, 40, "/pod-c")]
