@@ -211,17 +211,23 @@ class AllocFaultsSource(SamplingSource):
             alive[pid] = _Seen(st.start, st.faults, prev.path if prev and same else None,
                                prev.cgid if prev and same else None)
             if st.faults > base:
-                if st.exiting and self.keeps_exits:
+                exiting = st.exiting
+                path, cgid = (None, None) if exiting else self._memcg_of_pid(pid)
+                if path == "/" and not exiting:
+                    # The listing read its stat before its cgroup: had it begun to exit in between, a
+                    # v1 line says "/" now. The flag is set before the line changes, so a stat read
+                    # after the cgroup without it means the "/" was read before: it is the root.
+                    again = read_stat(self.ctx.proc / str(pid) / "stat")
+                    exiting = again is None or again.start != st.start or again.exiting
+                if exiting and self.keeps_exits:
                     # Exiting or exited, not yet reaped: its /proc/PID/cgroup may name the root of a
                     # v1 hierarchy by now. Its exit record, whose cgroup eBPF read before the kernel
                     # moved it out, counts these faults, from the last live read's count carried here
                     # (below if the record is in already, else at a later read).
                     alive[pid].faults = base
                     continue
-                if st.exiting:  # no exit records: where it was last read alive, if it was
+                if exiting:  # no exit records: where it was last read alive, if it was
                     path, cgid = (prev.path, prev.cgid) if prev is not None and same else (None, None)
-                else:
-                    path, cgid = self._memcg_of_pid(pid)
                 alive[pid].path, alive[pid].cgid = path, cgid
                 rows.append(self._row(when, interval_s, pid, st.comm, path, cgid, st.faults - base))
         # Exits after the listing above are drained too: their base is what the listing read.

@@ -323,3 +323,47 @@ def test_a_process_on_its_way_out_is_not_charged_to_the_root(tmp_path: Path) -> 
     listed(300, "R", 50, "/", flags=0x400004)
     src.read()
     assert rows()[4:] == [(300, 10, "/pod-c"), (300, 40, "/pod-c")]
+
+
+def test_a_process_that_begins_to_exit_between_its_two_reads_is_not_charged_to_the_root(tmp_path: Path) -> None:
+    """A listing reads every process's stat, then the cgroup of those that faulted. A CI run (after
+    the test above) charged the known allocation's process to "/" again: it began to exit between
+    the two reads, its stat without PF_EXITING and its cgroup already "/". A process really in the
+    root cgroup is still charged there."""
+
+    class Racing(_Exits):
+        exits_at: set[int] = set()  # these begin to exit just before their cgroup is read
+
+        def _memcg_of_pid(self, pid: int) -> tuple[str | None, int | None]:
+            if pid in self.exits_at:
+                listed(pid, "R", 90, "/", flags=0x400004)
+            return super()._memcg_of_pid(pid)
+
+    sink = ListSink()
+    src = Racing(SourceContext(sink=sink, proc=tmp_path, use_bpf=False), interval=60)
+    src.open()
+
+    def listed(pid: int, state: str, faults: int, cgroup: str, flags: int = 0x400000) -> None:
+        (tmp_path / str(pid)).mkdir(exist_ok=True)
+        fields = [state] + ["0"] * 5 + [str(flags), str(faults)] + ["0"] * 11 + ["500"] + ["0"] * 30
+        (tmp_path / str(pid) / "stat").write_text(f"{pid} (p{pid}) " + " ".join(fields) + "\n")
+        (tmp_path / str(pid) / "cgroup").write_text(f"4:memory:{cgroup}\n0::{cgroup}\n")
+
+    def rows() -> list[tuple[int, int, str]]:
+        return [(r["pid"], r["alloc_pages"], r["cgroup_path"]) for _, r in sink.rows]
+
+    listed(100, "S", 10, "/pod-a")
+    listed(200, "S", 10, "/")  # in the root cgroup, and stays alive
+    src.sample(0.0)
+    listed(100, "R", 30, "/pod-a")
+    listed(200, "R", 20, "/")
+    src.exits_at = {100}
+    src.read()
+    assert rows() == [(200, 10, "/")]  # 100 is left to its exit record
+    src.exits_at = set()
+    (tmp_path / "100" / "stat").unlink()
+    (tmp_path / "100" / "cgroup").unlink()
+    (tmp_path / "100").rmdir()  # reaped
+    src.exited = [(100, 500, 0, "p100", 90)]
+    src.read()
+    assert rows()[1:] == [(100, 80, None)]  # from its baseline; the record's memcg id 0 resolves to nothing
