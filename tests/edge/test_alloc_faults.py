@@ -275,6 +275,14 @@ def test_a_zombies_last_faults_go_to_the_cgroup_it_ran_in(tmp_path: Path) -> Non
     assert [(r["alloc_pages"], r["cgroup_path"]) for _, r in sink.rows][2:] == [(100, "/pod-a"), (30, "/pod-a")]
 
 
+def _listed(root: Path, pid: int, state: str, faults: int, cgroup: str, flags: int) -> None:
+    """``pid`` in a fixture /proc: its state, kernel flags (PF_EXITING is 0x4), faults (starttime 500)
+    and memory cgroup (a v1 and a v2 line)."""
+    (root / str(pid)).mkdir(exist_ok=True)
+    fields = [state] + ["0"] * 5 + [str(flags), str(faults)] + ["0"] * 11 + ["500"] + ["0"] * 30
+    (root / str(pid) / "stat").write_text(f"{pid} (p{pid}) " + " ".join(fields) + "\n")
+    (root / str(pid) / "cgroup").write_text(f"4:memory:{cgroup}\n0::{cgroup}\n")
+
 def test_a_process_on_its_way_out_is_not_charged_to_the_root(tmp_path: Path) -> None:
     """From the start of do_exit() (PF_EXITING) a cgroup v1 hierarchy's line in /proc/PID/cgroup
     says "/", while /proc/PID/stat still shows it running (R, or D while its memory is unmapped)
@@ -285,10 +293,7 @@ def test_a_process_on_its_way_out_is_not_charged_to_the_root(tmp_path: Path) -> 
     src.open()
 
     def listed(pid: int, state: str, faults: int, cgroup: str, flags: int = 0x400000) -> None:
-        (tmp_path / str(pid)).mkdir(exist_ok=True)
-        fields = [state] + ["0"] * 5 + [str(flags), str(faults)] + ["0"] * 11 + ["500"] + ["0"] * 30
-        (tmp_path / str(pid) / "stat").write_text(f"{pid} (p{pid}) " + " ".join(fields) + "\n")
-        (tmp_path / str(pid) / "cgroup").write_text(f"4:memory:{cgroup}\n0::{cgroup}\n")
+        _listed(tmp_path, pid, state, faults, cgroup, flags)
 
     def rows() -> list[tuple[int, int, str]]:
         return [(r["pid"], r["alloc_pages"], r["cgroup_path"]) for _, r in sink.rows]
@@ -344,10 +349,7 @@ def test_a_process_that_begins_to_exit_between_its_two_reads_is_not_charged_to_t
     src.open()
 
     def listed(pid: int, state: str, faults: int, cgroup: str, flags: int = 0x400000) -> None:
-        (tmp_path / str(pid)).mkdir(exist_ok=True)
-        fields = [state] + ["0"] * 5 + [str(flags), str(faults)] + ["0"] * 11 + ["500"] + ["0"] * 30
-        (tmp_path / str(pid) / "stat").write_text(f"{pid} (p{pid}) " + " ".join(fields) + "\n")
-        (tmp_path / str(pid) / "cgroup").write_text(f"4:memory:{cgroup}\n0::{cgroup}\n")
+        _listed(tmp_path, pid, state, faults, cgroup, flags)
 
     def rows() -> list[tuple[int, int, str]]:
         return [(r["pid"], r["alloc_pages"], r["cgroup_path"]) for _, r in sink.rows]
