@@ -20,7 +20,7 @@ import pytest
 from pxo.edge.cgroups import ScratchCgroup
 from pxo.edge.sources import DEFAULT_SOURCES, OPT_IN, SOURCES, build_sources
 from pxo.edge.sources.alloc import PAGE_SIZE
-from pxo.edge.sources.alloc_faults import AllocFaultsSource, read_stat
+from pxo.edge.sources.alloc_faults import PF_EXITING, AllocFaultsSource, read_stat
 from pxo.edge.sources.base import SourceContext
 from tests.helpers.sink import ListSink
 from tests.helpers.workloads import CHILD_COMM, FAULTING_CHILD
@@ -275,13 +275,22 @@ def test_a_zombies_last_faults_go_to_the_cgroup_it_ran_in(tmp_path: Path) -> Non
     assert [(r["alloc_pages"], r["cgroup_path"]) for _, r in sink.rows][2:] == [(100, "/pod-a"), (30, "/pod-a")]
 
 
-def _listed(root: Path, pid: int, state: str, faults: int, cgroup: str, flags: int) -> None:
+RUNNING, EXITING = 0x400000, 0x400000 | PF_EXITING  # /proc/PID/stat flags: a live process (PF_RANDOMIZE), one exiting
+
+
+def _listed(root: Path, pid: int, state: str, faults: int, cgroup: str, flags: int = RUNNING) -> None:
     """``pid`` in a fixture /proc: its state, kernel flags (PF_EXITING is 0x4), faults (starttime 500)
     and memory cgroup (a v1 and a v2 line)."""
     (root / str(pid)).mkdir(exist_ok=True)
     fields = [state] + ["0"] * 5 + [str(flags), str(faults)] + ["0"] * 11 + ["500"] + ["0"] * 30
     (root / str(pid) / "stat").write_text(f"{pid} (p{pid}) " + " ".join(fields) + "\n")
     (root / str(pid) / "cgroup").write_text(f"4:memory:{cgroup}\n0::{cgroup}\n")
+
+
+def _charged(sink: ListSink) -> list[tuple[int, int, str]]:
+    """(pid, pages, cgroup path) of every alloc_rate row so far."""
+    return [(r["pid"], r["alloc_pages"], r["cgroup_path"]) for _, r in sink.rows]
+
 
 def test_a_process_on_its_way_out_is_not_charged_to_the_root(tmp_path: Path) -> None:
     """From the start of do_exit() (PF_EXITING) a cgroup v1 hierarchy's line in /proc/PID/cgroup
@@ -292,42 +301,33 @@ def test_a_process_on_its_way_out_is_not_charged_to_the_root(tmp_path: Path) -> 
     src = _Exits(SourceContext(sink=sink, proc=tmp_path, use_bpf=False), interval=60)
     src.open()
 
-    def listed(pid: int, state: str, faults: int, cgroup: str, flags: int = 0x400000) -> None:
-        _listed(tmp_path, pid, state, faults, cgroup, flags)
-
-    def rows() -> list[tuple[int, int, str]]:
-        return [(r["pid"], r["alloc_pages"], r["cgroup_path"]) for _, r in sink.rows]
-
-    listed(100, "S", 10, "/pod-a")
-    listed(200, "S", 10, "/pod-b")
+    _listed(tmp_path, 100, "S", 10, "/pod-a")
+    _listed(tmp_path, 200, "S", 10, "/pod-b")
     src.sample(0.0)
-    listed(100, "R", 30, "/pod-a")
-    listed(200, "R", 40, "/pod-b")
+    _listed(tmp_path, 100, "R", 30, "/pod-a")
+    _listed(tmp_path, 200, "R", 40, "/pod-b")
     src.read()
-    assert rows() == [(100, 20, "/pod-a"), (200, 30, "/pod-b")]
+    assert _charged(sink) == [(100, 20, "/pod-a"), (200, 30, "/pod-b")]
     # both exiting: 100's exit record is not in yet, 200's is (its exit tracepoint has run)
-    listed(100, "D", 90, "/", flags=0x400004)
-    listed(200, "R", 70, "/", flags=0x400004)
+    _listed(tmp_path, 100, "D", 90, "/", flags=EXITING)
+    _listed(tmp_path, 200, "R", 70, "/", flags=EXITING)
     src.exited = [(200, 500, 0, "p200", 75)]
     src.read()
-    assert rows()[2:] == [(200, 35, "/pod-b")]
+    assert _charged(sink)[2:] == [(200, 35, "/pod-b")]
     # 100's record comes at the next read, once it is a zombie: counted from its last live read
-    listed(100, "Z", 95, "/", flags=0x400004)
+    _listed(tmp_path, 100, "Z", 95, "/", flags=EXITING)
     src.exited = [(100, 500, 0, "p100", 95)]
     src.read()
     src.read()  # still listed, unreaped: nothing twice
-    assert rows()[3:] == [(100, 65, "/pod-a")]
+    assert _charged(sink)[3:] == [(100, 65, "/pod-a")]
     # Without exit records (no eBPF): where it was last read alive.
     src.keeps_exits = False
-    for d in tmp_path.iterdir():
-        for f in d.iterdir():
-            f.unlink()
-        d.rmdir()
-    listed(300, "S", 10, "/pod-c")
+    _proc(tmp_path, {})  # every process gone
+    _listed(tmp_path, 300, "S", 10, "/pod-c")
     src.read()
-    listed(300, "R", 50, "/", flags=0x400004)
+    _listed(tmp_path, 300, "R", 50, "/", flags=EXITING)
     src.read()
-    assert rows()[4:] == [(300, 10, "/pod-c"), (300, 40, "/pod-c")]
+    assert _charged(sink)[4:] == [(300, 10, "/pod-c"), (300, 40, "/pod-c")]
 
 
 def test_a_process_that_begins_to_exit_between_its_two_reads_is_not_charged_to_the_root(tmp_path: Path) -> None:
@@ -341,31 +341,23 @@ def test_a_process_that_begins_to_exit_between_its_two_reads_is_not_charged_to_t
 
         def _memcg_of_pid(self, pid: int) -> tuple[str | None, int | None]:
             if pid in self.exits_at:
-                listed(pid, "R", 90, "/", flags=0x400004)
+                _listed(tmp_path, pid, "R", 90, "/", flags=EXITING)
             return super()._memcg_of_pid(pid)
 
     sink = ListSink()
     src = Racing(SourceContext(sink=sink, proc=tmp_path, use_bpf=False), interval=60)
     src.open()
 
-    def listed(pid: int, state: str, faults: int, cgroup: str, flags: int = 0x400000) -> None:
-        _listed(tmp_path, pid, state, faults, cgroup, flags)
-
-    def rows() -> list[tuple[int, int, str]]:
-        return [(r["pid"], r["alloc_pages"], r["cgroup_path"]) for _, r in sink.rows]
-
-    listed(100, "S", 10, "/pod-a")
-    listed(200, "S", 10, "/")  # in the root cgroup, and stays alive
+    _listed(tmp_path, 100, "S", 10, "/pod-a")
+    _listed(tmp_path, 200, "S", 10, "/")  # in the root cgroup, and stays alive
     src.sample(0.0)
-    listed(100, "R", 30, "/pod-a")
-    listed(200, "R", 20, "/")
+    _listed(tmp_path, 100, "R", 30, "/pod-a")
+    _listed(tmp_path, 200, "R", 20, "/")
     src.exits_at = {100}
     src.read()
-    assert rows() == [(200, 10, "/")]  # 100 is left to its exit record
+    assert _charged(sink) == [(200, 10, "/")]  # 100 is left to its exit record
     src.exits_at = set()
-    (tmp_path / "100" / "stat").unlink()
-    (tmp_path / "100" / "cgroup").unlink()
-    (tmp_path / "100").rmdir()  # reaped
+    _proc(tmp_path, {200: (500, 20)})  # 100 reaped, 200 as it was
     src.exited = [(100, 500, 0, "p100", 90)]
     src.read()
-    assert rows()[1:] == [(100, 80, None)]  # from its baseline; the record's memcg id 0 resolves to nothing
+    assert _charged(sink)[1:] == [(100, 80, None)]  # from its baseline; the record's memcg id 0 resolves to nothing
